@@ -1,0 +1,245 @@
+//! Configuration: one TOML file plus a few environment overrides.
+//!
+//! Environment variables alone are not enough (`sudo`, service managers and Java strip
+//! them), so the file is the primary source; `KEYTRAIL_MODULE` and friends exist for tests
+//! and one-off runs.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where the configuration file is looked for when `KEYTRAIL_CONFIG` is not set.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/keytrail/keytrail.toml";
+/// Environment variable naming the configuration file.
+pub const ENV_CONFIG: &str = "KEYTRAIL_CONFIG";
+/// Environment variable naming the real PKCS#11 module; overrides `module` in the file.
+pub const ENV_MODULE: &str = "KEYTRAIL_MODULE";
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub source: Option<PathBuf>,
+    /// Path of the real PKCS#11 module.
+    pub module: PathBuf,
+    /// Optional file that receives keytrail's own diagnostics, besides stderr.
+    pub diagnostics: Option<PathBuf>,
+}
+
+/// The file's shape. Unknown keys are errors: a misspelt key silently ignored is how an
+/// operator ends up believing something is audited when it is not.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    module: Option<PathBuf>,
+    diagnostics: Option<PathBuf>,
+}
+
+/// A configuration problem, worded for the operator: it names the file, the key and what
+/// is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file concerned, if any.
+    pub file: Option<PathBuf>,
+    /// The key concerned, if any.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(p) => write!(f, "configuration {}", p.display())?,
+            None => write!(f, "configuration")?,
+        }
+        if let Some(k) = &self.key {
+            write!(f, ", key `{k}`")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the configuration the way the library does: the file named by
+    /// `KEYTRAIL_CONFIG` (which must then exist), else the default path if it exists, then
+    /// the environment overrides.
+    pub fn load() -> Result<Config, ConfigError> {
+        let explicit = std::env::var_os(ENV_CONFIG).filter(|v| !v.is_empty());
+        let module_env = std::env::var_os(ENV_MODULE).filter(|v| !v.is_empty());
+        let (path, must_exist) = match explicit {
+            Some(p) => (PathBuf::from(p), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        Self::resolve(&path, must_exist, module_env.map(PathBuf::from))
+    }
+
+    /// Reads `path` (a missing file is an error only when `must_exist`) and applies an
+    /// optional module override.
+    pub fn resolve(
+        path: &Path,
+        must_exist: bool,
+        module_override: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let (file, source) = match std::fs::read_to_string(path) {
+            Ok(text) => (Self::parse(&text, path)?, Some(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                (FileConfig::default(), None)
+            }
+            Err(e) => {
+                return Err(ConfigError {
+                    file: Some(path.to_path_buf()),
+                    key: None,
+                    problem: format!("cannot be read: {e}"),
+                });
+            }
+        };
+        let module = match module_override.or(file.module) {
+            Some(m) => m,
+            None => {
+                let problem = match &source {
+                    Some(_) => format!(
+                        "no real PKCS#11 module is named; set `module = \"/path/to/module.so\"` or {ENV_MODULE}"
+                    ),
+                    None => format!(
+                        "the file does not exist and {ENV_MODULE} is not set, so there is no real PKCS#11 module to load; create it or set {ENV_CONFIG}"
+                    ),
+                };
+                return Err(ConfigError {
+                    file: Some(path.to_path_buf()),
+                    key: source.as_ref().map(|_| "module".to_string()),
+                    problem,
+                });
+            }
+        };
+        Ok(Config {
+            source,
+            module,
+            diagnostics: file.diagnostics,
+        })
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str::<FileConfig>(text).map_err(|e| {
+            let key = unknown_or_bad_key(&e, text);
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            let location = if line > 0 {
+                format!("line {line}, column {col}: ")
+            } else {
+                String::new()
+            };
+            ConfigError {
+                file: Some(path.to_path_buf()),
+                key,
+                problem: format!("{location}{}", e.message().trim()),
+            }
+        })
+    }
+}
+
+/// The key a TOML error is about, as a dotted path (`section.key`): the key on the line
+/// the error points at, prefixed by the table header above it.
+fn unknown_or_bad_key(e: &toml::de::Error, text: &str) -> Option<String> {
+    let offset = e.span()?.start.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next()?.trim().trim_matches('"');
+    let is_key = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if !is_key {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn reads_module_and_diagnostics() {
+        let f = write("module = \"/x/y.so\"\ndiagnostics = \"/tmp/d.log\"\n");
+        let c = Config::resolve(f.path(), true, None).expect("valid");
+        assert_eq!(c.module, PathBuf::from("/x/y.so"));
+        assert_eq!(c.diagnostics, Some(PathBuf::from("/tmp/d.log")));
+        assert_eq!(c.source.as_deref(), Some(f.path()));
+    }
+
+    #[test]
+    fn environment_overrides_module() {
+        let f = write("module = \"/x/y.so\"\n");
+        let c = Config::resolve(f.path(), true, Some("/other.so".into())).expect("valid");
+        assert_eq!(c.module, PathBuf::from("/other.so"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let f = write("module = \"/x/y.so\"\nmodul = \"/typo.so\"\n");
+        let e = Config::resolve(f.path(), true, None).expect_err("unknown key");
+        assert_eq!(e.key.as_deref(), Some("modul"));
+        let msg = e.to_string();
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_toml_names_the_line() {
+        let f = write("module = \"/x/y.so\n");
+        let e = Config::resolve(f.path(), true, None).expect_err("malformed");
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let f = write("module = 3\n");
+        let e = Config::resolve(f.path(), true, None).expect_err("wrong type");
+        assert_eq!(e.key.as_deref(), Some("module"), "{e}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = dir.path().join("absent.toml");
+        let e = Config::resolve(&p, true, Some("/m.so".into())).expect_err("explicit");
+        assert!(e.problem.contains("cannot be read"), "{e}");
+        let c = Config::resolve(&p, false, Some("/m.so".into())).expect("default absent");
+        assert_eq!(c.source, None);
+        let e = Config::resolve(&p, false, None).expect_err("no module at all");
+        assert!(e.problem.contains("KEYTRAIL_MODULE"), "{e}");
+    }
+
+    #[test]
+    fn file_without_module_names_the_key() {
+        let f = write("diagnostics = \"/tmp/d\"\n");
+        let e = Config::resolve(f.path(), true, None).expect_err("no module");
+        assert_eq!(e.key.as_deref(), Some("module"));
+    }
+}

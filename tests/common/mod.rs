@@ -1,0 +1,166 @@
+//! Test harness: a fresh SoftHSM2 token per test in a temp dir, and the built
+//! `libkeytrail.so` configured to forward to it.
+//!
+//! keytrail and SoftHSM both hold process-wide state, so each test runs in its own process
+//! (cargo-nextest); environment variables set here affect only that test.
+
+#![allow(dead_code)]
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const USER_PIN: &str = "1234";
+pub const SO_PIN: &str = "5678";
+pub const TOKEN_LABEL: &str = "keytrail-test";
+
+/// Where SoftHSM2's module is, from `SOFTHSM2_MODULE` or the usual Debian paths.
+pub fn softhsm_module() -> PathBuf {
+    if let Some(p) = std::env::var_os("SOFTHSM2_MODULE") {
+        return PathBuf::from(p);
+    }
+    for p in [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("SoftHSM2 is not installed: run scripts/test.sh, which installs it");
+}
+
+/// The built `libkeytrail.so` next to this test binary's target directory.
+pub fn keytrail_module() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/libkeytrail.so
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let so = profile_dir.join("libkeytrail.so");
+    assert!(so.exists(), "{} not built", so.display());
+    so
+}
+
+/// A scratch SoftHSM2 token store with one initialised token, and a keytrail
+/// configuration forwarding to SoftHSM.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub softhsm_conf: PathBuf,
+    pub keytrail_conf: PathBuf,
+}
+
+impl Fixture {
+    /// Creates the token store and token, and points this process's `SOFTHSM2_CONF` and
+    /// `KEYTRAIL_CONFIG` at them.
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let softhsm_conf = init_softhsm_store(dir.path(), "softhsm");
+        let keytrail_conf = dir.path().join("keytrail.toml");
+        std::fs::write(
+            &keytrail_conf,
+            format!(
+                "module = \"{}\"\ndiagnostics = \"{}\"\n",
+                softhsm_module().display(),
+                dir.path().join("diagnostics.log").display()
+            ),
+        )
+        .expect("write keytrail.toml");
+        // SAFETY (test): each test is its own process and sets these before any thread
+        // that reads the environment starts.
+        unsafe {
+            std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
+            std::env::set_var("KEYTRAIL_CONFIG", &keytrail_conf);
+            std::env::remove_var("KEYTRAIL_MODULE");
+        }
+        Fixture {
+            dir,
+            softhsm_conf,
+            keytrail_conf,
+        }
+    }
+
+    /// Points `SOFTHSM2_CONF` at a second, fresh token store (for direct-vs-keytrail
+    /// comparisons that must start from identical state).
+    pub fn fresh_store(&self, name: &str) -> PathBuf {
+        let conf = init_softhsm_store(self.dir.path(), name);
+        // SAFETY (test): as in `new`.
+        unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+        conf
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// keytrail's diagnostics file contents (empty if none were written).
+    pub fn diagnostics(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("diagnostics.log")).unwrap_or_default()
+    }
+}
+
+fn init_softhsm_store(base: &Path, name: &str) -> PathBuf {
+    let dir = base.join(name);
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("token dir");
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .expect("write softhsm2.conf");
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN_LABEL,
+            "--pin",
+            USER_PIN,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .output()
+        .expect("softhsm2-util (install softhsm2)");
+    assert!(
+        out.status.success(),
+        "softhsm2-util failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    conf
+}
+
+/// Loads and initialises a PKCS#11 module through the cryptoki crate, the way a Rust
+/// application would.
+pub fn open(module: &Path) -> Pkcs11 {
+    let p = Pkcs11::new(module).expect("load module");
+    p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+    p
+}
+
+/// The first slot with a token.
+pub fn token_slot(p: &Pkcs11) -> Slot {
+    *p.get_slots_with_token()
+        .expect("slots")
+        .first()
+        .expect("a token")
+}
+
+/// A read-write session logged in as the user.
+pub fn user_session(p: &Pkcs11) -> Session {
+    let s = p.open_rw_session(token_slot(p)).expect("open session");
+    s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
+        .expect("login");
+    s
+}
