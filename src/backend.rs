@@ -211,3 +211,84 @@ fn query_interface(
     (actual.major == major && (major != 2 || actual.minor == minor))
         .then_some((found.pFunctionList, found.flags))
 }
+
+impl Backend {
+    /// Reads attributes of an object through the real module, into keytrail's own
+    /// buffers: `want` lists each type with the buffer size to offer. Returns each value
+    /// the module supplied (types it does not know, or values too large for the buffer,
+    /// come back as `None`). Used for key identity and token facts, never on behalf of the
+    /// application.
+    pub fn read_attributes(
+        &self,
+        session: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+        want: &[(CK_ATTRIBUTE_TYPE, usize)],
+    ) -> Vec<Option<Vec<u8>>> {
+        let Some(get) = self.fns.C_GetAttributeValue else {
+            return vec![None; want.len()];
+        };
+        let mut buffers: Vec<Vec<u8>> = want.iter().map(|(_, n)| vec![0u8; *n]).collect();
+        let mut template: Vec<CK_ATTRIBUTE> = want
+            .iter()
+            .zip(buffers.iter_mut())
+            .map(|((t, _), b)| CK_ATTRIBUTE {
+                type_: *t,
+                pValue: b.as_mut_ptr() as *mut std::ffi::c_void,
+                ulValueLen: b.len() as CK_ULONG,
+            })
+            .collect();
+        // SAFETY: the template and its buffers are ours and outlive the call; each
+        // ulValueLen is its buffer's size.
+        let rv = unsafe {
+            get(
+                session,
+                object,
+                template.as_mut_ptr(),
+                template.len() as CK_ULONG,
+            )
+        };
+        if !matches!(
+            rv,
+            CKR_OK | CKR_ATTRIBUTE_TYPE_INVALID | CKR_ATTRIBUTE_SENSITIVE | CKR_BUFFER_TOO_SMALL
+        ) {
+            return vec![None; want.len()];
+        }
+        template
+            .iter()
+            .zip(buffers)
+            .map(|(a, mut b)| {
+                if a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen as usize > b.len() {
+                    None
+                } else {
+                    b.truncate(a.ulValueLen as usize);
+                    Some(b)
+                }
+            })
+            .collect()
+    }
+
+    /// The label and serial number of the token in a slot.
+    pub fn token_identity(&self, slot: CK_SLOT_ID) -> Option<(String, String)> {
+        let get = self.fns.C_GetTokenInfo?;
+        // SAFETY: CK_TOKEN_INFO is plain data; all-zero is valid.
+        let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: info is ours and valid for the call.
+        let rv = unsafe { get(slot, &mut info) };
+        (rv == CKR_OK).then(|| (padded(&info.label), padded(&info.serialNumber)))
+    }
+
+    /// The slot a session belongs to and whether it is read/write.
+    pub fn session_slot(&self, session: CK_SESSION_HANDLE) -> Option<(CK_SLOT_ID, bool)> {
+        let get = self.fns.C_GetSessionInfo?;
+        // SAFETY: CK_SESSION_INFO is plain data; all-zero is valid.
+        let mut info: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: info is ours and valid for the call.
+        let rv = unsafe { get(session, &mut info) };
+        (rv == CKR_OK).then_some((info.slotID, info.flags & CKF_RW_SESSION != 0))
+    }
+}
+
+/// A blank-padded PKCS#11 text field, trimmed.
+fn padded(field: &[u8]) -> String {
+    String::from_utf8_lossy(field).trim_end().to_string()
+}

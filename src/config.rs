@@ -24,6 +24,157 @@ pub struct Config {
     pub module: PathBuf,
     /// Optional file that receives keytrail's own diagnostics, besides stderr.
     pub diagnostics: Option<PathBuf>,
+    /// `service.name` on every record: which application this is.
+    pub service: Option<String>,
+    /// What is audited.
+    pub audit: AuditConfig,
+    /// Where the trail goes.
+    pub trail: TrailConfig,
+}
+
+/// Environment variable naming the trail file; overrides `trail.path`.
+pub const ENV_LOG: &str = "KEYTRAIL_LOG";
+/// Where the trail goes when nothing says otherwise.
+pub const DEFAULT_TRAIL_PATH: &str = "/var/log/keytrail/keytrail.jsonl";
+
+/// A lifecycle category of the trail (CSA CCM LOG-11's key lifecycle events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Opening and closing sessions.
+    Session,
+    /// Logins and logouts.
+    Auth,
+    /// Token initialisation and PIN management.
+    TokenAdmin,
+    /// New keys made by the module.
+    Generate,
+    /// Keys brought in: created from a template, copied, unwrapped, derived.
+    Import,
+    /// Cryptographic operations with a key.
+    Use,
+    /// Key material leaving the module (wrapped or read as an attribute).
+    Export,
+    /// Attribute changes.
+    Modify,
+    /// Object destruction.
+    Destroy,
+    /// Discovery calls, recorded only at level `trace`.
+    Discovery,
+    /// The trail's own records: start, stop, gaps, faults.
+    Audit,
+}
+
+impl Lifecycle {
+    /// Every category that can be switched on or off.
+    pub const ALL: [Lifecycle; 10] = [
+        Lifecycle::Session,
+        Lifecycle::Auth,
+        Lifecycle::TokenAdmin,
+        Lifecycle::Generate,
+        Lifecycle::Import,
+        Lifecycle::Use,
+        Lifecycle::Export,
+        Lifecycle::Modify,
+        Lifecycle::Destroy,
+        Lifecycle::Discovery,
+    ];
+
+    /// The name used in the trail and in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Session => "session",
+            Lifecycle::Auth => "auth",
+            Lifecycle::TokenAdmin => "token_admin",
+            Lifecycle::Generate => "generate",
+            Lifecycle::Import => "import",
+            Lifecycle::Use => "use",
+            Lifecycle::Export => "export",
+            Lifecycle::Modify => "modify",
+            Lifecycle::Destroy => "destroy",
+            Lifecycle::Discovery => "discovery",
+            Lifecycle::Audit => "audit",
+        }
+    }
+}
+
+/// How much of key usage is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageDetail {
+    /// One record per operation.
+    #[default]
+    Every,
+    /// Only the first use of each key per process, as HSM audit logs offer to cut volume.
+    First,
+}
+
+/// Audit level: `audit` records the key lifecycle; `trace` adds discovery calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// The key lifecycle (the default).
+    #[default]
+    Audit,
+    /// The lifecycle plus discovery calls (C_Find*, C_Get*Info, non-secret attribute reads,
+    /// random lengths), for debugging.
+    Trace,
+}
+
+/// What is audited (`[audit]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Categories recorded; all lifecycle categories by default.
+    pub categories: Vec<Lifecycle>,
+    /// `audit` or `trace`.
+    pub level: Level,
+    /// `every` or `first`.
+    pub usage: UsageDetail,
+    /// Look up a key's non-secret identity through the module when the trail has not seen
+    /// it created.
+    pub key_lookups: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            categories: Lifecycle::ALL
+                .into_iter()
+                .filter(|c| *c != Lifecycle::Discovery)
+                .collect(),
+            level: Level::Audit,
+            usage: UsageDetail::Every,
+            key_lookups: true,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Whether records of this category are written.
+    pub fn enabled(&self, c: Lifecycle) -> bool {
+        match c {
+            Lifecycle::Audit => true,
+            Lifecycle::Discovery => self.level == Level::Trace,
+            _ => self.categories.contains(&c),
+        }
+    }
+}
+
+/// Where the trail goes (`[trail]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrailConfig {
+    /// The trail file.
+    pub path: PathBuf,
+}
+
+impl Default for TrailConfig {
+    fn default() -> Self {
+        TrailConfig {
+            path: PathBuf::from(DEFAULT_TRAIL_PATH),
+        }
+    }
 }
 
 /// The file's shape. Unknown keys are errors: a misspelt key silently ignored is how an
@@ -33,6 +184,11 @@ pub struct Config {
 struct FileConfig {
     module: Option<PathBuf>,
     diagnostics: Option<PathBuf>,
+    service: Option<String>,
+    #[serde(default)]
+    audit: AuditConfig,
+    #[serde(default)]
+    trail: TrailConfig,
 }
 
 /// A configuration problem, worded for the operator: it names the file, the key and what
@@ -69,11 +225,16 @@ impl Config {
     pub fn load() -> Result<Config, ConfigError> {
         let explicit = std::env::var_os(ENV_CONFIG).filter(|v| !v.is_empty());
         let module_env = std::env::var_os(ENV_MODULE).filter(|v| !v.is_empty());
+        let log_env = std::env::var_os(ENV_LOG).filter(|v| !v.is_empty());
         let (path, must_exist) = match explicit {
             Some(p) => (PathBuf::from(p), true),
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
         };
-        Self::resolve(&path, must_exist, module_env.map(PathBuf::from))
+        let mut config = Self::resolve(&path, must_exist, module_env.map(PathBuf::from))?;
+        if let Some(log) = log_env {
+            config.trail.path = PathBuf::from(log);
+        }
+        Ok(config)
     }
 
     /// Reads `path` (a missing file is an error only when `must_exist`) and applies an
@@ -118,6 +279,9 @@ impl Config {
             source,
             module,
             diagnostics: file.diagnostics,
+            service: file.service,
+            audit: file.audit,
+            trail: file.trail,
         })
     }
 
@@ -234,6 +398,22 @@ mod tests {
         assert_eq!(c.source, None);
         let e = Config::resolve(&p, false, None).expect_err("no module at all");
         assert!(e.problem.contains("KEYTRAIL_MODULE"), "{e}");
+    }
+
+    #[test]
+    fn audit_section_is_read_and_validated() {
+        let f = write(
+            "module = \"/m.so\"\n[audit]\ncategories = [\"use\", \"destroy\"]\nusage = \"first\"\n",
+        );
+        let c = Config::resolve(f.path(), true, None).expect("valid");
+        assert!(c.audit.enabled(Lifecycle::Use));
+        assert!(!c.audit.enabled(Lifecycle::Auth));
+        assert!(c.audit.enabled(Lifecycle::Audit));
+        assert_eq!(c.audit.usage, UsageDetail::First);
+        let f = write("module = \"/m.so\"\n[audit]\nusage = \"sometimes\"\n");
+        let e = Config::resolve(f.path(), true, None).expect_err("bad value");
+        assert_eq!(e.key.as_deref(), Some("audit.usage"), "{e}");
+        assert!(e.problem.contains("line 3"), "{e}");
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //! - [`config`]: the configuration file and its environment overrides.
 //! - [`diag`]: keytrail's own diagnostics (never the audit trail itself).
 
+pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod diag;
 pub mod entry;
 pub mod names;
+pub mod os;
+pub mod sink;

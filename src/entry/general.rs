@@ -1,7 +1,10 @@
 //! General-purpose functions (PKCS#11 §5.4): initialisation, finalisation, library info
 //! and the function list.
 
+use crate::audit::{self, event::Event, event::Started, sessions::Closing};
 use crate::backend;
+use crate::backend::Backend;
+use crate::config::Lifecycle;
 use crate::diag;
 use crate::entry::guard;
 use crate::entry::tables::FUNCTION_LIST_2_40;
@@ -27,6 +30,7 @@ pub unsafe extern "C" fn C_Initialize(init_args: CK_VOID_PTR) -> CK_RV {
         let Some(f) = backend.fns.C_Initialize else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
+        let started = Started::now();
         // SAFETY: pInitArgs goes to the real module unchanged.
         let rv = unsafe { f(init_args) };
         if rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED {
@@ -34,6 +38,15 @@ pub unsafe extern "C" fn C_Initialize(init_args: CK_VOID_PTR) -> CK_RV {
                 "the real module {} returned {} from C_Initialize",
                 backend.path.display(),
                 rv_name(rv)
+            ));
+        }
+        if let Some(a) = audit::start(backend) {
+            a.emit(Event::call(
+                started,
+                "C_Initialize",
+                "initialize",
+                Lifecycle::Audit,
+                rv,
             ));
         }
         rv
@@ -61,7 +74,31 @@ pub unsafe extern "C" fn C_GetFunctionList(list: CK_FUNCTION_LIST_PTR_PTR) -> CK
 
 forward! {
     /// Forwarded; keytrail keeps the real module loaded so that `C_Initialize` may follow.
-    fn C_Finalize(reserved: CK_VOID_PTR);
+    fn C_Finalize(reserved: CK_VOID_PTR) => finalize;
     /// Forwarded unchanged: the application sees the real module's library information.
     fn C_GetInfo(info: CK_INFO_PTR);
+}
+
+/// Unfinished operations are recorded as abandoned, and the trail is flushed before the
+/// application may exit.
+fn finalize(_: &Backend, forward: impl FnOnce() -> CK_RV, _: CK_VOID_PTR) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    if rv == CKR_OK {
+        a.sessions_closed(Closing::All, "C_Finalize");
+    }
+    a.emit(Event::call(
+        started,
+        "C_Finalize",
+        "finalize",
+        Lifecycle::Audit,
+        rv,
+    ));
+    if !a.flush() {
+        diag::report("the trail could not be flushed within 5 s at C_Finalize");
+    }
+    rv
 }

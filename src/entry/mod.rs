@@ -15,8 +15,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 /// `fn C_Name(arg: TYPE, ...);` forwards to the real module's `C_Name`; before the module
 /// is loaded it answers `CKR_CRYPTOKI_NOT_INITIALIZED` (as the module itself would), and
 /// when the module lacks the function, `CKR_FUNCTION_NOT_SUPPORTED`.
+///
+/// `fn C_Name(...) => hook;` hands the call to `hook(backend, forward, args...)`, which
+/// must call `forward()` exactly once and return its CK_RV: that is where the audit path
+/// looks at the call before and after the module sees it.
 macro_rules! forward {
-    ($( $(#[$attr:meta])* fn $name:ident( $($arg:ident : $ty:ty),* $(,)? ); )*) => { $(
+    ($( $(#[$attr:meta])* fn $name:ident( $($arg:ident : $ty:ty),* $(,)? ) $(=> $hook:path)?; )*) => { $(
         $(#[$attr])*
         ///
         /// # Safety
@@ -33,18 +37,23 @@ macro_rules! forward {
                 };
                 // SAFETY: the application's arguments go to the real module unchanged; the
                 // module's contract for them is the application's contract with us.
-                unsafe { f($($arg),*) }
+                let forward = move || unsafe { f($($arg),*) };
+                forward!(@call backend, forward, ($($arg),*) $(, $hook)?)
             })
         }
     )* };
+    (@call $b:ident, $fwd:ident, ($($arg:ident),*)) => { { let _ = $b; $fwd() } };
+    (@call $b:ident, $fwd:ident, ($($arg:ident),*), $hook:path) => { $hook($b, $fwd, $($arg),*) };
 }
 
+pub mod args;
 mod crypto;
 mod general;
 mod interface;
 mod keys;
 mod message;
 mod object;
+mod ops;
 mod session;
 mod slot;
 mod tables;

@@ -1,15 +1,323 @@
-//! Object management (PKCS#11 §5.7).
+//! Object management (PKCS#11 §5.7). Audited: `import` (C_CreateObject, C_CopyObject),
+//! `destroy`, `modify` (C_SetAttributeValue), `export` (a C_GetAttributeValue that returns
+//! secret key material), and at level `trace`, discovery (C_FindObjects*, other attribute
+//! reads).
 
+use super::keys::{new_key, template_parsed};
+use crate::audit::{self, attrs, event::Event, event::Started, keys::KeyIdentity};
+use crate::backend::Backend;
+use crate::config::Lifecycle;
+use crate::entry::args::{self, Template};
 use cryptoki_sys::*;
 
 forward! {
-    fn C_CreateObject(session: CK_SESSION_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG, object: CK_OBJECT_HANDLE_PTR);
-    fn C_CopyObject(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG, new_object: CK_OBJECT_HANDLE_PTR);
-    fn C_DestroyObject(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE);
+    fn C_CreateObject(session: CK_SESSION_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG, object: CK_OBJECT_HANDLE_PTR) => create_object;
+    fn C_CopyObject(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG, new_object: CK_OBJECT_HANDLE_PTR) => copy_object;
+    fn C_DestroyObject(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) => destroy_object;
     fn C_GetObjectSize(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, size: CK_ULONG_PTR);
-    fn C_GetAttributeValue(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG);
-    fn C_SetAttributeValue(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG);
-    fn C_FindObjectsInit(session: CK_SESSION_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG);
-    fn C_FindObjects(session: CK_SESSION_HANDLE, objects: CK_OBJECT_HANDLE_PTR, max_count: CK_ULONG, count: CK_ULONG_PTR);
+    fn C_GetAttributeValue(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG) => get_attribute_value;
+    fn C_SetAttributeValue(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG) => set_attribute_value;
+    fn C_FindObjectsInit(session: CK_SESSION_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG) => find_objects_init;
+    fn C_FindObjects(session: CK_SESSION_HANDLE, objects: CK_OBJECT_HANDLE_PTR, max_count: CK_ULONG, count: CK_ULONG_PTR) => find_objects;
     fn C_FindObjectsFinal(session: CK_SESSION_HANDLE);
+}
+
+fn create_object(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    object: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    let Some(a) = audit::active(Lifecycle::Import) else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    let mut e = Event::call(
+        started,
+        "C_CreateObject",
+        "object_create",
+        Lifecycle::Import,
+        rv,
+    );
+    a.place(&mut e, session);
+    if template_parsed(rv) {
+        // SAFETY: the module's answer shows it read the template.
+        let t = unsafe { Template::new(template, count) };
+        let class = t.find(CKA_CLASS).and_then(|x| x.ulong());
+        if t.iter()
+            .any(|x| x.bytes().is_some() && attrs::is_key_material(x.type_(), class))
+        {
+            e.flags.push("plaintext_key_material");
+        }
+        new_key(a, &mut e, rv, session, "key", object, &t, None, None);
+        e.attributes.push(("template", attrs::sanitize(&t, class)));
+    }
+    a.emit(e);
+    rv
+}
+
+fn copy_object(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    source: CK_OBJECT_HANDLE,
+    template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    new_object: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    let Some(a) = audit::active(Lifecycle::Import) else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    let mut e = Event::call(
+        started,
+        "C_CopyObject",
+        "object_copy",
+        Lifecycle::Import,
+        rv,
+    );
+    a.place(&mut e, session);
+    let source_id = a.key(session, source);
+    e.key("source", source, source_id.clone());
+    if template_parsed(rv) {
+        // SAFETY: the module's answer shows it read the template.
+        let t = unsafe { Template::new(template, count) };
+        let class = source_id.as_ref().and_then(|s| s.class_raw());
+        if rv == CKR_OK {
+            // SAFETY: on CKR_OK the module wrote the new handle.
+            if let Some(h) = unsafe { args::read_ulong(new_object) } {
+                let mut stated = KeyIdentity::from_template(&t, class, None);
+                if let Some(s) = &source_id {
+                    stated.inherit(s);
+                }
+                e.key("key", h, Some(a.created(session, h, stated)));
+            }
+        }
+        e.attributes.push(("template", attrs::sanitize(&t, class)));
+    }
+    a.emit(e);
+    rv
+}
+
+fn destroy_object(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let started = Started::now();
+    // The identity must be captured before the object is gone.
+    let identity = a
+        .config
+        .enabled(Lifecycle::Destroy)
+        .then(|| a.key(session, object))
+        .flatten();
+    let rv = forward();
+    if rv == CKR_OK {
+        a.keys.destroyed(object);
+    }
+    if a.config.enabled(Lifecycle::Destroy) {
+        let mut e = Event::call(
+            started,
+            "C_DestroyObject",
+            "object_destroy",
+            Lifecycle::Destroy,
+            rv,
+        );
+        a.place(&mut e, session);
+        e.key("key", object, identity);
+        a.emit(e);
+    }
+    rv
+}
+
+/// Whether C_GetAttributeValue's answer shows the template was read and values returned
+/// where they could be.
+fn attributes_returned(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_OK | CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID | CKR_BUFFER_TOO_SMALL
+    )
+}
+
+fn get_attribute_value(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let export = a.config.enabled(Lifecycle::Export);
+    let trace = a.config.enabled(Lifecycle::Discovery);
+    if !export && !trace {
+        return forward();
+    }
+    let started = Started::now();
+    let rv = forward();
+    if !attributes_returned(rv) {
+        if trace {
+            let mut e = Event::call(
+                started,
+                "C_GetAttributeValue",
+                "attribute_read",
+                Lifecycle::Discovery,
+                rv,
+            );
+            a.place(&mut e, session);
+            e.key("key", object, None);
+            a.emit(e);
+        }
+        return rv;
+    }
+    // SAFETY: the module's answer shows it read the template and wrote what it could.
+    let t = unsafe { Template::new(template, count) };
+    // Only a secret attribute asked for with a buffer can be an export; knowing whether
+    // CKA_VALUE is secret takes the object's class.
+    let candidate = t
+        .iter()
+        .any(|x| !x.is_size_query() && attrs::is_key_material(x.type_(), Some(CKO_SECRET_KEY)));
+    let identity = (candidate || trace)
+        .then(|| a.key(session, object))
+        .flatten();
+    let class = identity.as_ref().and_then(|i| i.class_raw());
+    let secret_returned = t
+        .iter()
+        .any(|x| x.bytes().is_some() && attrs::is_key_material(x.type_(), class));
+    let secret_refused = rv == CKR_ATTRIBUTE_SENSITIVE
+        && t.iter()
+            .any(|x| !x.is_size_query() && attrs::is_key_material(x.type_(), class));
+    let (lifecycle, action) = if secret_returned || secret_refused {
+        (Lifecycle::Export, "attribute_read_secret")
+    } else {
+        (Lifecycle::Discovery, "attribute_read")
+    };
+    if !a.config.enabled(lifecycle) {
+        return rv;
+    }
+    let mut e = Event::call(started, "C_GetAttributeValue", action, lifecycle, rv);
+    a.place(&mut e, session);
+    e.key("key", object, identity);
+    if secret_returned {
+        e.flags.push("secret_value_read");
+    }
+    e.attributes
+        .push(("read", attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY)))));
+    a.emit(e);
+    rv
+}
+
+fn set_attribute_value(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let started = Started::now();
+    let identity = a
+        .config
+        .enabled(Lifecycle::Modify)
+        .then(|| a.key(session, object))
+        .flatten();
+    let rv = forward();
+    if rv == CKR_OK {
+        // The cached identity may name the old label or id.
+        a.keys.destroyed(object);
+    }
+    if a.config.enabled(Lifecycle::Modify) {
+        let mut e = Event::call(
+            started,
+            "C_SetAttributeValue",
+            "attribute_set",
+            Lifecycle::Modify,
+            rv,
+        );
+        a.place(&mut e, session);
+        let class = identity.as_ref().and_then(|i| i.class_raw());
+        e.key("key", object, identity);
+        if template_parsed(rv) {
+            // SAFETY: the module's answer shows it read the template.
+            let t = unsafe { Template::new(template, count) };
+            e.attributes
+                .push(("set", attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY)))));
+        }
+        a.emit(e);
+    }
+    rv
+}
+
+fn find_objects_init(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+) -> CK_RV {
+    let Some(a) = audit::active(Lifecycle::Discovery) else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    let mut e = Event::call(
+        started,
+        "C_FindObjectsInit",
+        "objects_find",
+        Lifecycle::Discovery,
+        rv,
+    );
+    a.place(&mut e, session);
+    if rv == CKR_OK {
+        // SAFETY: the module accepted the template.
+        let t = unsafe { Template::new(template, count) };
+        e.attributes.push(("template", attrs::sanitize(&t, None)));
+    }
+    a.emit(e);
+    rv
+}
+
+fn find_objects(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    _: CK_OBJECT_HANDLE_PTR,
+    max_count: CK_ULONG,
+    count: CK_ULONG_PTR,
+) -> CK_RV {
+    let Some(a) = audit::active(Lifecycle::Discovery) else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    let mut e = Event::call(
+        started,
+        "C_FindObjects",
+        "objects_find",
+        Lifecycle::Discovery,
+        rv,
+    );
+    a.place(&mut e, session);
+    let found = if rv == CKR_OK {
+        // SAFETY: on CKR_OK the module wrote the count.
+        unsafe { args::read_ulong(count) }
+    } else {
+        None
+    };
+    e.data = Some((Some(max_count), found));
+    a.emit(e);
+    rv
 }

@@ -1,17 +1,229 @@
 //! Session management (PKCS#11 §5.6), including the 3.0 `C_SessionCancel` and
-//! `C_LoginUser`.
+//! `C_LoginUser`. Audited: lifecycle `session` and `auth`.
 
+use crate::audit::{self, event::Event, event::Started, sessions::Closing};
+use crate::backend::Backend;
+use crate::config::Lifecycle;
+use crate::entry::args;
 use cryptoki_sys::*;
 
 forward! {
-    fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, application: CK_VOID_PTR, notify: CK_NOTIFY, session: CK_SESSION_HANDLE_PTR);
-    fn C_CloseSession(session: CK_SESSION_HANDLE);
-    fn C_CloseAllSessions(slot: CK_SLOT_ID);
+    fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, application: CK_VOID_PTR, notify: CK_NOTIFY, session: CK_SESSION_HANDLE_PTR) => open_session;
+    fn C_CloseSession(session: CK_SESSION_HANDLE) => close_session;
+    fn C_CloseAllSessions(slot: CK_SLOT_ID) => close_all_sessions;
     fn C_GetSessionInfo(session: CK_SESSION_HANDLE, info: CK_SESSION_INFO_PTR);
-    fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_FLAGS);
+    fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_FLAGS) => session_cancel;
     fn C_GetOperationState(session: CK_SESSION_HANDLE, state: CK_BYTE_PTR, state_len: CK_ULONG_PTR);
     fn C_SetOperationState(session: CK_SESSION_HANDLE, state: CK_BYTE_PTR, state_len: CK_ULONG, encryption_key: CK_OBJECT_HANDLE, authentication_key: CK_OBJECT_HANDLE);
-    fn C_Login(session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, pin_len: CK_ULONG);
-    fn C_LoginUser(session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, pin_len: CK_ULONG, username: CK_UTF8CHAR_PTR, username_len: CK_ULONG);
-    fn C_Logout(session: CK_SESSION_HANDLE);
+    fn C_Login(session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, pin_len: CK_ULONG) => login;
+    fn C_LoginUser(session: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, pin_len: CK_ULONG, username: CK_UTF8CHAR_PTR, username_len: CK_ULONG) => login_user;
+    fn C_Logout(session: CK_SESSION_HANDLE) => logout;
+}
+
+fn open_session(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _: CK_VOID_PTR,
+    _: CK_NOTIFY,
+    session: CK_SESSION_HANDLE_PTR,
+) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    let opened = if rv == CKR_OK {
+        // SAFETY: the module accepted the call and wrote the new handle through `session`.
+        unsafe { args::read_ulong(session) }
+    } else {
+        None
+    };
+    if let Some(h) = opened {
+        a.sessions.opened(h, slot, flags & CKF_RW_SESSION != 0);
+    }
+    if a.config.enabled(Lifecycle::Session) {
+        let mut e = Event::call(
+            started,
+            "C_OpenSession",
+            "session_open",
+            Lifecycle::Session,
+            rv,
+        );
+        match opened {
+            Some(h) => a.place(&mut e, h),
+            None => a.place_slot(&mut e, slot),
+        }
+        if flags & CKF_RW_SESSION != 0 {
+            e.flags.push("read_write");
+        }
+        a.emit(e);
+    }
+    rv
+}
+
+/// Records a closing call; `which` names the sessions, `session` the one named (if any).
+fn closing(
+    forward: impl FnOnce() -> CK_RV,
+    function: &'static str,
+    which: Closing,
+    session: Option<CK_SESSION_HANDLE>,
+    slot: Option<CK_SLOT_ID>,
+) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let started = Started::now();
+    let mut e = Event::call(
+        started,
+        function,
+        "session_close",
+        Lifecycle::Session,
+        CKR_OK,
+    );
+    if let Some(s) = session {
+        a.place(&mut e, s);
+    }
+    if let Some(s) = slot {
+        a.place_slot(&mut e, s);
+    }
+    let rv = forward();
+    if rv == CKR_OK {
+        a.sessions_closed(which, function);
+    }
+    if a.config.enabled(Lifecycle::Session) {
+        e.finish(rv);
+        a.emit(e);
+    }
+    rv
+}
+
+fn close_session(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+) -> CK_RV {
+    closing(
+        forward,
+        "C_CloseSession",
+        Closing::Session(session),
+        Some(session),
+        None,
+    )
+}
+
+fn close_all_sessions(_: &Backend, forward: impl FnOnce() -> CK_RV, slot: CK_SLOT_ID) -> CK_RV {
+    closing(
+        forward,
+        "C_CloseAllSessions",
+        Closing::Slot(slot),
+        None,
+        Some(slot),
+    )
+}
+
+fn session_cancel(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    flags: CK_FLAGS,
+) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    if rv == CKR_OK {
+        for (kind, op) in a.sessions.cancel(session, flags) {
+            a.end_op(session, kind, op, "C_SessionCancel", None, "cancelled");
+        }
+    }
+    if a.config.enabled(Lifecycle::Session) {
+        let mut e = Event::call(
+            started,
+            "C_SessionCancel",
+            "session_cancel",
+            Lifecycle::Session,
+            rv,
+        );
+        a.place(&mut e, session);
+        a.emit(e);
+    }
+    rv
+}
+
+/// Records a login. Never the PIN, not even its length.
+fn record_login(
+    forward: impl FnOnce() -> CK_RV,
+    function: &'static str,
+    session: CK_SESSION_HANDLE,
+    user_type: CK_USER_TYPE,
+    username: impl FnOnce(CK_RV) -> Option<String>,
+) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    if rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN {
+        a.sessions.logged_in(session, user_type);
+    }
+    if a.config.enabled(Lifecycle::Auth) {
+        let mut e = Event::call(started, function, "login", Lifecycle::Auth, rv);
+        a.place(&mut e, session);
+        e.user_type = Some(user_type);
+        e.username = username(rv);
+        a.emit(e);
+    }
+    rv
+}
+
+fn login(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    user_type: CK_USER_TYPE,
+    _: CK_UTF8CHAR_PTR,
+    _: CK_ULONG,
+) -> CK_RV {
+    record_login(forward, "C_Login", session, user_type, |_| None)
+}
+
+fn login_user(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    user_type: CK_USER_TYPE,
+    _: CK_UTF8CHAR_PTR,
+    _: CK_ULONG,
+    username: CK_UTF8CHAR_PTR,
+    username_len: CK_ULONG,
+) -> CK_RV {
+    record_login(forward, "C_LoginUser", session, user_type, |rv| {
+        // The user name is not secret; read it only when the module's answer shows it
+        // checked the credentials, and so read the name.
+        matches!(rv, CKR_OK | CKR_PIN_INCORRECT | CKR_USER_ALREADY_LOGGED_IN)
+            // SAFETY: the module accepted the user name argument.
+            .then(|| unsafe { args::read_text(username, username_len) })
+            .flatten()
+    })
+}
+
+fn logout(_: &Backend, forward: impl FnOnce() -> CK_RV, session: CK_SESSION_HANDLE) -> CK_RV {
+    let Some(a) = audit::get() else {
+        return forward();
+    };
+    let started = Started::now();
+    let mut e = Event::call(started, "C_Logout", "logout", Lifecycle::Auth, CKR_OK);
+    a.place(&mut e, session);
+    let rv = forward();
+    if rv == CKR_OK {
+        a.sessions.logged_out(session);
+    }
+    if a.config.enabled(Lifecycle::Auth) {
+        e.finish(rv);
+        a.emit(e);
+    }
+    rv
 }

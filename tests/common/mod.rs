@@ -66,9 +66,10 @@ impl Fixture {
         std::fs::write(
             &keytrail_conf,
             format!(
-                "module = \"{}\"\ndiagnostics = \"{}\"\n",
+                "module = \"{}\"\ndiagnostics = \"{}\"\n[trail]\npath = \"{}\"\n",
                 softhsm_module().display(),
-                dir.path().join("diagnostics.log").display()
+                dir.path().join("diagnostics.log").display(),
+                dir.path().join("trail").join("keytrail.jsonl").display()
             ),
         )
         .expect("write keytrail.toml");
@@ -97,6 +98,20 @@ impl Fixture {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The trail file.
+    pub fn trail_path(&self) -> PathBuf {
+        self.dir.path().join("trail").join("keytrail.jsonl")
+    }
+
+    /// Every record of the trail, parsed.
+    pub fn trail(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.trail_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each trail line is JSON"))
+            .collect()
     }
 
     /// keytrail's diagnostics file contents (empty if none were written).

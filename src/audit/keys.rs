@@ -1,0 +1,261 @@
+//! Key identity: which key a handle stands for, by its non-secret attributes.
+//!
+//! Handles are per-process numbers that get reused; an auditor needs the key's class,
+//! type, size, CKA_ID, CKA_LABEL and CKA_UNIQUE_ID. They are taken from the creation
+//! template when keytrail sees the key made, or looked up once through the module with
+//! safe attributes only, and cached per handle until the object is destroyed or the
+//! session that owns it ends.
+
+use crate::backend::Backend;
+use crate::entry::args::Template;
+use cryptoki_sys::*;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// A key's non-secret identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyIdentity {
+    /// Object class name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<&'static str>,
+    /// Key type name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<&'static str>,
+    /// Size in bits, where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bits: Option<u64>,
+    /// CKA_ID in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_hex: Option<String>,
+    /// CKA_LABEL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// CKA_UNIQUE_ID (PKCS#11 3.0 modules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_id: Option<String>,
+    /// Whether it is a token (persistent) object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<bool>,
+    /// SHA-256 of the public key material (CKA_EC_POINT or CKA_MODULUS), for public keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_sha256: Option<String>,
+    #[serde(skip)]
+    class_raw: Option<CK_OBJECT_CLASS>,
+}
+
+impl KeyIdentity {
+    /// The raw class, for attribute policy decisions.
+    pub fn class_raw(&self) -> Option<CK_OBJECT_CLASS> {
+        self.class_raw
+    }
+
+    fn set_class(&mut self, class: CK_OBJECT_CLASS) {
+        self.class_raw = Some(class);
+        self.class = crate::names::object_class(class);
+    }
+
+    /// The identity stated by a creation template, completed with what the mechanism
+    /// implies (`default_class`, `default_type`).
+    pub fn from_template(
+        t: &Template<'_>,
+        default_class: Option<CK_OBJECT_CLASS>,
+        default_type: Option<CK_KEY_TYPE>,
+    ) -> KeyIdentity {
+        let mut k = KeyIdentity::default();
+        if let Some(c) = t.find(CKA_CLASS).and_then(|a| a.ulong()).or(default_class) {
+            k.set_class(c);
+        }
+        k.key_type = t
+            .find(CKA_KEY_TYPE)
+            .and_then(|a| a.ulong())
+            .or(default_type)
+            .and_then(crate::names::key_type);
+        k.bits = t
+            .find(CKA_VALUE_LEN)
+            .and_then(|a| a.ulong())
+            .map(|n| n * 8)
+            .or_else(|| t.find(CKA_MODULUS_BITS).and_then(|a| a.ulong()));
+        k.id_hex = t.find(CKA_ID).and_then(|a| a.bytes()).map(hex::encode);
+        k.label = t
+            .find(CKA_LABEL)
+            .and_then(|a| a.bytes())
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        k.token = t.find(CKA_TOKEN).and_then(|a| a.bool());
+        k
+    }
+
+    /// Takes what a copy keeps from its source where the copy's template is silent.
+    pub fn inherit(&mut self, source: &KeyIdentity) {
+        self.merge_missing(source.clone());
+        // The module gives a copy its own CKA_UNIQUE_ID.
+        self.unique_id = None;
+    }
+
+    fn merge_missing(&mut self, other: KeyIdentity) {
+        if self.class_raw.is_none() {
+            self.class_raw = other.class_raw;
+            self.class = other.class;
+        }
+        self.key_type = self.key_type.or(other.key_type);
+        self.bits = self.bits.or(other.bits);
+        self.id_hex = self.id_hex.take().or(other.id_hex);
+        self.label = self.label.take().or(other.label);
+        self.unique_id = self.unique_id.take().or(other.unique_id);
+        self.token = self.token.or(other.token);
+        self.public_sha256 = self.public_sha256.take().or(other.public_sha256);
+    }
+}
+
+/// Safe attributes read for a look-up, with the buffer size offered for each.
+const LOOKUP: [(CK_ATTRIBUTE_TYPE, usize); 8] = [
+    (CKA_CLASS, 8),
+    (CKA_KEY_TYPE, 8),
+    (CKA_ID, 256),
+    (CKA_LABEL, 256),
+    (CKA_TOKEN, 1),
+    (CKA_VALUE_LEN, 8),
+    (CKA_MODULUS_BITS, 8),
+    (CKA_UNIQUE_ID, 128),
+];
+
+/// Looks a key's identity up through the module.
+pub fn lookup(
+    backend: &Backend,
+    session: CK_SESSION_HANDLE,
+    handle: CK_OBJECT_HANDLE,
+) -> Option<KeyIdentity> {
+    let v = backend.read_attributes(session, handle, &LOOKUP);
+    let ulong = |i: usize| {
+        v[i].as_deref()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let text = |i: usize| {
+        v[i].as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let class = ulong(0)?;
+    let mut k = KeyIdentity::default();
+    k.set_class(class);
+    k.key_type = ulong(1).and_then(crate::names::key_type);
+    k.id_hex = v[2].as_deref().map(hex::encode);
+    k.label = text(3);
+    k.token = v[4].as_deref().map(|b| b.first().is_some_and(|x| *x != 0));
+    k.bits = ulong(5).map(|n| n * 8).or(ulong(6));
+    k.unique_id = text(7);
+    if class == CKO_PUBLIC_KEY {
+        let public = backend.read_attributes(
+            session,
+            handle,
+            &[(CKA_EC_POINT, 1024), (CKA_MODULUS, 1024)],
+        );
+        k.public_sha256 = public
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|b| super::attrs::fingerprint(&b));
+    }
+    Some(k)
+}
+
+#[derive(Default)]
+struct Entry {
+    identity: Option<Arc<KeyIdentity>>,
+    /// The session that owns a session object; `None` for token objects.
+    owner: Option<CK_SESSION_HANDLE>,
+    used: bool,
+}
+
+/// The per-process cache of key identities.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<CK_OBJECT_HANDLE, Entry>>,
+}
+
+impl KeyCache {
+    /// The cached identity of a handle, looking it up through the module (when `lookups`
+    /// is on) on a miss.
+    pub fn get(
+        &self,
+        backend: &Backend,
+        session: CK_SESSION_HANDLE,
+        handle: CK_OBJECT_HANDLE,
+        lookups: bool,
+    ) -> Option<Arc<KeyIdentity>> {
+        if let Some(e) = self.lock().get(&handle) {
+            if let Some(id) = &e.identity {
+                return Some(id.clone());
+            }
+        }
+        if !lookups {
+            return None;
+        }
+        let found = Arc::new(lookup(backend, session, handle)?);
+        let owner = (found.token == Some(false)).then_some(session);
+        let mut map = self.lock();
+        let e = map.entry(handle).or_default();
+        e.identity = Some(found.clone());
+        e.owner = owner;
+        Some(found)
+    }
+
+    /// Records a key keytrail saw created, completing the template's identity with a
+    /// look-up when enabled.
+    pub fn created(
+        &self,
+        backend: &Backend,
+        session: CK_SESSION_HANDLE,
+        handle: CK_OBJECT_HANDLE,
+        mut stated: KeyIdentity,
+        lookups: bool,
+    ) -> Arc<KeyIdentity> {
+        if lookups {
+            if let Some(found) = lookup(backend, session, handle) {
+                stated.merge_missing(found);
+            }
+        }
+        let id = Arc::new(stated);
+        let owner = (id.token != Some(true)).then_some(session);
+        self.lock().insert(
+            handle,
+            Entry {
+                identity: Some(id.clone()),
+                owner,
+                used: false,
+            },
+        );
+        id
+    }
+
+    /// Marks a key used; returns whether this is its first use in this process.
+    pub fn first_use(&self, handle: CK_OBJECT_HANDLE) -> bool {
+        let mut map = self.lock();
+        let e = map.entry(handle).or_default();
+        !std::mem::replace(&mut e.used, true)
+    }
+
+    /// Forgets a destroyed object.
+    pub fn destroyed(&self, handle: CK_OBJECT_HANDLE) {
+        self.lock().remove(&handle);
+    }
+
+    /// Forgets the session objects owned by closed sessions (all of them when `sessions`
+    /// is `None`).
+    pub fn sessions_closed(&self, sessions: Option<&HashSet<CK_SESSION_HANDLE>>) {
+        self.lock().retain(|_, e| match (e.owner, sessions) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(s), Some(closed)) => !closed.contains(&s),
+        });
+    }
+
+    /// Forgets everything (C_Finalize, C_InitToken).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CK_OBJECT_HANDLE, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

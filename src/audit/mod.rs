@@ -1,0 +1,345 @@
+//! What an audit record is and how the calling thread builds it: the event model, the
+//! attribute allow-list, key identities, session and operation tracking, thread context.
+//!
+//! Everything here runs on the application's thread, after the real module has returned,
+//! and does no I/O: a record is plain data handed to the writer ([`crate::sink`]).
+
+pub mod attrs;
+pub mod context;
+pub mod event;
+pub mod keys;
+pub mod mechanism;
+pub mod sessions;
+
+use crate::backend::Backend;
+use crate::config::{AuditConfig, Lifecycle, UsageDetail};
+use crate::sink::Sink;
+use cryptoki_sys::*;
+use event::{Event, KeyRef, OperationInfo, Outcome, Started, TokenRef};
+use keys::{KeyCache, KeyIdentity};
+use mechanism::Mechanism;
+use sessions::{Closing, OpKind, Operation, Sessions};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The audit state of the process.
+pub struct Auditor {
+    /// What is audited.
+    pub config: AuditConfig,
+    /// The real module, for identity look-ups.
+    pub backend: &'static Backend,
+    /// Key identities.
+    pub keys: KeyCache,
+    /// Sessions and operations.
+    pub sessions: Sessions,
+    tokens: Mutex<HashMap<CK_SLOT_ID, Arc<TokenRef>>>,
+    sink: Sink,
+}
+
+static AUDITOR: OnceLock<Auditor> = OnceLock::new();
+
+/// The auditor, once the trail is running.
+#[inline]
+pub fn get() -> Option<&'static Auditor> {
+    AUDITOR.get()
+}
+
+/// Starts the trail for a loaded backend (once per process).
+pub fn start(backend: &'static Backend) -> Option<&'static Auditor> {
+    if let Some(a) = AUDITOR.get() {
+        return Some(a);
+    }
+    let config = &backend.config;
+    let origin = crate::sink::json::Origin::current(config.service.clone());
+    let sink = match Sink::start(config.trail.path.clone(), origin) {
+        Ok(s) => s,
+        Err(e) => {
+            crate::diag::report(&format!("cannot start the trail writer thread: {e}"));
+            return None;
+        }
+    };
+    let auditor = AUDITOR.get_or_init(|| Auditor {
+        config: config.audit.clone(),
+        backend,
+        keys: KeyCache::default(),
+        sessions: Sessions::default(),
+        tokens: Mutex::new(HashMap::new()),
+        sink,
+    });
+    auditor.emit(Event::audit(
+        "trail_start",
+        format!(
+            "keytrail {} auditing {}",
+            env!("CARGO_PKG_VERSION"),
+            backend.path.display()
+        ),
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "module": backend.path.display().to_string(),
+            "config": config.source.as_ref().map(|p| p.display().to_string()),
+        }),
+    ));
+    Some(auditor)
+}
+
+/// The auditor when records of category `c` are written.
+#[inline]
+pub fn active(c: Lifecycle) -> Option<&'static Auditor> {
+    get().filter(|a| a.config.enabled(c))
+}
+
+/// What a data-carrying call produced, for operation accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The call has no output buffer.
+    None,
+    /// The output buffer was NULL: a length query.
+    Query,
+    /// The module wrote this many bytes.
+    Written(u64),
+}
+
+/// When a call ends its operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// An Update: ends only on an error (other than CKR_BUFFER_TOO_SMALL).
+    Update,
+    /// A one-shot or Final call: ends unless it was a length query or the buffer was
+    /// too small.
+    Final,
+    /// A call that always ends its operation (C_Verify, C_VerifyFinal).
+    Always,
+    /// One message of a message-based operation: never ends it.
+    Message,
+}
+
+impl Auditor {
+    /// Completes a record with the thread's facts and queues it.
+    pub fn emit(&self, mut e: Event) {
+        e.thread_id = context::thread_id();
+        e.labels = context::labels();
+        self.sink.send(e);
+    }
+
+    /// Waits for the writer to drain.
+    pub fn flush(&self) -> bool {
+        self.sink.flush(std::time::Duration::from_secs(5))
+    }
+
+    /// The token in a slot, cached.
+    pub fn token(&self, slot: CK_SLOT_ID) -> Option<Arc<TokenRef>> {
+        if let Some(t) = self.lock_tokens().get(&slot) {
+            return Some(t.clone());
+        }
+        let (label, serial) = self.backend.token_identity(slot)?;
+        let t = Arc::new(TokenRef { label, serial });
+        self.lock_tokens().insert(slot, t.clone());
+        Some(t)
+    }
+
+    /// Forgets a slot's token identity (after C_InitToken relabels it).
+    pub fn forget_token(&self, slot: CK_SLOT_ID) {
+        self.lock_tokens().remove(&slot);
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<CK_SLOT_ID, Arc<TokenRef>>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fills in where a session call happened: slot, token, session and its state. A
+    /// session keytrail did not see opened is asked of the module.
+    pub fn place(&self, e: &mut Event, session: CK_SESSION_HANDLE) {
+        e.session = Some(session);
+        let place = self.sessions.place(session).or_else(|| {
+            let (slot, rw) = self.backend.session_slot(session)?;
+            self.sessions.opened(session, slot, rw);
+            self.sessions.place(session)
+        });
+        if let Some(p) = place {
+            e.slot_id = Some(p.slot);
+            e.session_state = Some(p.state);
+            e.token = self.token(p.slot);
+        }
+    }
+
+    /// A slot (and its token) for calls that name a slot.
+    pub fn place_slot(&self, e: &mut Event, slot: CK_SLOT_ID) {
+        e.slot_id = Some(slot);
+        e.token = self.token(slot);
+    }
+
+    /// A key's identity, from the cache or a look-up.
+    pub fn key(
+        &self,
+        session: CK_SESSION_HANDLE,
+        handle: CK_OBJECT_HANDLE,
+    ) -> Option<Arc<KeyIdentity>> {
+        self.keys
+            .get(self.backend, session, handle, self.config.key_lookups)
+    }
+
+    /// A key keytrail saw created.
+    pub fn created(
+        &self,
+        session: CK_SESSION_HANDLE,
+        handle: CK_OBJECT_HANDLE,
+        stated: KeyIdentity,
+    ) -> Arc<KeyIdentity> {
+        // A look-up costs a module call; make it only when the template and mechanism left
+        // the essentials unknown, or when a 3.0 module may assign a CKA_UNIQUE_ID.
+        let incomplete = stated.class.is_none() || stated.key_type.is_none();
+        let lookups = self.config.key_lookups && (incomplete || self.backend.v3_flags.is_some());
+        self.keys
+            .created(self.backend, session, handle, stated, lookups)
+    }
+
+    /// A *Init call returned.
+    pub fn op_init(
+        &self,
+        started: Started,
+        function: &'static str,
+        kind: OpKind,
+        session: CK_SESSION_HANDLE,
+        mechanism: Option<Mechanism>,
+        mechanism_given: bool,
+        key: CK_OBJECT_HANDLE,
+        rv: CK_RV,
+    ) {
+        if rv != CKR_OK {
+            let mut e = Event::call(started, function, kind.as_str(), Lifecycle::Use, rv);
+            self.place(&mut e, session);
+            e.mechanism = mechanism;
+            if mechanism_given {
+                e.key("key", key, self.key(session, key));
+            }
+            e.operation = Some(OperationInfo {
+                kind: kind.as_str(),
+                init: function,
+                end: "failed",
+                ..OperationInfo::default()
+            });
+            self.emit(e);
+            return;
+        }
+        if !mechanism_given {
+            // PKCS#11 3.0: an *Init with a NULL mechanism cancels the operation.
+            for (k, op) in self.sessions.cancel(session, kind.cancel_flag()) {
+                self.end_op(session, k, op, function, None, "cancelled");
+            }
+            return;
+        }
+        if self.sessions.place(session).is_none() {
+            if let Some((slot, rw)) = self.backend.session_slot(session) {
+                self.sessions.opened(session, slot, rw);
+            }
+        }
+        let op = Operation {
+            started,
+            mechanism,
+            key: KeyRef {
+                role: "key",
+                handle: key,
+                identity: self.key(session, key),
+            },
+            info: OperationInfo {
+                kind: kind.as_str(),
+                init: function,
+                ..OperationInfo::default()
+            },
+        };
+        if let Some(old) = self.sessions.start(session, kind, op) {
+            self.end_op(session, kind, old, function, None, "abandoned");
+        }
+    }
+
+    /// A call within an operation returned.
+    pub fn op_call(
+        &self,
+        function: &'static str,
+        kind: OpKind,
+        session: CK_SESSION_HANDLE,
+        rv: CK_RV,
+        input: Option<u64>,
+        output: Output,
+        ending: Ending,
+    ) {
+        let ends = match ending {
+            Ending::Update => rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL,
+            Ending::Final => {
+                !(rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && output == Output::Query))
+            }
+            Ending::Always => true,
+            Ending::Message => false,
+        };
+        let counted = rv == CKR_OK && output != Output::Query;
+        let done = self.sessions.with_op(session, kind, |op| {
+            if counted {
+                if let Some(n) = input {
+                    op.info.parts += 1;
+                    op.info.in_len += n;
+                }
+                if let Output::Written(n) = output {
+                    op.info.out_len += n;
+                }
+            }
+            (ends, ())
+        });
+        if let Some(((), Some(op))) = done {
+            let end = if rv == CKR_OK { "completed" } else { "failed" };
+            self.end_op(session, kind, op, function, Some(rv), end);
+        }
+    }
+
+    /// Writes the record of an operation that ended.
+    pub fn end_op(
+        &self,
+        session: CK_SESSION_HANDLE,
+        kind: OpKind,
+        op: Operation,
+        function: &'static str,
+        rv: Option<CK_RV>,
+        end: &'static str,
+    ) {
+        let outcome = match rv {
+            Some(rv) => Outcome::of(rv),
+            None => Outcome::Unknown,
+        };
+        if self.config.usage == UsageDetail::First
+            && outcome == Outcome::Success
+            && !self.keys.first_use(op.key.handle)
+        {
+            return;
+        }
+        let mut e = Event::call(
+            op.started,
+            function,
+            kind.as_str(),
+            Lifecycle::Use,
+            rv.unwrap_or(CKR_OK),
+        );
+        e.rv = rv;
+        e.outcome = outcome;
+        self.place(&mut e, session);
+        e.mechanism = op.mechanism;
+        e.keys.push(op.key);
+        let mut info = op.info;
+        info.end = end;
+        e.operation = Some(info);
+        self.emit(e);
+    }
+
+    /// Sessions closed (or the library finalized): their unfinished operations are
+    /// recorded as abandoned and their session objects forgotten.
+    pub fn sessions_closed(&self, which: Closing, function: &'static str) {
+        let (closed, ops) = self.sessions.close(which);
+        for (session, kind, op) in ops {
+            if self.config.enabled(Lifecycle::Use) {
+                self.end_op(session, kind, op, function, None, "abandoned");
+            }
+        }
+        match which {
+            Closing::All => self.keys.clear(),
+            _ => self.keys.sessions_closed(Some(&closed)),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The shared audit path of operation calls: *Init, data-carrying calls and Finals, for
+//! both the classic (§5.8–5.13) and the message-based (3.0 §5.19–5.22) functions.
+
+use crate::audit::{self, event::Started, mechanism::Mechanism, sessions::OpKind};
+pub use crate::audit::{Ending, Output};
+use crate::config::Lifecycle;
+use crate::entry::args;
+use cryptoki_sys::*;
+
+/// An *Init call: the mechanism is read only after the module accepted it.
+pub fn init(
+    function: &'static str,
+    kind: OpKind,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    mechanism: CK_MECHANISM_PTR,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let Some(a) = audit::active(Lifecycle::Use) else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    let summary = if rv == CKR_OK {
+        // SAFETY: the module accepted the mechanism, so it is NULL or valid.
+        unsafe { args::Mechanism::new(mechanism) }.map(|m| Mechanism::from_raw(&m))
+    } else {
+        None
+    };
+    a.op_init(
+        started,
+        function,
+        kind,
+        session,
+        summary,
+        !mechanism.is_null(),
+        key,
+        rv,
+    );
+    rv
+}
+
+/// A call within an operation. `input` is the input length for calls that carry data;
+/// `out` the output buffer and its length pointer, read only after CKR_OK.
+pub fn call(
+    function: &'static str,
+    kinds: &[OpKind],
+    ending: Ending,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    input: Option<CK_ULONG>,
+    out: Option<(CK_BYTE_PTR, CK_ULONG_PTR)>,
+) -> CK_RV {
+    let Some(a) = audit::active(Lifecycle::Use) else {
+        return forward();
+    };
+    let rv = forward();
+    let output = match out {
+        Some((buf, len)) if rv == CKR_OK => {
+            if buf.is_null() {
+                Output::Query
+            } else {
+                // SAFETY: the module accepted the call and wrote the output length.
+                unsafe { args::read_ulong(len) }.map_or(Output::None, Output::Written)
+            }
+        }
+        _ => Output::None,
+    };
+    for kind in kinds {
+        a.op_call(function, *kind, session, rv, input, output, ending);
+    }
+    rv
+}
