@@ -494,3 +494,90 @@ fn failed_load_still_offers_an_interface_and_function_list() {
         assert_eq!(rv, CKR_CRYPTOKI_NOT_INITIALIZED, "{f}");
     }
 }
+
+#[test]
+fn keytrail_module_variable_alone_is_enough() {
+    assert!(!Path::new("/etc/keytrail/keytrail.toml").exists());
+    let fx = Fixture::new();
+    let run = child(&[
+        ("KEYTRAIL_MODULE", Some(&softhsm_module())),
+        ("SOFTHSM2_CONF", Some(&fx.softhsm_conf)),
+    ]);
+    assert_eq!(run.rv("C_Initialize"), vec![CKR_OK, CKR_OK]);
+    assert_eq!(run.rv("C_GetInfo"), vec![CKR_OK]);
+    // Slot 0 does not exist in SoftHSM (its slot IDs come from token serials).
+    assert_eq!(run.rv("C_OpenSession"), vec![CKR_SLOT_ID_INVALID]);
+    assert_eq!(
+        run.rv("C_SignInit"),
+        vec![CKR_ARGUMENTS_BAD],
+        "NULL mechanism"
+    );
+    assert!(run.keytrail_lines().is_empty(), "{}", run.stderr);
+}
+
+#[test]
+fn diagnostics_file_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let diag = dir.path().join("diag.log");
+    let conf = write_config(
+        dir.path(),
+        "k.toml",
+        &format!(
+            "module = \"/nonexistent.so\"\ndiagnostics = \"{}\"\n",
+            diag.display()
+        ),
+    );
+    let run = child(&[("KEYTRAIL_CONFIG", Some(&conf))]);
+    assert_load_failure(&run);
+    let mode = std::fs::metadata(&diag)
+        .expect("diagnostics file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&diag).expect("read");
+    assert_eq!(text.lines().count(), 2);
+}
+
+#[test]
+fn module_is_a_copy_of_keytrail() {
+    // A copy is a different library to the loader, so keytrail cannot tell it from a real
+    // module by its C_GetFunctionList: it loads it, and the copy then refuses itself.
+    let fx = Fixture::new();
+    let copy = fx.path().join("libcopy-pkcs11.so");
+    std::fs::copy(keytrail_module(), &copy).expect("copy");
+    let conf = write_config(
+        fx.path(),
+        "k.toml",
+        &format!("module = \"{}\"\n", copy.display()),
+    );
+    let run = child(&[
+        ("KEYTRAIL_CONFIG", Some(&conf)),
+        ("SOFTHSM2_CONF", Some(&fx.softhsm_conf)),
+    ]);
+    assert_eq!(run.rv("C_Initialize"), vec![CKR_GENERAL_ERROR; 2]);
+    // The outer keytrail did load the copy, so later calls reach the copy, which answers
+    // as an uninitialised library.
+    assert_eq!(
+        run.rv("C_GetSlotList"),
+        vec![CKR_CRYPTOKI_NOT_INITIALIZED; 2]
+    );
+    assert_eq!(run.rv("C_Finalize"), vec![CKR_CRYPTOKI_NOT_INITIALIZED]);
+    let inner = format!(
+        "keytrail: C_Initialize returns CKR_GENERAL_ERROR: {} is not a usable PKCS#11 module: it is keytrail itself; name the real module instead",
+        copy.display()
+    );
+    let outer = format!(
+        "keytrail: the real module {} returned CKR_GENERAL_ERROR from C_Initialize",
+        copy.display()
+    );
+    assert_eq!(
+        run.keytrail_lines(),
+        vec![
+            inner.as_str(),
+            outer.as_str(),
+            inner.as_str(),
+            outer.as_str()
+        ]
+    );
+}
