@@ -179,3 +179,6 @@ pub fn user_session(p: &Pkcs11) -> Session {
         .expect("login");
     s
 }
+
+pub mod raw;
+pub mod transcript;
