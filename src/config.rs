@@ -161,18 +161,76 @@ impl AuditConfig {
     }
 }
 
-/// Where the trail goes (`[trail]`).
+/// Where the trail goes and what happens when it cannot keep up (`[trail]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrailConfig {
-    /// The trail file.
+    /// The trail file. `{pid}` in it becomes the process id, so that each process can
+    /// have its own file; without it, processes share the file, each writing whole lines.
     pub path: PathBuf,
+    /// Start a new file every hour or day (`never`, `hourly`, `daily`).
+    pub rotate: Rotate,
+    /// Start a new file when the current one reaches this size.
+    pub max_bytes: Option<u64>,
+    /// Keep at most this many trail files, deleting the oldest.
+    pub keep: Option<usize>,
+    /// Records the queue to the writer thread holds.
+    pub queue: usize,
+    /// When the queue is full: `wait` (nothing is lost) or `drop` (counted and recorded).
+    pub on_full: OnFull,
+    /// When the trail cannot be written: `continue` (serve, retry, report the loss) or
+    /// `deny` (refuse audited calls until it can).
+    pub on_failure: OnFailure,
 }
+
+/// Time-based rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Rotate {
+    /// One file (unless `max_bytes` is set).
+    #[default]
+    Never,
+    /// A file per UTC hour.
+    Hourly,
+    /// A file per UTC day.
+    Daily,
+}
+
+/// Queue-full policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// The calling thread waits for room: nothing is lost.
+    #[default]
+    Wait,
+    /// The record is dropped, counted, and the trail says how many were lost.
+    Drop,
+}
+
+/// Sink-failure policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Keep serving; retry the sink; report the loss on stderr and in the trail.
+    #[default]
+    Continue,
+    /// Fail closed: audited calls return CKR_FUNCTION_FAILED before reaching the module.
+    Deny,
+}
+
+/// Records the writer queue holds by default.
+pub const DEFAULT_QUEUE: usize = 8192;
 
 impl Default for TrailConfig {
     fn default() -> Self {
         TrailConfig {
             path: PathBuf::from(DEFAULT_TRAIL_PATH),
+            rotate: Rotate::Never,
+            max_bytes: None,
+            keep: None,
+            queue: DEFAULT_QUEUE,
+            on_full: OnFull::Wait,
+            on_failure: OnFailure::Continue,
         }
     }
 }
@@ -275,6 +333,27 @@ impl Config {
                 });
             }
         };
+        if file.trail.queue == 0 {
+            return Err(ConfigError {
+                file: Some(path.to_path_buf()),
+                key: Some("trail.queue".into()),
+                problem: "must be at least 1".into(),
+            });
+        }
+        if file.trail.keep == Some(0) || file.trail.max_bytes == Some(0) {
+            return Err(ConfigError {
+                file: Some(path.to_path_buf()),
+                key: Some(
+                    if file.trail.keep == Some(0) {
+                        "trail.keep"
+                    } else {
+                        "trail.max_bytes"
+                    }
+                    .into(),
+                ),
+                problem: "must be at least 1".into(),
+            });
+        }
         Ok(Config {
             source,
             module,

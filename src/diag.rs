@@ -5,18 +5,16 @@
 //! daemons) discard stderr. Messages never carry call arguments, so they cannot carry a
 //! secret.
 
+use parking_lot::Mutex;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 static DIAGNOSTICS_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Sets the file that receives a copy of every diagnostic from now on.
 pub fn set_file(path: Option<PathBuf>) {
-    if let Ok(mut slot) = DIAGNOSTICS_FILE.lock() {
-        *slot = path;
-    }
+    *DIAGNOSTICS_FILE.lock() = path;
 }
 
 /// Reports a problem to the operator. Never fails: a diagnostic that cannot be written
@@ -24,7 +22,7 @@ pub fn set_file(path: Option<PathBuf>) {
 pub fn report(message: &str) {
     let line = format!("keytrail: {message}\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
-    let path = DIAGNOSTICS_FILE.lock().ok().and_then(|p| p.clone());
+    let path = DIAGNOSTICS_FILE.lock().clone();
     if let Some(path) = path {
         let opened = std::fs::OpenOptions::new()
             .create(true)
@@ -44,4 +42,18 @@ pub fn report(message: &str) {
             }
         }
     }
+}
+
+/// Takes the diagnostics lock before fork() (see [`crate::audit::fork`]).
+pub fn lock_for_fork() {
+    std::mem::forget(DIAGNOSTICS_FILE.lock());
+}
+
+/// Releases the lock taken by [`lock_for_fork`].
+///
+/// # Safety
+/// Only after `lock_for_fork` on this thread.
+pub unsafe fn unlock_after_fork() {
+    // SAFETY: the caller guarantees the lock is held with its guard forgotten.
+    unsafe { DIAGNOSTICS_FILE.force_unlock() };
 }

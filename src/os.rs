@@ -55,3 +55,47 @@ pub fn host_name() -> Option<String> {
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
+
+/// Registers keytrail's process-wide hooks once: fork handlers (a child gets a stream of
+/// its own; no lock is inherited held) and an exit handler (the trail is drained even
+/// when the application never calls C_Finalize).
+pub fn register_process_hooks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handlers are plain extern "C" functions that live for the whole
+        // process (libkeytrail.so is linked NODELETE).
+        let rc = unsafe {
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child))
+        };
+        if rc != 0 {
+            crate::diag::report(
+                "could not register fork handlers; a forked child may lose records",
+            );
+        }
+        // SAFETY: as above.
+        if unsafe { libc::atexit(exit_handler) } != 0 {
+            crate::diag::report(
+                "could not register the exit handler; records queued at exit may be lost",
+            );
+        }
+    });
+}
+
+extern "C" fn fork_prepare() {
+    crate::audit::fork::prepare();
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: runs after fork_prepare on the forking thread.
+    unsafe { crate::audit::fork::release() };
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: runs after fork_prepare on the forking thread (the child's only thread).
+    unsafe { crate::audit::fork::release() };
+    crate::audit::fork::child();
+}
+
+extern "C" fn exit_handler() {
+    let _ = std::panic::catch_unwind(crate::audit::at_exit);
+}

@@ -9,9 +9,10 @@
 use crate::backend::Backend;
 use crate::entry::args::Template;
 use cryptoki_sys::*;
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A key's non-secret identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -250,12 +251,26 @@ impl KeyCache {
         });
     }
 
+    /// Takes the lock before fork() (see [`crate::audit::fork`]).
+    pub fn lock_for_fork(&self) {
+        std::mem::forget(self.entries.lock());
+    }
+
+    /// Releases the lock taken by [`KeyCache::lock_for_fork`].
+    ///
+    /// # Safety
+    /// Only after `lock_for_fork` on this thread.
+    pub unsafe fn unlock_after_fork(&self) {
+        // SAFETY: the caller guarantees the lock is held with its guard forgotten.
+        unsafe { self.entries.force_unlock() };
+    }
+
     /// Forgets everything (C_Finalize, C_InitToken).
     pub fn clear(&self) {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CK_OBJECT_HANDLE, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<CK_OBJECT_HANDLE, Entry>> {
+        self.entries.lock()
     }
 }

@@ -13,14 +13,15 @@ pub mod sessions;
 
 use crate::backend::Backend;
 use crate::config::{AuditConfig, Lifecycle, UsageDetail};
-use crate::sink::Sink;
+use crate::sink::SinkSlot;
 use cryptoki_sys::*;
 use event::{Event, KeyRef, OperationInfo, Outcome, Started, TokenRef};
 use keys::{KeyCache, KeyIdentity};
 use mechanism::Mechanism;
+use parking_lot::Mutex;
 use sessions::{Closing, OpKind, Operation, Sessions};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 /// The audit state of the process.
 pub struct Auditor {
@@ -33,7 +34,7 @@ pub struct Auditor {
     /// Sessions and operations.
     pub sessions: Sessions,
     tokens: Mutex<HashMap<CK_SLOT_ID, Arc<TokenRef>>>,
-    sink: Sink,
+    sink: SinkSlot,
 }
 
 static AUDITOR: OnceLock<Auditor> = OnceLock::new();
@@ -44,42 +45,124 @@ pub fn get() -> Option<&'static Auditor> {
     AUDITOR.get()
 }
 
-/// Starts the trail for a loaded backend (once per process).
-pub fn start(backend: &'static Backend) -> Option<&'static Auditor> {
+/// Starts the trail for a loaded backend (once per process). `threads` is false when
+/// the application forbids keytrail to create threads: records are then written
+/// synchronously.
+pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
     if let Some(a) = AUDITOR.get() {
-        return Some(a);
+        return a;
     }
     let config = &backend.config;
-    let origin = crate::sink::json::Origin::current(config.service.clone());
-    let sink = match Sink::start(config.trail.path.clone(), origin) {
-        Ok(s) => s,
-        Err(e) => {
-            crate::diag::report(&format!("cannot start the trail writer thread: {e}"));
-            return None;
+    let mut created = false;
+    let auditor = AUDITOR.get_or_init(|| {
+        created = true;
+        Auditor {
+            config: config.audit.clone(),
+            backend,
+            keys: KeyCache::default(),
+            sessions: Sessions::default(),
+            tokens: Mutex::new(HashMap::new()),
+            sink: SinkSlot::new(config.trail.clone(), config.service.clone(), threads),
         }
-    };
-    let auditor = AUDITOR.get_or_init(|| Auditor {
-        config: config.audit.clone(),
-        backend,
-        keys: KeyCache::default(),
-        sessions: Sessions::default(),
-        tokens: Mutex::new(HashMap::new()),
-        sink,
     });
-    auditor.emit(Event::audit(
-        "trail_start",
-        format!(
-            "keytrail {} auditing {}",
-            env!("CARGO_PKG_VERSION"),
-            backend.path.display()
-        ),
-        serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "module": backend.path.display().to_string(),
-            "config": config.source.as_ref().map(|p| p.display().to_string()),
-        }),
-    ));
-    Some(auditor)
+    if created {
+        crate::os::register_process_hooks();
+        auditor.emit(Event::audit(
+            "trail_start",
+            format!(
+                "keytrail {} auditing {}",
+                env!("CARGO_PKG_VERSION"),
+                backend.path.display()
+            ),
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "module": backend.path.display().to_string(),
+                "config": config.source.as_ref().map(|p| p.display().to_string()),
+                "writer": if threads { "thread" } else { "synchronous" },
+            }),
+        ));
+    }
+    auditor
+}
+
+/// CK_RV of an audited call refused because the trail cannot be written and the operator
+/// chose `on_failure = "deny"`.
+pub const REFUSED: CK_RV = CKR_FUNCTION_FAILED;
+
+/// Functions that pass even when a fail-closed trail is refusing calls: they end work or
+/// give up privileges, and refusing them would only make things worse.
+const ALWAYS_PASS: [&str; 4] = [
+    "C_Logout",
+    "C_CloseSession",
+    "C_CloseAllSessions",
+    "C_Finalize",
+];
+
+/// Whether an audited call must be refused before it reaches the module.
+#[inline]
+pub fn refusal(function: &'static str) -> Option<CK_RV> {
+    let a = get()?;
+    let sink = a.sink.get()?;
+    (sink.refusing() && !ALWAYS_PASS.contains(&function)).then(|| {
+        sink.count_refused();
+        REFUSED
+    })
+}
+
+/// Called at process exit (registered with atexit): records the exit and drains the
+/// queue, for applications that never call C_Finalize.
+pub fn at_exit() {
+    if let Some(a) = get() {
+        if a.sink.get().is_some() {
+            a.emit(Event::audit(
+                "process_exit",
+                "the process is exiting".into(),
+                serde_json::json!({}),
+            ));
+            let _ = a.flush();
+        }
+    }
+}
+
+/// fork() handlers: the auditor's locks are taken before the fork so that neither side
+/// inherits one held by a thread that does not exist in the child.
+pub mod fork {
+    use super::get;
+
+    /// Before fork: take every lock.
+    pub fn prepare() {
+        if let Some(a) = get() {
+            a.sessions.lock_for_fork();
+            a.keys.lock_for_fork();
+            std::mem::forget(a.tokens.lock());
+        }
+        crate::diag::lock_for_fork();
+    }
+
+    /// After fork, in either process: release them.
+    ///
+    /// # Safety
+    /// Only after `prepare` on this thread.
+    pub unsafe fn release() {
+        if let Some(a) = get() {
+            // SAFETY: prepare() locked each of these and forgot the guards.
+            unsafe {
+                a.sessions.unlock_after_fork();
+                a.keys.unlock_after_fork();
+                a.tokens.force_unlock();
+            }
+        }
+        // SAFETY: as above.
+        unsafe { crate::diag::unlock_after_fork() };
+    }
+
+    /// In the child: a new stream with a writer of its own.
+    pub fn child() {
+        super::context::reset_thread_id();
+        if let Some(a) = get() {
+            a.sink.after_fork_in_child();
+        }
+    }
 }
 
 /// The auditor when records of category `c` are written.
@@ -118,12 +201,32 @@ impl Auditor {
     pub fn emit(&self, mut e: Event) {
         e.thread_id = context::thread_id();
         e.labels = context::labels();
-        self.sink.send(e);
+        if let Some(sink) = self.sink.get() {
+            sink.send(e);
+        }
     }
 
-    /// Waits for the writer to drain.
+    /// Waits for the writer to drain; true when everything was written.
     pub fn flush(&self) -> bool {
-        self.sink.flush(std::time::Duration::from_secs(5))
+        self.sink
+            .get()
+            .is_some_and(|s| s.flush(std::time::Duration::from_secs(5)))
+    }
+
+    /// Under `on_failure = "deny"`, puts a record of a call on the trail before the call is
+    /// forwarded, and says whether that succeeded (if not, the call must be refused).
+    /// Under `continue`, does nothing and says yes.
+    pub fn on_record_first(&self, intent: impl FnOnce() -> Event) -> bool {
+        if !self.sink.get().is_some_and(|s| s.fail_closed()) {
+            return true;
+        }
+        let mut intent = intent();
+        intent.rv = None;
+        intent.outcome = Outcome::Unknown;
+        intent.duration_ns = None;
+        intent.flags.push("intent");
+        self.emit(intent);
+        self.flush()
     }
 
     /// The token in a slot, cached.
@@ -142,8 +245,8 @@ impl Auditor {
         self.lock_tokens().remove(&slot);
     }
 
-    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<CK_SLOT_ID, Arc<TokenRef>>> {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_tokens(&self) -> parking_lot::MutexGuard<'_, HashMap<CK_SLOT_ID, Arc<TokenRef>>> {
+        self.tokens.lock()
     }
 
     /// Fills in where a session call happened: slot, token, session and its state. A

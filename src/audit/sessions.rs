@@ -5,8 +5,8 @@
 use super::event::{KeyRef, OperationInfo, Started};
 use super::mechanism::Mechanism;
 use cryptoki_sys::*;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
 
 /// A kind of cryptographic operation that can be under way in a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,7 +114,21 @@ pub struct Place {
 
 impl Sessions {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
+    }
+
+    /// Takes the lock before fork() (see [`crate::audit::fork`]).
+    pub fn lock_for_fork(&self) {
+        std::mem::forget(self.inner.lock());
+    }
+
+    /// Releases the lock taken by [`Sessions::lock_for_fork`].
+    ///
+    /// # Safety
+    /// Only after `lock_for_fork` on this thread.
+    pub unsafe fn unlock_after_fork(&self) {
+        // SAFETY: the caller guarantees the lock is held with its guard forgotten.
+        unsafe { self.inner.force_unlock() };
     }
 
     /// A session was opened.

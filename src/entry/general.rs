@@ -6,8 +6,8 @@ use crate::backend;
 use crate::backend::Backend;
 use crate::config::Lifecycle;
 use crate::diag;
-use crate::entry::guard;
 use crate::entry::tables::FUNCTION_LIST_2_40;
+use crate::entry::{args, guard};
 use crate::names::rv_name;
 use cryptoki_sys::*;
 
@@ -40,7 +40,18 @@ pub unsafe extern "C" fn C_Initialize(init_args: CK_VOID_PTR) -> CK_RV {
                 rv_name(rv)
             ));
         }
-        if let Some(a) = audit::start(backend) {
+        if rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED {
+            // SAFETY: the module accepted pInitArgs, so it is NULL or a valid struct.
+            let flags = unsafe { args::init_flags(init_args) };
+            let a = audit::start(backend, flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0);
+            a.emit(Event::call(
+                started,
+                "C_Initialize",
+                "initialize",
+                Lifecycle::Audit,
+                rv,
+            ));
+        } else if let Some(a) = audit::get() {
             a.emit(Event::call(
                 started,
                 "C_Initialize",

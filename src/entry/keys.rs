@@ -206,6 +206,18 @@ fn wrap_key(
         return forward();
     };
     let started = Started::now();
+    if !wrapped.is_null()
+        && !a.on_record_first(|| {
+            let mut intent =
+                Event::call(started, "C_WrapKey", "key_wrap", Lifecycle::Export, CKR_OK);
+            a.place(&mut intent, session);
+            intent.key("wrapping", wrapping_key, a.key(session, wrapping_key));
+            intent.key("key", key, a.key(session, key));
+            intent
+        })
+    {
+        return audit::REFUSED;
+    }
     let rv = forward();
     // A length query or a too-small buffer exports nothing yet; the call that does is
     // recorded.

@@ -38,12 +38,17 @@ macro_rules! forward {
                 // SAFETY: the application's arguments go to the real module unchanged; the
                 // module's contract for them is the application's contract with us.
                 let forward = move || unsafe { f($($arg),*) };
-                forward!(@call backend, forward, ($($arg),*) $(, $hook)?)
+                forward!(@call $name, backend, forward, ($($arg),*) $(, $hook)?)
             })
         }
     )* };
-    (@call $b:ident, $fwd:ident, ($($arg:ident),*)) => { { let _ = $b; $fwd() } };
-    (@call $b:ident, $fwd:ident, ($($arg:ident),*), $hook:path) => { $hook($b, $fwd, $($arg),*) };
+    (@call $name:ident, $b:ident, $fwd:ident, ($($arg:ident),*)) => { { let _ = $b; $fwd() } };
+    (@call $name:ident, $b:ident, $fwd:ident, ($($arg:ident),*), $hook:path) => {
+        match $crate::audit::refusal(stringify!($name)) {
+            Some(rv) => rv,
+            None => $hook($b, $fwd, $($arg),*),
+        }
+    };
 }
 
 pub mod args;

@@ -119,6 +119,22 @@ fn destroy_object(
         .enabled(Lifecycle::Destroy)
         .then(|| a.key(session, object))
         .flatten();
+    if a.config.enabled(Lifecycle::Destroy)
+        && !a.on_record_first(|| {
+            let mut intent = Event::call(
+                started,
+                "C_DestroyObject",
+                "object_destroy",
+                Lifecycle::Destroy,
+                CKR_OK,
+            );
+            a.place(&mut intent, session);
+            intent.key("key", object, identity.clone());
+            intent
+        })
+    {
+        return audit::REFUSED;
+    }
     let rv = forward();
     if rv == CKR_OK {
         a.keys.destroyed(object);

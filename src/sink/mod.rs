@@ -1,194 +1,445 @@
 //! The writer: a bounded queue between callers and one writer thread that formats,
-//! batches and writes the trail.
+//! batches and writes the trail — or, when the application forbids threads
+//! (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`), the same work done synchronously.
 //!
-//! The calling thread only moves a boxed [`Event`] into the queue; formatting, I/O and
-//! retries happen on the writer thread. When the trail cannot be written, records are
-//! counted, the failure is reported on stderr (and the diagnostics file), and the trail
-//! itself says how many records were lost once it can be written again.
+//! The calling thread only moves a boxed [`Event`] into the queue. What cannot be written
+//! is never lost silently: records dropped on a full queue (policy `drop`) and records
+//! lost while the trail could not be written are counted, reported on stderr and in the
+//! diagnostics file, and the trail itself carries a record saying how many and since when.
 
+pub mod file;
 pub mod json;
 
 use crate::audit::event::Event;
+use crate::config::{OnFailure, OnFull, TrailConfig};
 use crate::diag;
+use file::{Note, TrailFile};
 use json::Origin;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
-/// Records the queue holds before callers wait.
-pub const DEFAULT_QUEUE: usize = 65_536;
+pub use file::open_trail;
+
 /// Records written in one batch at most.
 const BATCH: usize = 1024;
+/// How often an idle writer wakes to retry a failed sink.
+const TICK: Duration = Duration::from_millis(500);
 
 /// A message to the writer.
 pub enum Msg {
     /// A record to write.
     Record(Box<Event>),
     /// Write everything queued before this, then acknowledge.
-    Flush(SyncSender<()>),
+    Flush(SyncSender<bool>),
 }
 
-/// The calling side of the writer.
+/// State shared by callers and the writer.
+#[derive(Default)]
+struct Shared {
+    /// The trail cannot be written right now.
+    failing: AtomicBool,
+    /// Calls refused while failing closed, not yet reported in the trail.
+    refused: AtomicU64,
+    /// Records dropped on a full queue and not yet reported in the trail.
+    dropped: AtomicU64,
+    /// When the first of those was dropped (µs since the epoch).
+    dropped_since: AtomicU64,
+}
+
+enum Mode {
+    Thread(SyncSender<Msg>),
+    Sync(Box<Mutex<Writer>>),
+}
+
+/// The calling side of one stream's writer.
 pub struct Sink {
-    tx: SyncSender<Msg>,
+    mode: Mode,
+    on_full: OnFull,
+    on_failure: OnFailure,
+    shared: Arc<Shared>,
 }
 
 impl Sink {
-    /// Starts the writer thread for a trail file.
-    pub fn start(path: PathBuf, origin: Origin) -> std::io::Result<Sink> {
-        let (tx, rx) = sync_channel(DEFAULT_QUEUE);
-        let writer = Writer::new(path, origin);
-        std::thread::Builder::new()
-            .name("keytrail-writer".into())
-            .spawn(move || writer.run(rx))?;
-        Ok(Sink { tx })
+    /// Starts a stream: a writer thread, or a synchronous writer when `threads` is false.
+    pub fn start(config: &TrailConfig, origin: Origin, threads: bool) -> std::io::Result<Sink> {
+        let shared = Arc::new(Shared::default());
+        let path = expand(&config.path);
+        let file = TrailFile::new(path, config.rotate, config.max_bytes, config.keep);
+        let writer = Writer::new(file, origin, shared.clone());
+        let mode = if threads {
+            let (tx, rx) = sync_channel(config.queue);
+            std::thread::Builder::new()
+                .name("keytrail-writer".into())
+                .spawn(move || writer.run(rx))?;
+            Mode::Thread(tx)
+        } else {
+            Mode::Sync(Box::new(Mutex::new(writer)))
+        };
+        Ok(Sink {
+            mode,
+            on_full: config.on_full,
+            on_failure: config.on_failure,
+            shared,
+        })
     }
 
-    /// Queues a record; waits while the queue is full.
+    /// Queues a record (or, synchronously, writes it).
     #[inline]
     pub fn send(&self, event: Event) {
-        if self.tx.send(Msg::Record(Box::new(event))).is_err() {
-            diag::report("the trail writer has stopped; a record was not written");
+        match &self.mode {
+            Mode::Thread(tx) => {
+                let msg = Msg::Record(Box::new(event));
+                let full = match self.on_full {
+                    OnFull::Wait => tx.send(msg).is_err(),
+                    OnFull::Drop => match tx.try_send(msg) {
+                        Ok(()) => false,
+                        Err(TrySendError::Full(_)) => {
+                            self.count_drop();
+                            return;
+                        }
+                        Err(TrySendError::Disconnected(_)) => true,
+                    },
+                };
+                if full {
+                    diag::report("the trail writer has stopped; a record was not written");
+                }
+            }
+            Mode::Sync(w) => {
+                let mut w = w.lock();
+                w.push(&event);
+                w.commit();
+            }
         }
     }
 
-    /// Waits until everything queued so far is written (at most `timeout`).
-    pub fn flush(&self, timeout: Duration) -> bool {
-        let (ack_tx, ack_rx) = sync_channel(1);
-        if self.tx.send(Msg::Flush(ack_tx)).is_err() {
-            return false;
+    fn count_drop(&self) {
+        if self.shared.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            self.shared.dropped_since.store(now, Ordering::Relaxed);
+            diag::report(
+                "the trail queue is full; records are being dropped (policy on_full = \"drop\")",
+            );
         }
-        ack_rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Waits until everything queued so far is written (at most `timeout`); true when it
+    /// was written successfully.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        match &self.mode {
+            Mode::Thread(tx) => {
+                let (ack_tx, ack_rx) = sync_channel(1);
+                if tx.send(Msg::Flush(ack_tx)).is_err() {
+                    return false;
+                }
+                ack_rx.recv_timeout(timeout).unwrap_or(false)
+            }
+            Mode::Sync(w) => {
+                let mut w = w.lock();
+                w.commit();
+                w.file.sync();
+                !self.shared.failing.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Whether audited calls must be refused now (policy `deny` and the trail failing).
+    #[inline]
+    pub fn refusing(&self) -> bool {
+        self.on_failure == OnFailure::Deny && self.shared.failing.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call refused under the fail-closed policy.
+    pub fn count_refused(&self) {
+        self.shared.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The fail-closed policy is in force.
+    pub fn fail_closed(&self) -> bool {
+        self.on_failure == OnFailure::Deny
     }
 }
 
-/// The writer thread's state.
+/// `{pid}` in a trail path becomes this process's id.
+fn expand(path: &std::path::Path) -> std::path::PathBuf {
+    let s = path.to_string_lossy();
+    if s.contains("{pid}") {
+        std::path::PathBuf::from(s.replace("{pid}", &crate::os::pid().to_string()))
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Records that could not be written, and why.
+struct Lost {
+    count: u64,
+    since: SystemTime,
+    reason: String,
+}
+
+/// The writing side of a stream: formats, batches, writes, and keeps count of losses.
 struct Writer {
-    path: PathBuf,
+    file: TrailFile,
     origin: Origin,
-    file: Option<File>,
+    shared: Arc<Shared>,
     sequence: u64,
     buf: Vec<u8>,
-    /// Records that could not be written since the last success, and when that began.
-    lost: Option<(u64, SystemTime, String)>,
+    pending: u64,
+    lost: Option<Lost>,
 }
 
 impl Writer {
-    fn new(path: PathBuf, origin: Origin) -> Writer {
+    fn new(file: TrailFile, origin: Origin, shared: Arc<Shared>) -> Writer {
         Writer {
-            path,
+            file,
             origin,
-            file: None,
+            shared,
             sequence: 0,
             buf: Vec::with_capacity(256 * 1024),
+            pending: 0,
             lost: None,
         }
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            let first = match rx.recv_timeout(TICK) {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.tick();
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut acks = Vec::new();
-            let mut count = 0usize;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Record(e) => {
-                        self.sequence += 1;
-                        json::encode(&e, &self.origin, self.sequence, &mut self.buf);
-                        count += 1;
-                    }
+                    Msg::Record(e) => self.push(&e),
                     Msg::Flush(ack) => acks.push(ack),
                 }
-                if count < BATCH {
+                if self.pending < BATCH as u64 {
                     next = rx.try_recv().ok();
                 }
             }
-            self.write_batch(count as u64);
-            for ack in acks {
-                let _ = ack.send(());
+            self.commit();
+            if !acks.is_empty() {
+                self.file.sync();
+                let ok = !self.shared.failing.load(Ordering::Relaxed);
+                for ack in acks {
+                    let _ = ack.send(ok);
+                }
             }
         }
     }
 
-    /// Writes the formatted batch in one `write` (O_APPEND keeps lines of several
-    /// processes whole). On failure the batch is counted as lost and dropped.
-    fn write_batch(&mut self, records: u64) {
-        if self.buf.is_empty() {
+    /// Formats one record into the batch.
+    fn push(&mut self, e: &Event) {
+        self.report_drops();
+        self.sequence += 1;
+        json::encode(e, &self.origin, self.sequence, &mut self.buf);
+        self.pending += 1;
+    }
+
+    fn push_audit(&mut self, action: &'static str, message: String, detail: serde_json::Value) {
+        let mut e = Event::audit(action, message, detail);
+        e.thread_id = crate::audit::context::thread_id();
+        self.sequence += 1;
+        json::encode(&e, &self.origin, self.sequence, &mut self.buf);
+        self.pending += 1;
+    }
+
+    /// Puts a record of dropped records into the batch, if any were dropped.
+    fn report_drops(&mut self) {
+        let n = self.shared.dropped.swap(0, Ordering::Relaxed);
+        if n == 0 {
             return;
         }
-        let buf = std::mem::take(&mut self.buf);
-        let result = self.ensure_open().and_then(|f| f.write_all(&buf));
-        self.buf = buf;
-        match result {
-            Ok(()) => {
-                if let Some((n, since, reason)) = self.lost.take() {
-                    diag::report(&format!(
-                        "the trail {} is writable again; {n} records were lost since {} ({reason})",
-                        self.path.display(),
-                        humantime::format_rfc3339_seconds(since)
-                    ));
-                    self.buf.clear();
-                    let e = Event::audit(
-                        "records_lost",
-                        format!("{n} records could not be written: {reason}"),
-                        serde_json::json!({"lost": n, "since": humantime::format_rfc3339_micros(since).to_string(), "reason": reason}),
-                    );
-                    self.sequence += 1;
-                    json::encode(&e, &self.origin, self.sequence, &mut self.buf);
-                    if let Some(f) = self.file.as_mut() {
-                        let _ = f.write_all(&self.buf);
-                    }
-                }
-            }
-            Err(err) => {
-                self.file = None;
-                let reason = err.to_string();
-                match &mut self.lost {
-                    Some((n, _, _)) => *n += records,
-                    None => {
-                        diag::report(&format!(
-                            "cannot write the trail {}: {reason}; records are being lost until it is writable",
-                            self.path.display()
-                        ));
-                        self.lost = Some((records, SystemTime::now(), reason));
-                    }
-                }
-            }
-        }
-        self.buf.clear();
+        let since = self.shared.dropped_since.load(Ordering::Relaxed);
+        let since = SystemTime::UNIX_EPOCH + Duration::from_micros(since);
+        let since = humantime::format_rfc3339_micros(since).to_string();
+        self.push_audit(
+            "records_dropped",
+            format!("{n} records were dropped because the queue was full (on_full = \"drop\")"),
+            serde_json::json!({"lost": n, "since": since, "reason": "queue full"}),
+        );
     }
 
-    fn ensure_open(&mut self) -> std::io::Result<&mut File> {
-        if self.file.is_none() {
-            self.file = Some(open_trail(&self.path)?);
+    /// Writes the batch in one write. On failure the batch is counted as lost.
+    fn commit(&mut self) {
+        if self.pending == 0 {
+            return;
         }
-        self.file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("trail file not open"))
+        let now = SystemTime::now();
+        match self.file.write(&self.buf, now) {
+            Ok(note) => {
+                self.buf.clear();
+                self.pending = 0;
+                self.recovered(note);
+            }
+            Err(err) => {
+                let n = self.pending;
+                self.buf.clear();
+                self.pending = 0;
+                self.failed(n, err);
+            }
+        }
+    }
+
+    fn failed(&mut self, n: u64, err: std::io::Error) {
+        self.shared.failing.store(true, Ordering::Relaxed);
+        match &mut self.lost {
+            Some(l) => l.count += n,
+            None => {
+                let reason = err.to_string();
+                diag::report(&format!(
+                    "cannot write the trail {}: {reason}; records are being lost until it is writable",
+                    self.file.current_path().display()
+                ));
+                self.lost = Some(Lost {
+                    count: n,
+                    since: SystemTime::now(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// After a successful write: says in the trail what was lost or what happened to the
+    /// file.
+    fn recovered(&mut self, note: Option<Note>) {
+        if let Some(Note::Reopened { path }) = &note {
+            let msg = format!(
+                "the trail file {} was removed or replaced while in use; it was recreated",
+                path.display()
+            );
+            diag::report(&msg);
+            self.push_audit(
+                "trail_reopened",
+                msg,
+                serde_json::json!({"path": path.display().to_string()}),
+            );
+        }
+        if let Some(lost) = self.lost.take() {
+            let since = humantime::format_rfc3339_micros(lost.since).to_string();
+            diag::report(&format!(
+                "the trail {} is writable again; {} records were lost since {since} ({})",
+                self.file.current_path().display(),
+                lost.count,
+                lost.reason
+            ));
+            let refused = self.shared.refused.swap(0, Ordering::Relaxed);
+            self.push_audit(
+                "records_lost",
+                format!(
+                    "{} records could not be written: {}; {refused} calls were refused meanwhile",
+                    lost.count, lost.reason
+                ),
+                serde_json::json!({"lost": lost.count, "since": since, "reason": lost.reason, "refused_calls": refused}),
+            );
+        }
+        if self.pending > 0 {
+            let now = SystemTime::now();
+            match self.file.write(&self.buf, now) {
+                Ok(_) => {
+                    self.buf.clear();
+                    self.pending = 0;
+                    self.shared.failing.store(false, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    let n = self.pending;
+                    self.buf.clear();
+                    self.pending = 0;
+                    self.failed(n, err);
+                }
+            }
+        } else {
+            self.shared.failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Idle: report drops and retry a failed sink, so a fail-closed keytrail reopens
+    /// even when every audited call is being refused.
+    fn tick(&mut self) {
+        self.report_drops();
+        if self.pending == 0 && self.lost.is_some() {
+            self.push_audit(
+                "trail_retry",
+                "probing whether the trail is writable again".into(),
+                serde_json::json!({}),
+            );
+        }
+        self.commit();
     }
 }
 
-/// Opens the trail for appending: the file created 0600, its directory 0700 if missing.
-pub fn open_trail(path: &Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+/// The current stream's sink, replaced in a child after fork: the child never touches the
+/// parent's queue or writer (which it did not inherit), and starts a stream of its own on
+/// its first record.
+pub struct SinkSlot {
+    current: AtomicPtr<Sink>,
+    creating: AtomicBool,
+    config: TrailConfig,
+    service: Option<String>,
+    threads: bool,
+}
+
+impl SinkSlot {
+    /// A slot that starts its first stream on first use.
+    pub fn new(config: TrailConfig, service: Option<String>, threads: bool) -> SinkSlot {
+        SinkSlot {
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            creating: AtomicBool::new(false),
+            config,
+            service,
+            threads,
         }
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
+
+    /// The current sink, starting a stream when there is none. `None` only when no
+    /// writer could be started (reported).
+    #[inline]
+    pub fn get(&self) -> Option<&Sink> {
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer here came from Box::leak below and is never freed.
+        if let Some(s) = unsafe { p.as_ref() } {
+            return Some(s);
+        }
+        self.create()
+    }
+
+    #[cold]
+    fn create(&self) -> Option<&Sink> {
+        while self
+            .creating
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        let mut p = self.current.load(Ordering::Acquire);
+        if p.is_null() {
+            let origin = Origin::current(self.service.clone());
+            match Sink::start(&self.config, origin, self.threads) {
+                Ok(s) => {
+                    p = Box::leak(Box::new(s));
+                    self.current.store(p, Ordering::Release);
+                }
+                Err(e) => diag::report(&format!("cannot start the trail writer: {e}")),
+            }
+        }
+        self.creating.store(false, Ordering::Release);
+        // SAFETY: as in `get`.
+        unsafe { p.as_ref() }
+    }
+
+    /// In a child after fork: forget (and deliberately leak) the parent's sink.
+    pub fn after_fork_in_child(&self) {
+        self.current.store(std::ptr::null_mut(), Ordering::Release);
+        self.creating.store(false, Ordering::Release);
+    }
 }

@@ -1,0 +1,327 @@
+//! The trail's files: created 0600 in a directory created 0700, appended with O_APPEND
+//! (so several processes sharing a file each write whole lines), rotated by time and by
+//! size under names that sort in time order, and pruned to a retention count.
+//!
+//! Rotation never renames a file: each process appends to the file named for the current
+//! period and index, so processes sharing a trail never race on a rename.
+//! (tracing-appender was considered; it creates files with the umask's permissions, has no
+//! size limit, and renames are unsafe with several writer processes.)
+
+use crate::config::Rotate;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// The trail's file set.
+pub struct TrailFile {
+    template: PathBuf,
+    rotate: Rotate,
+    max_bytes: Option<u64>,
+    keep: Option<usize>,
+    current: Option<Current>,
+}
+
+struct Current {
+    file: File,
+    path: PathBuf,
+    period: String,
+    index: u32,
+    dev: u64,
+    ino: u64,
+}
+
+/// Something worth a record that happened while writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// The file keytrail was writing was removed or replaced; it was reopened.
+    Reopened { path: PathBuf },
+    /// A new file was started.
+    Rotated { path: PathBuf },
+}
+
+impl TrailFile {
+    /// A file set for a path template whose `{pid}` is already expanded.
+    pub fn new(
+        template: PathBuf,
+        rotate: Rotate,
+        max_bytes: Option<u64>,
+        keep: Option<usize>,
+    ) -> TrailFile {
+        TrailFile {
+            template,
+            rotate,
+            max_bytes,
+            keep,
+            current: None,
+        }
+    }
+
+    /// The file being written, or that would be written now.
+    pub fn current_path(&self) -> PathBuf {
+        match &self.current {
+            Some(c) => c.path.clone(),
+            None => self.name(&period(self.rotate, SystemTime::now()), 0),
+        }
+    }
+
+    /// Appends `buf` in one write, rotating or reopening first when needed.
+    pub fn write(&mut self, buf: &[u8], now: SystemTime) -> std::io::Result<Option<Note>> {
+        let period = period(self.rotate, now);
+        let mut note = None;
+        let stale = match &self.current {
+            None => true,
+            Some(c) if c.period != period => {
+                note = Some(Note::Rotated {
+                    path: PathBuf::new(),
+                });
+                true
+            }
+            Some(c) => match std::fs::metadata(&c.path) {
+                Ok(m) if m.dev() == c.dev && m.ino() == c.ino => {
+                    if self
+                        .max_bytes
+                        .is_some_and(|max| m.len() > 0 && m.len() + buf.len() as u64 > max)
+                    {
+                        let next = c.index + 1;
+                        self.current = Some(self.open(&period, next)?);
+                        note = Some(Note::Rotated {
+                            path: PathBuf::new(),
+                        });
+                    }
+                    false
+                }
+                _ => {
+                    note = Some(Note::Reopened {
+                        path: c.path.clone(),
+                    });
+                    true
+                }
+            },
+        };
+        if stale {
+            let index = self.first_index(&period);
+            self.current = Some(self.open(&period, index)?);
+        }
+        let c = self
+            .current
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("trail file not open"))?;
+        if let Some(Note::Rotated { path }) = &mut note {
+            *path = c.path.clone();
+        }
+        let result = c.file.write_all(buf);
+        if result.is_err() {
+            self.current = None;
+        }
+        result.map(|()| note)
+    }
+
+    /// Flushes file data to the disk.
+    pub fn sync(&mut self) {
+        if let Some(c) = &self.current {
+            let _ = c.file.sync_data();
+        }
+    }
+
+    /// Forgets the open file (so the next write reopens it).
+    pub fn close(&mut self) {
+        self.current = None;
+    }
+
+    fn open(&self, period: &str, index: u32) -> std::io::Result<Current> {
+        let path = self.name(period, index);
+        let file = open_trail(&path)?;
+        let m = file.metadata()?;
+        let current = Current {
+            file,
+            path,
+            period: period.to_string(),
+            index,
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        self.prune();
+        Ok(current)
+    }
+
+    /// With a size limit, continue the newest file of the period that still has room.
+    fn first_index(&self, period: &str) -> u32 {
+        let Some(max) = self.max_bytes else {
+            return 0;
+        };
+        let mut index = 0;
+        while self.name(period, index + 1).exists() {
+            index += 1;
+        }
+        match std::fs::metadata(self.name(period, index)) {
+            Ok(m) if m.len() >= max => index + 1,
+            _ => index,
+        }
+    }
+
+    fn rotating(&self) -> bool {
+        self.rotate != Rotate::Never || self.max_bytes.is_some()
+    }
+
+    fn parts(&self) -> (PathBuf, String, String) {
+        let dir = self
+            .template
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let name = self
+            .template
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "keytrail.jsonl".into());
+        let (stem, ext) = match name.rsplit_once('.') {
+            Some((s, e)) if !s.is_empty() => (s.to_string(), e.to_string()),
+            _ => (name, "jsonl".to_string()),
+        };
+        (dir, stem, ext)
+    }
+
+    /// `stem[.period][.index].ext`; names sort in time order.
+    fn name(&self, period: &str, index: u32) -> PathBuf {
+        if !self.rotating() {
+            return self.template.clone();
+        }
+        let (dir, stem, ext) = self.parts();
+        let mut name = stem;
+        if !period.is_empty() {
+            name.push('.');
+            name.push_str(period);
+        }
+        if self.max_bytes.is_some() {
+            name.push_str(&format!(".{index:04}"));
+        }
+        name.push('.');
+        name.push_str(&ext);
+        dir.join(name)
+    }
+
+    /// Deletes the oldest rotated files beyond the retention count.
+    fn prune(&self) {
+        let Some(keep) = self.keep.filter(|_| self.rotating()) else {
+            return;
+        };
+        let (dir, stem, ext) = self.parts();
+        let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &dir
+        }) else {
+            return;
+        };
+        let prefix = format!("{stem}.");
+        let suffix = format!(".{ext}");
+        let mut files: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.starts_with(&prefix)
+                    && n.ends_with(&suffix)
+                    && n.len() > prefix.len() + suffix.len()
+            })
+            .collect();
+        files.sort();
+        if files.len() > keep {
+            for old in &files[..files.len() - keep] {
+                let _ = std::fs::remove_file(dir.join(old));
+            }
+        }
+    }
+}
+
+/// The rotation period a time falls in: `""`, `YYYYMMDDTHH` or `YYYYMMDD` (UTC).
+fn period(rotate: Rotate, now: SystemTime) -> String {
+    let stamp = humantime::format_rfc3339_seconds(now).to_string();
+    // 2026-11-28T17:42:28Z
+    let date: String = stamp.get(..10).unwrap_or("").replace('-', "");
+    match rotate {
+        Rotate::Never => String::new(),
+        Rotate::Daily => date,
+        Rotate::Hourly => format!("{date}T{}", stamp.get(11..13).unwrap_or("00")),
+    }
+}
+
+/// Opens a trail file for appending: created 0600, its directory 0700 if missing.
+pub fn open_trail(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    #[test]
+    fn files_are_private_and_rotate_by_size_with_retention() {
+        let dir = tempfile::tempdir().expect("dir");
+        let base = dir.path().join("sub").join("trail.jsonl");
+        let mut t = TrailFile::new(base, Rotate::Never, Some(100), Some(2));
+        let line = [b'x'; 60];
+        let now = SystemTime::now();
+        for _ in 0..4 {
+            t.write(&line, now).expect("write");
+        }
+        let sub = dir.path().join("sub");
+        let mode = std::fs::metadata(&sub).expect("dir").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let mut names: Vec<String> = std::fs::read_dir(&sub)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["trail.0002.jsonl", "trail.0003.jsonl"]);
+        let f = sub.join("trail.0003.jsonl");
+        assert_eq!(
+            std::fs::metadata(&f).expect("file").permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn daily_rotation_names_the_day_and_a_removed_file_is_reopened() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut t = TrailFile::new(dir.path().join("k.jsonl"), Rotate::Daily, None, None);
+        let day1 = humantime::parse_rfc3339("2026-11-28T23:59:59Z").expect("time");
+        let day2 = day1 + Duration::from_secs(2);
+        assert_eq!(t.write(b"a\n", day1).expect("write"), None);
+        let first = dir.path().join("k.20261128.jsonl");
+        assert!(first.exists());
+        std::fs::remove_file(&first).expect("remove");
+        let note = t.write(b"b\n", day1).expect("write");
+        assert_eq!(
+            note,
+            Some(Note::Reopened {
+                path: first.clone()
+            })
+        );
+        assert_eq!(std::fs::read_to_string(&first).expect("read"), "b\n");
+        let note = t.write(b"c\n", day2).expect("write");
+        let second = dir.path().join("k.20261129.jsonl");
+        assert_eq!(
+            note,
+            Some(Note::Rotated {
+                path: second.clone()
+            })
+        );
+        assert_eq!(std::fs::read_to_string(&second).expect("read"), "c\n");
+    }
+}
