@@ -9,6 +9,7 @@
 # Environment:
 #   BENCH_JSON=<file>     also write the results as JSON to <file>
 #   BENCH_SPY=0           leave out the pkcs11-spy column even when pkcs11-spy.so exists
+#   BENCH_SPY_OUTPUT=<f>  where pkcs11-spy logs (default /dev/null; see below)
 #   BENCH_ROUNDS, BENCH_ROUND_MS, BENCH_WARMUP_MS   tune the run (see benches/overhead.rs)
 #   SOFTHSM2_MODULE       the SoftHSM2 module (default: the usual Debian paths)
 # Extra arguments go to `cargo bench` (e.g. `scripts/bench.sh -- hmac` runs only the
@@ -63,8 +64,11 @@ for p in /usr/lib/x86_64-linux-gnu/pkcs11-spy.so /usr/lib/aarch64-linux-gnu/pkcs
 done
 if [ -n "$spy" ] && [ "${BENCH_SPY:-1}" != 0 ]; then
   # pkcs11-spy loads the module named by PKCS11SPY (the same SoftHSM instance) and logs
-  # every call to PKCS11SPY_OUTPUT.
-  export BENCH_SPY_SO="$spy" PKCS11SPY="$module" PKCS11SPY_OUTPUT="$tmp/pkcs11-spy.log"
+  # every call to PKCS11SPY_OUTPUT. By default that is /dev/null: a full run logs over a
+  # gigabyte, and its writeback to disk disturbs the direct and keytrail rounds that are
+  # interleaved with it. The column then shows what spy costs the calling thread
+  # (formatting and write syscalls). BENCH_SPY_OUTPUT=file logs to a real file instead.
+  export BENCH_SPY_SO="$spy" PKCS11SPY="$module" PKCS11SPY_OUTPUT="${BENCH_SPY_OUTPUT:-/dev/null}"
 else
   unset BENCH_SPY_SO
 fi
@@ -76,7 +80,7 @@ if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2
   cat "$tmp/keytrail-diagnostics.log" >&2
 fi
-if [ -n "${BENCH_SPY_SO:-}" ] && [ -e "$PKCS11SPY_OUTPUT" ]; then
-  echo "pkcs11-spy wrote $(du -h "$PKCS11SPY_OUTPUT" | cut -f1) of log (deleted with the scratch dir)" >&2
+if [ -n "${BENCH_SPY_SO:-}" ] && [ -f "$PKCS11SPY_OUTPUT" ]; then
+  echo "pkcs11-spy wrote $(du -h "$PKCS11SPY_OUTPUT" | cut -f1) of log to $PKCS11SPY_OUTPUT" >&2
 fi
 exit "$status"
