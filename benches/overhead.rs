@@ -488,18 +488,19 @@ struct Stats {
     max: f64,
     p25: f64,
     p75: f64,
+    /// Median over rounds of this route's ns/op divided by the baseline's in the same
+    /// round: less sensitive to slow drift of the machine than the ratio of medians.
+    paired_ratio: f64,
 }
 
 impl Stats {
-    fn of(iters: u64, ns_per_op: &[f64]) -> Stats {
-        let mut v = ns_per_op.to_vec();
-        v.sort_by(f64::total_cmp);
-        let q = |p: f64| {
-            let x = p * (v.len() - 1) as f64;
-            let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
-            v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
-        };
+    /// `ns_per_op[r]` and `baseline[r]` were measured in the same round `r`.
+    fn of(iters: u64, ns_per_op: &[f64], baseline: &[f64]) -> Stats {
+        let v = sorted(ns_per_op.to_vec());
+        let q = |p: f64| quantile(&v, p);
+        let ratios = sorted(ns_per_op.iter().zip(baseline).map(|(x, b)| x / b).collect());
         Stats {
+            paired_ratio: quantile(&ratios, 0.5),
             iters,
             median: q(0.5),
             min: v[0],
@@ -508,6 +509,18 @@ impl Stats {
             p75: q(0.75),
         }
     }
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The `p` quantile of sorted `v`, interpolating linearly.
+fn quantile(v: &[f64], p: f64) -> f64 {
+    let x = p * (v.len() - 1) as f64;
+    let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
 }
 
 struct Row {
@@ -554,7 +567,7 @@ fn measure(workload: &Workload, routes: &[Route], slot: CK_SLOT_ID, settings: &S
         per_route: iters
             .iter()
             .zip(&samples)
-            .map(|(n, s)| Stats::of(*n, s))
+            .map(|(n, s)| Stats::of(*n, s, &samples[0]))
             .collect(),
     }
 }
@@ -653,7 +666,7 @@ fn json(rows: &[Row], routes: &[Route], settings: &Settings) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "{{\n  \"unit\": \"ns/op\",\n  \"statistic\": \"median of per-round ns/op\",\n  \"rounds\": {},\n  \"round_ms\": {},\n  \"baseline\": {},\n  \"routes\": [{}],\n  \"workloads\": [",
+        "{{\n  \"unit\": \"ns/op\",\n  \"statistic\": \"median of per-round ns/op; ratio = median / baseline median; paired_ratio = median of per-round ratios\",\n  \"rounds\": {},\n  \"round_ms\": {},\n  \"baseline\": {},\n  \"routes\": [{}],\n  \"workloads\": [",
         settings.rounds,
         settings.round.as_millis(),
         json_str(routes[0].name),
@@ -674,12 +687,13 @@ fn json(rows: &[Row], routes: &[Route], settings: &Settings) -> String {
         for (j, (route, s)) in routes.iter().zip(&row.per_route).enumerate() {
             let _ = write!(
                 out,
-                "{}\n        {}: {{\"ns_per_op\": {:.1}, \"ops_per_s\": {:.0}, \"ratio\": {:.4}, \"ns_added\": {:.1}, \"min\": {:.1}, \"p25\": {:.1}, \"p75\": {:.1}, \"max\": {:.1}, \"iters_per_round\": {}}}",
+                "{}\n        {}: {{\"ns_per_op\": {:.1}, \"ops_per_s\": {:.0}, \"ratio\": {:.4}, \"paired_ratio\": {:.4}, \"ns_added\": {:.1}, \"min\": {:.1}, \"p25\": {:.1}, \"p75\": {:.1}, \"max\": {:.1}, \"iters_per_round\": {}}}",
                 if j == 0 { "" } else { "," },
                 json_str(route.name),
                 s.median,
                 1e9 / s.median,
                 s.median / base,
+                s.paired_ratio,
                 s.median - base,
                 s.min,
                 s.p25,
