@@ -742,6 +742,16 @@ fn env_path(name: &str, default: &str) -> PathBuf {
         .map_or_else(|| PathBuf::from(default), PathBuf::from)
 }
 
+/// The 1-minute load average (Linux), to tell a quiet run from a disturbed one.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; other words are workload name filters.
     let filters: Vec<String> = std::env::args()
@@ -840,6 +850,7 @@ fn main() {
         settings.rounds,
         settings.round.as_millis()
     );
+    let load_before = load_average();
     let started = Instant::now();
     let mut rows = Vec::new();
     for w in &selected {
@@ -878,6 +889,20 @@ fn main() {
         settings.rounds,
         started.elapsed().as_secs_f64()
     );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load_after = load_average();
+    if let (Some(before), Some(after)) = (load_before, load_after) {
+        // The run itself keeps about one CPU busy (two in the threaded workload).
+        let busy = before > 0.5 || after > 1.5;
+        println!(
+            "load average {before:.2} before, {after:.2} after, {cpus} CPUs{}",
+            if busy {
+                ": other work was running, expect noise (compare paired_ratio in the JSON)"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(path) = std::env::var_os("BENCH_JSON").filter(|v| !v.is_empty()) {
         std::fs::write(&path, json(&rows, &routes, &settings))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", Path::new(&path).display()));
