@@ -21,6 +21,9 @@ pub struct TrailFile {
     max_bytes: Option<u64>,
     keep: Option<usize>,
     current: Option<Current>,
+    /// A write failed, possibly part-way through a line: the next write starts on a fresh
+    /// line so the torn fragment cannot swallow the next record.
+    torn: bool,
 }
 
 struct Current {
@@ -55,6 +58,7 @@ impl TrailFile {
             max_bytes,
             keep,
             current: None,
+            torn: false,
         }
     }
 
@@ -66,8 +70,31 @@ impl TrailFile {
         }
     }
 
-    /// Appends `buf` in one write, rotating or reopening first when needed.
-    pub fn write(&mut self, buf: &[u8], now: SystemTime) -> std::io::Result<Option<Note>> {
+    /// Appends `buf` in one write, rotating or reopening first when needed. On failure
+    /// says how many bytes of `buf` did reach the file.
+    pub fn write(&mut self, buf: &[u8], now: SystemTime) -> Result<Option<Note>, WriteError> {
+        self.write_inner(buf, now, &mut 0)
+    }
+
+    fn write_inner(
+        &mut self,
+        buf: &[u8],
+        now: SystemTime,
+        written: &mut usize,
+    ) -> Result<Option<Note>, WriteError> {
+        self.try_write(buf, now, written)
+            .map_err(|error| WriteError {
+                error,
+                written: *written,
+            })
+    }
+
+    fn try_write(
+        &mut self,
+        buf: &[u8],
+        now: SystemTime,
+        written: &mut usize,
+    ) -> std::io::Result<Option<Note>> {
         let period = period(self.rotate, now);
         let mut note = None;
         let stale = match &self.current {
@@ -101,6 +128,9 @@ impl TrailFile {
             },
         };
         if stale {
+            // Forget the old file first: if the new one cannot be opened, the failure is
+            // what gets reported, not a reopening that never happened.
+            self.current = None;
             let index = self.first_index(&period);
             self.current = Some(self.open(&period, index)?);
         }
@@ -111,7 +141,14 @@ impl TrailFile {
         if let Some(Note::Rotated { path }) = &mut note {
             *path = c.path.clone();
         }
-        let result = c.file.write_all(buf);
+        let mut result = Ok(());
+        if self.torn {
+            result = c.file.write_all(b"\n");
+        }
+        if result.is_ok() {
+            result = write_counted(&mut c.file, buf, written);
+        }
+        self.torn = result.is_err();
         if result.is_err() {
             self.current = None;
         }
@@ -233,6 +270,28 @@ impl TrailFile {
             }
         }
     }
+}
+
+/// A failed write, and how much of the buffer reached the file before it failed.
+#[derive(Debug)]
+pub struct WriteError {
+    /// What failed.
+    pub error: std::io::Error,
+    /// Bytes of the buffer that were written.
+    pub written: usize,
+}
+
+/// write_all, counting what was written.
+fn write_counted(file: &mut File, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
+    while *written < buf.len() {
+        match file.write(&buf[*written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(k) => *written += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The rotation period a time falls in: `""`, `YYYYMMDDTHH` or `YYYYMMDD` (UTC).

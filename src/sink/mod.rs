@@ -274,18 +274,23 @@ impl Writer {
         if self.pending == 0 {
             return;
         }
-        let now = SystemTime::now();
-        match self.file.write(&self.buf, now) {
+        let result = self.file.write(&self.buf, SystemTime::now());
+        let n = self.pending;
+        match result {
             Ok(note) => {
                 self.buf.clear();
                 self.pending = 0;
-                self.recovered(note);
+                self.report_recovery(note);
             }
             Err(err) => {
-                let n = self.pending;
+                // Whole lines that reached the file before the failure are not lost.
+                let whole = self.buf[..err.written]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count() as u64;
                 self.buf.clear();
                 self.pending = 0;
-                self.failed(n, err);
+                self.failed(n - whole, err.error);
             }
         }
     }
@@ -309,69 +314,70 @@ impl Writer {
         }
     }
 
-    /// After a successful write: says in the trail what was lost or what happened to the
-    /// file.
-    fn recovered(&mut self, note: Option<Note>) {
+    /// Says in the trail what was lost, or what happened to the file, once it can be
+    /// written. The report is its own probe: when it cannot be written it is not counted
+    /// as lost, and the loss stays pending.
+    fn report_recovery(&mut self, note: Option<Note>) {
+        if note.is_none() && self.lost.is_none() {
+            self.shared.failing.store(false, Ordering::Relaxed);
+            return;
+        }
+        let first = self.sequence;
         if let Some(Note::Reopened { path }) = &note {
             let msg = format!(
                 "the trail file {} was removed or replaced while in use; it was recreated",
                 path.display()
             );
-            diag::report(&msg);
             self.push_audit(
                 "trail_reopened",
                 msg,
                 serde_json::json!({"path": path.display().to_string()}),
             );
         }
-        if let Some(lost) = self.lost.take() {
+        let refused = self.shared.refused.load(Ordering::Relaxed);
+        if let Some(lost) = &self.lost {
             let since = humantime::format_rfc3339_micros(lost.since).to_string();
-            diag::report(&format!(
-                "the trail {} is writable again; {} records were lost since {since} ({})",
-                self.file.current_path().display(),
-                lost.count,
-                lost.reason
-            ));
-            let refused = self.shared.refused.swap(0, Ordering::Relaxed);
-            self.push_audit(
-                "records_lost",
+            let (message, detail) = (
                 format!(
                     "{} records could not be written: {}; {refused} calls were refused meanwhile",
                     lost.count, lost.reason
                 ),
                 serde_json::json!({"lost": lost.count, "since": since, "reason": lost.reason, "refused_calls": refused}),
             );
+            self.push_audit("records_lost", message, detail);
         }
-        if self.pending > 0 {
-            let now = SystemTime::now();
-            match self.file.write(&self.buf, now) {
-                Ok(_) => {
-                    self.buf.clear();
-                    self.pending = 0;
-                    self.shared.failing.store(false, Ordering::Relaxed);
-                }
-                Err(err) => {
-                    let n = self.pending;
-                    self.buf.clear();
-                    self.pending = 0;
-                    self.failed(n, err);
-                }
-            }
-        } else {
-            self.shared.failing.store(false, Ordering::Relaxed);
+        let result = self.file.write(&self.buf, SystemTime::now());
+        self.buf.clear();
+        self.pending = 0;
+        if result.is_err() {
+            self.sequence = first;
+            return;
         }
+        if let Some(Note::Reopened { path }) = &note {
+            diag::report(&format!(
+                "the trail file {} was removed or replaced while in use; it was recreated",
+                path.display()
+            ));
+        }
+        if let Some(lost) = self.lost.take() {
+            self.shared.refused.fetch_sub(refused, Ordering::Relaxed);
+            diag::report(&format!(
+                "the trail {} is writable again; {} records were lost since {} ({})",
+                self.file.current_path().display(),
+                lost.count,
+                humantime::format_rfc3339_seconds(lost.since),
+                lost.reason
+            ));
+        }
+        self.shared.failing.store(false, Ordering::Relaxed);
     }
 
-    /// Idle: report drops and retry a failed sink, so a fail-closed keytrail reopens
-    /// even when every audited call is being refused.
+    /// Idle: report drops, and probe a failed sink, so a fail-closed keytrail recovers
+    /// even while every audited call is being refused.
     fn tick(&mut self) {
         self.report_drops();
         if self.pending == 0 && self.lost.is_some() {
-            self.push_audit(
-                "trail_retry",
-                "probing whether the trail is writable again".into(),
-                serde_json::json!({}),
-            );
+            self.report_recovery(None);
         }
         self.commit();
     }

@@ -100,6 +100,25 @@ impl Fixture {
         self.dir.path()
     }
 
+    /// Rewrites keytrail.toml: the module and diagnostics as in `new`, then `extra` (TOML
+    /// text, e.g. `[trail]` and `[audit]` sections). Without a `[trail]` section in
+    /// `extra`, the trail stays at [`Fixture::trail_path`].
+    pub fn configure(&self, extra: &str) {
+        let mut text = format!(
+            "module = \"{}\"\ndiagnostics = \"{}\"\n",
+            softhsm_module().display(),
+            self.dir.path().join("diagnostics.log").display(),
+        );
+        if !extra.contains("[trail]") {
+            text.push_str(&format!(
+                "[trail]\npath = \"{}\"\n",
+                self.trail_path().display()
+            ));
+        }
+        text.push_str(extra);
+        std::fs::write(&self.keytrail_conf, text).expect("write keytrail.toml");
+    }
+
     /// The trail file.
     pub fn trail_path(&self) -> PathBuf {
         self.dir.path().join("trail").join("keytrail.jsonl")
