@@ -47,6 +47,7 @@ macro_rules! forward {
 }
 
 pub mod args;
+mod context;
 mod crypto;
 mod general;
 mod interface;
