@@ -42,6 +42,9 @@ const GCM_IV: &[u8; 12] = b"iv-3f9e21c07";
 const CBC_IV: &[u8; 16] = b"cbc-iv-6d2a91f0e";
 const SIGNED_MESSAGE: &[u8] = b"signed message: release build 2026.11 approved";
 
+/// Writes a secret in some encoding.
+type Encoder = fn(&[u8]) -> Vec<u8>;
+
 /// One secret to look for.
 struct Secret {
     name: String,
@@ -374,7 +377,7 @@ fn secret_scan_finds_nothing_and_would_find_a_planted_secret() {
     // The scanner would have found one: plant each kind of encoding of a different
     // secret in a copy of the trail, inside a JSON string, at an odd offset.
     let trail_bytes = std::fs::read(fx.trail_path()).expect("trail");
-    let planted: [(&str, &'static str, fn(&[u8]) -> Vec<u8>); 6] = [
+    let planted: [(&str, &'static str, Encoder); 6] = [
         ("so_pin", "raw", |b| b.to_vec()),
         ("wrapped_blob", "hex", |b| hex::encode(b).into_bytes()),
         ("exported_key_value", "HEX", |b| {
