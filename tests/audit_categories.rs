@@ -619,6 +619,8 @@ fn use_abandoned_when_the_session_closes() {
     assert!(at(r, "pkcs11.rv").is_null(), "{r}");
     assert!(at(r, "pkcs11.rv_name").is_null(), "{r}");
     assert_eq!(n(r, "pkcs11.session.handle"), handle);
+    assert_eq!(s(r, "pkcs11.session.state"), "rw_user", "{r}");
+    assert_eq!(s(r, "pkcs11.token.label"), TOKEN_LABEL, "{r}");
     assert_eq!(n(r, "pkcs11.key.handle"), key.handle());
     assert_eq!(
         at(r, "pkcs11.operation"),
@@ -630,6 +632,35 @@ fn use_abandoned_when_the_session_closes() {
     let seq_use = n(r, "event.sequence");
     let close = only(&t, "session_close");
     assert!(seq_use < n(&close, "event.sequence"));
+}
+
+#[test]
+fn use_abandoned_at_finalize() {
+    let fx = Fixture::new();
+    let p = open(&keytrail_module());
+    let s_ = user_session(&p);
+    let (_, private) = ec_pair(&s_, "interrupted", &[0x1f]);
+    s_.sign_init(&Mechanism::Ecdsa, private).expect("init");
+    // The application finalizes with the operation (and its session) still open.
+    std::mem::forget(s_);
+    p.finalize().expect("finalize");
+
+    let t = fx.trail();
+    let uses = category(&t, "use");
+    assert_eq!(uses.len(), 1, "{}", dump(&t));
+    let r = &uses[0];
+    assert_eq!(s(r, "pkcs11.function"), "C_Finalize");
+    assert_eq!(s(r, "event.outcome"), "unknown");
+    assert_eq!(s(r, "pkcs11.session.state"), "rw_user", "{r}");
+    assert_eq!(s(r, "pkcs11.token.label"), TOKEN_LABEL, "{r}");
+    assert_eq!(n(r, "pkcs11.key.handle"), private.handle());
+    assert_eq!(
+        at(r, "pkcs11.operation"),
+        &json!({"kind": "sign", "init": "C_SignInit", "parts": 0, "end": "abandoned"})
+    );
+    // Written before the trail's own finalize record.
+    let fin = only(&t, "finalize");
+    assert!(n(r, "event.sequence") < n(&fin, "event.sequence"));
 }
 
 #[test]
