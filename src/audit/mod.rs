@@ -403,6 +403,21 @@ impl Auditor {
         rv: Option<CK_RV>,
         end: &'static str,
     ) {
+        self.end_op_at(session, None, kind, op, function, rv, end);
+    }
+
+    /// Writes the record of an operation that ended; `place` is where its session stood
+    /// when the session is already gone from the table (closed, finalized).
+    fn end_op_at(
+        &self,
+        session: CK_SESSION_HANDLE,
+        place: Option<sessions::Place>,
+        kind: OpKind,
+        op: Operation,
+        function: &'static str,
+        rv: Option<CK_RV>,
+        end: &'static str,
+    ) {
         let outcome = match rv {
             Some(rv) => Outcome::of(rv),
             None => Outcome::Unknown,
@@ -422,7 +437,15 @@ impl Auditor {
         );
         e.rv = rv;
         e.outcome = outcome;
-        self.place(&mut e, session);
+        match place {
+            Some(p) => {
+                e.session = Some(session);
+                e.slot_id = Some(p.slot);
+                e.session_state = Some(p.state);
+                e.token = self.token(p.slot);
+            }
+            None => self.place(&mut e, session),
+        }
         e.mechanism = op.mechanism;
         e.keys.push(op.key);
         let mut info = op.info;
@@ -435,9 +458,9 @@ impl Auditor {
     /// recorded as abandoned and their session objects forgotten.
     pub fn sessions_closed(&self, which: Closing, function: &'static str) {
         let (closed, ops) = self.sessions.close(which);
-        for (session, kind, op) in ops {
+        for (session, kind, op, place) in ops {
             if self.config.enabled(Lifecycle::Use) {
-                self.end_op(session, kind, op, function, None, "abandoned");
+                self.end_op_at(session, Some(place), kind, op, function, None, "abandoned");
             }
         }
         match which {

@@ -169,15 +169,10 @@ impl Sessions {
         }
     }
 
-    /// Sessions closed: removes them and returns their unfinished operations. `which` is
-    /// one session, a slot's sessions, or all.
-    pub fn close(
-        &self,
-        which: Closing,
-    ) -> (
-        HashSet<CK_SESSION_HANDLE>,
-        Vec<(CK_SESSION_HANDLE, OpKind, Operation)>,
-    ) {
+    /// Sessions closed: removes them and returns their unfinished operations, each with
+    /// where its session stood before the close. `which` is one session, a slot's
+    /// sessions, or all.
+    pub fn close(&self, which: Closing) -> (HashSet<CK_SESSION_HANDLE>, Vec<ClosedOp>) {
         let mut inner = self.lock();
         let closed: HashSet<CK_SESSION_HANDLE> = inner
             .sessions
@@ -194,7 +189,11 @@ impl Sessions {
         for h in &closed {
             if let Some(s) = inner.sessions.remove(h) {
                 slots.insert(s.slot);
-                ops.extend(s.ops.into_iter().map(|(k, o)| (*h, k, o)));
+                let place = Place {
+                    slot: s.slot,
+                    state: state_name(s.rw, inner.logins.get(&s.slot).copied()),
+                };
+                ops.extend(s.ops.into_iter().map(|(k, o)| (*h, k, o, place)));
             }
         }
         // Closing a slot's last session logs the application out of that token.
@@ -251,6 +250,10 @@ impl Sessions {
         cancelled
     }
 }
+
+/// An operation left unfinished by a close: its session, kind, state so far, and where
+/// the session stood.
+pub type ClosedOp = (CK_SESSION_HANDLE, OpKind, Operation, Place);
 
 /// Which sessions a close concerns.
 #[derive(Debug, Clone, Copy)]

@@ -52,6 +52,7 @@ macro_rules! forward {
 }
 
 pub mod args;
+mod context;
 mod crypto;
 mod general;
 mod interface;

@@ -1,0 +1,217 @@
+//! What every record carries (who, when, in what order) and what the `[audit]`
+//! configuration changes: categories, usage detail, key look-ups.
+
+mod common;
+mod support;
+
+use common::*;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use serde_json::json;
+use support::*;
+
+/// A small workload touching session, auth, generate, use, modify and destroy.
+fn workload() -> (u64, u64) {
+    let p = open(&keytrail_module());
+    let s_ = user_session(&p);
+    let a = aes_key(&s_, "key-a", &[0xa], false);
+    let b = aes_key(&s_, "key-b", &[0xb], false);
+    for _ in 0..3 {
+        s_.encrypt(&Mechanism::AesEcb, a, &[0; 16])
+            .expect("encrypt a");
+    }
+    s_.encrypt(&Mechanism::AesEcb, b, &[0; 32])
+        .expect("encrypt b");
+    // A failure is always recorded, even after the key's first use.
+    s_.encrypt(&Mechanism::AesEcb, a, &[0; 15])
+        .expect_err("ECB needs whole blocks");
+    s_.update_attributes(b, &[Attribute::Label(b"key-b2".to_vec())])
+        .expect("relabel");
+    s_.destroy_object(b).expect("destroy");
+    drop(s_);
+    p.finalize().expect("finalize");
+    (a.handle(), b.handle())
+}
+
+#[test]
+fn every_record_carries_who_where_and_when() {
+    let fx = Fixture::new();
+    configure(&fx, "service = \"payments-api\"", "");
+    workload();
+    let trail = fx.trail();
+    assert!(trail.len() >= 12, "{}", dump(&trail));
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .expect("uid");
+    let exe = std::env::current_exe().expect("exe").display().to_string();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string();
+    let micros = |t: &str| {
+        // 2026-01-02T03:04:05.123456Z
+        t.len() == 27
+            && t.ends_with('Z')
+            && t.as_bytes()[19] == b'.'
+            && t[20..26].bytes().all(|b| b.is_ascii_digit())
+            && t.as_bytes()[10] == b'T'
+    };
+    for (i, r) in trail.iter().enumerate() {
+        assert_eq!(n(r, "event.sequence"), i as u64 + 1, "{r}");
+        assert!(micros(s(r, "@timestamp")), "{r}");
+        assert_eq!(s(r, "service.name"), "payments-api", "{r}");
+        assert_eq!(s(r, "user.id"), uid, "{r}");
+        assert!(!s(r, "user.name").is_empty(), "{r}");
+        assert_eq!(n(r, "process.pid"), u64::from(std::process::id()), "{r}");
+        assert!(!s(r, "process.name").is_empty(), "{r}");
+        assert_eq!(s(r, "process.executable"), exe, "{r}");
+        assert_eq!(s(r, "host.name"), host, "{r}");
+        assert!(n(r, "process.thread.id") > 0 && n(r, "process.thread.id") != u64::MAX);
+        assert_eq!(s(r, "event.kind"), "event", "{r}");
+        if s(r, "pkcs11.lifecycle") != "audit" {
+            assert!(n(r, "event.duration") < 60_000_000_000, "{r}");
+            assert!(!s(r, "pkcs11.function").is_empty(), "{r}");
+            assert!(n(r, "pkcs11.slot_id") != u64::MAX, "{r}");
+            assert_eq!(s(r, "pkcs11.token.label"), TOKEN_LABEL, "{r}");
+        }
+    }
+    // The calling thread is the test's own.
+    // SAFETY: gettid has no preconditions.
+    let tid = u64::try_from(unsafe { libc::gettid() }).expect("tid");
+    for r in lifecycle(&trail) {
+        assert_eq!(n(&r, "process.thread.id"), tid, "{r}");
+    }
+}
+
+#[test]
+fn categories_off_produce_no_records() {
+    let fx = Fixture::new();
+    configure(&fx, "", "categories = [\"use\"]");
+    workload();
+    let trail = fx.trail();
+    let t = lifecycle(&trail);
+    assert_eq!(t.len(), 5, "{}", dump(&t));
+    assert!(
+        t.iter().all(|r| s(r, "pkcs11.lifecycle") == "use"),
+        "{}",
+        dump(&t)
+    );
+    // keytrail's own records are always written.
+    let own = category(&trail, "audit");
+    let own: Vec<&str> = own.iter().map(|r| s(r, "event.action")).collect();
+    assert_eq!(own, ["trail_start", "initialize", "finalize"]);
+    // Sessions are still tracked: the use records know their session's state.
+    assert!(
+        t.iter().all(|r| s(r, "pkcs11.session.state") == "rw_user"),
+        "{}",
+        dump(&t)
+    );
+}
+
+#[test]
+fn usage_first_records_the_first_use_of_each_key_and_every_failure() {
+    let fx = Fixture::new();
+    configure(&fx, "", "usage = \"first\"");
+    let (a, b) = workload();
+    let t = lifecycle(&fx.trail());
+    let uses = category(&t, "use");
+    let summary: Vec<(u64, &str)> = uses
+        .iter()
+        .map(|r| (n(r, "pkcs11.key.handle"), s(r, "event.outcome")))
+        .collect();
+    assert_eq!(
+        summary,
+        [(a, "success"), (b, "success"), (a, "failure")],
+        "{}",
+        dump(&t)
+    );
+    assert_eq!(s(&uses[2], "pkcs11.rv_name"), "CKR_DATA_LEN_RANGE");
+    // Other categories are unaffected.
+    for c in ["session", "auth", "generate", "modify", "destroy"] {
+        assert!(!category(&t, c).is_empty(), "{c}: {}", dump(&t));
+    }
+}
+
+#[test]
+fn usage_every_is_the_default() {
+    let fx = Fixture::new();
+    workload();
+    let t = lifecycle(&fx.trail());
+    assert_eq!(category(&t, "use").len(), 5, "{}", dump(&t));
+    assert_eq!(category(&t, "generate").len(), 2, "{}", dump(&t));
+}
+
+/// Makes a token AES key directly through SoftHSM, so keytrail never sees it created.
+fn outside_key() {
+    let direct = open(&softhsm_module());
+    let s_ = user_session(&direct);
+    s_.create_object(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Label(b"made-elsewhere".to_vec()),
+        Attribute::Id(vec![0xe1, 0x5e]),
+        Attribute::Value(vec![0x33; 16]),
+        Attribute::Encrypt(true),
+    ])
+    .expect("create");
+    drop(s_);
+    direct.finalize().expect("finalize direct");
+}
+
+/// Uses and destroys the outside key through keytrail; returns its handle.
+fn use_outside_key() -> u64 {
+    let p = open(&keytrail_module());
+    let s_ = user_session(&p);
+    let key = *s_
+        .find_objects(&[Attribute::Label(b"made-elsewhere".to_vec())])
+        .expect("find")
+        .first()
+        .expect("the key");
+    s_.encrypt(&Mechanism::AesEcb, key, &[0; 16])
+        .expect("encrypt");
+    s_.destroy_object(key).expect("destroy");
+    let own = aes_key(&s_, "made-here", &[0x0d], false);
+    s_.encrypt(&Mechanism::AesEcb, own, &[0; 16])
+        .expect("encrypt own");
+    drop(s_);
+    p.finalize().expect("finalize");
+    key.handle()
+}
+
+#[test]
+fn key_lookups_name_keys_keytrail_did_not_see_created() {
+    let fx = Fixture::new();
+    outside_key();
+    let key = use_outside_key();
+    let t = lifecycle(&fx.trail());
+    for r in [&action(&t, "encrypt")[0], &only(&t, "object_destroy")] {
+        assert_eq!(n(r, "pkcs11.key.handle"), key, "{r}");
+        assert_eq!(s(r, "pkcs11.key.label"), "made-elsewhere", "{r}");
+        assert_eq!(s(r, "pkcs11.key.id_hex"), "e15e", "{r}");
+        assert_eq!(s(r, "pkcs11.key.class"), "CKO_SECRET_KEY", "{r}");
+        assert_eq!(s(r, "pkcs11.key.key_type"), "CKK_AES", "{r}");
+        assert_eq!(n(r, "pkcs11.key.bits"), 128, "{r}");
+        assert_eq!(at(r, "pkcs11.key.token"), &json!(true), "{r}");
+    }
+}
+
+#[test]
+fn key_lookups_false_records_handles_only_for_unseen_keys() {
+    let fx = Fixture::new();
+    configure(&fx, "", "key_lookups = false");
+    outside_key();
+    let key = use_outside_key();
+    let t = lifecycle(&fx.trail());
+    let encrypts = action(&t, "encrypt");
+    assert_eq!(encrypts.len(), 2, "{}", dump(&t));
+    for r in [&encrypts[0], &only(&t, "object_destroy")] {
+        assert_eq!(at(r, "pkcs11.key"), &json!({"handle": key}), "{r}");
+    }
+    // Keys keytrail saw created are still named, from their template.
+    assert_eq!(s(&encrypts[1], "pkcs11.key.label"), "made-here");
+    assert_eq!(s(&encrypts[1], "pkcs11.key.key_type"), "CKK_AES");
+}
