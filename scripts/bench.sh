@@ -52,6 +52,8 @@ softhsm2-util --init-token --free --label keytrail-bench --pin 1234 --so-pin 567
 cat >"$tmp/keytrail.toml" <<CONF
 module = "$module"
 diagnostics = "$tmp/keytrail-diagnostics.log"
+[trail]
+path = "$tmp/trail/keytrail.jsonl"
 CONF
 export KEYTRAIL_CONFIG="$tmp/keytrail.toml"
 unset KEYTRAIL_MODULE
@@ -76,6 +78,11 @@ fi
 status=0
 cargo bench --bench overhead "$@" || status=$?
 
+if [ -s "$tmp/trail/keytrail.jsonl" ]; then
+  records=$(wc -l <"$tmp/trail/keytrail.jsonl")
+  bytes=$(wc -c <"$tmp/trail/keytrail.jsonl")
+  echo "trail: $records records, $bytes bytes, $((bytes / records)) bytes per record (full audit on)"
+fi
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2
   cat "$tmp/keytrail-diagnostics.log" >&2

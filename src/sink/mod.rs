@@ -13,28 +13,27 @@ pub mod json;
 use crate::audit::event::Event;
 use crate::config::{OnFailure, OnFull, TrailConfig};
 use crate::diag;
+use crossbeam_queue::ArrayQueue;
 use file::{Note, TrailFile};
 use json::Origin;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
 pub use file::open_trail;
 
 /// Records written in one batch at most.
 const BATCH: usize = 1024;
-/// How often an idle writer wakes to retry a failed sink.
+/// How long a busy writer sleeps between batches. Callers never wake it while it is busy,
+/// so handing over a record costs no system call.
+const NAP: Duration = Duration::from_millis(1);
+/// How long an idle writer sleeps; the first record after an idle spell wakes it.
 const TICK: Duration = Duration::from_millis(500);
-
-/// A message to the writer.
-pub enum Msg {
-    /// A record to write.
-    Record(Box<Event>),
-    /// Write everything queued before this, then acknowledge.
-    Flush(SyncSender<bool>),
-}
+/// Idle naps before the writer counts as asleep.
+const NAPS_BEFORE_SLEEP: u32 = 20;
 
 /// State shared by callers and the writer.
 #[derive(Default)]
@@ -47,10 +46,20 @@ struct Shared {
     dropped: AtomicU64,
     /// When the first of those was dropped (µs since the epoch).
     dropped_since: AtomicU64,
+    /// The writer is in a long sleep: the next caller must wake it.
+    asleep: AtomicBool,
+    /// Flush requests: acknowledged once everything queued before them is written.
+    flushes: Mutex<Vec<SyncSender<bool>>>,
+}
+
+/// The queue to a writer thread.
+struct Queue {
+    records: ArrayQueue<Box<Event>>,
+    writer: Thread,
 }
 
 enum Mode {
-    Thread(SyncSender<Msg>),
+    Thread(Arc<Queue>),
     Sync(Box<Mutex<Writer>>),
 }
 
@@ -70,11 +79,19 @@ impl Sink {
         let file = TrailFile::new(path, config.rotate, config.max_bytes, config.keep);
         let writer = Writer::new(file, origin, shared.clone());
         let mode = if threads {
-            let (tx, rx) = sync_channel(config.queue);
-            std::thread::Builder::new()
+            let (tx, rx) = sync_channel::<Arc<Queue>>(1);
+            let handle = std::thread::Builder::new()
                 .name("keytrail-writer".into())
-                .spawn(move || writer.run(rx))?;
-            Mode::Thread(tx)
+                .spawn(move || match rx.recv() {
+                    Ok(queue) => writer.run(&queue),
+                    Err(_) => diag::report("the trail writer could not start"),
+                })?;
+            let queue = Arc::new(Queue {
+                records: ArrayQueue::new(config.queue),
+                writer: handle.thread().clone(),
+            });
+            let _ = tx.send(queue.clone());
+            Mode::Thread(queue)
         } else {
             Mode::Sync(Box::new(Mutex::new(writer)))
         };
@@ -90,28 +107,39 @@ impl Sink {
     #[inline]
     pub fn send(&self, event: Event) {
         match &self.mode {
-            Mode::Thread(tx) => {
-                let msg = Msg::Record(Box::new(event));
-                let full = match self.on_full {
-                    OnFull::Wait => tx.send(msg).is_err(),
-                    OnFull::Drop => match tx.try_send(msg) {
-                        Ok(()) => false,
-                        Err(TrySendError::Full(_)) => {
-                            self.count_drop();
-                            return;
+            Mode::Thread(q) => {
+                let mut record = Box::new(event);
+                loop {
+                    match q.records.push(record) {
+                        Ok(()) => break,
+                        Err(back) if self.on_full == OnFull::Wait => {
+                            // Full: the writer is behind; make sure it is awake, then wait.
+                            record = back;
+                            q.writer.unpark();
+                            std::thread::sleep(Duration::from_micros(50));
                         }
-                        Err(TrySendError::Disconnected(_)) => true,
-                    },
-                };
-                if full {
-                    diag::report("the trail writer has stopped; a record was not written");
+                        Err(_) => {
+                            self.count_drop();
+                            break;
+                        }
+                    }
                 }
+                self.wake_if_asleep(q);
             }
             Mode::Sync(w) => {
                 let mut w = w.lock();
                 w.push(&event);
                 w.commit();
             }
+        }
+    }
+
+    #[inline]
+    fn wake_if_asleep(&self, q: &Queue) {
+        if self.shared.asleep.load(Ordering::SeqCst)
+            && self.shared.asleep.swap(false, Ordering::SeqCst)
+        {
+            q.writer.unpark();
         }
     }
 
@@ -131,11 +159,11 @@ impl Sink {
     /// was written successfully.
     pub fn flush(&self, timeout: Duration) -> bool {
         match &self.mode {
-            Mode::Thread(tx) => {
+            Mode::Thread(q) => {
                 let (ack_tx, ack_rx) = sync_channel(1);
-                if tx.send(Msg::Flush(ack_tx)).is_err() {
-                    return false;
-                }
+                self.shared.flushes.lock().push(ack_tx);
+                self.shared.asleep.store(false, Ordering::Release);
+                q.writer.unpark();
                 ack_rx.recv_timeout(timeout).unwrap_or(false)
             }
             Mode::Sync(w) => {
@@ -205,25 +233,20 @@ impl Writer {
         }
     }
 
-    fn run(mut self, rx: Receiver<Msg>) {
+    /// The writer thread: drains the queue in batches, naps briefly while busy, and sleeps
+    /// when idle until a caller wakes it.
+    fn run(mut self, queue: &Queue) {
+        let mut idle = 0u32;
         loop {
-            let first = match rx.recv_timeout(TICK) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.tick();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            let mut acks = Vec::new();
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Record(e) => self.push(&e),
-                    Msg::Flush(ack) => acks.push(ack),
-                }
-                if self.pending < BATCH as u64 {
-                    next = rx.try_recv().ok();
+            // Flush requests are taken before draining: everything queued before them is
+            // then written by the time they are acknowledged.
+            let acks = std::mem::take(&mut *self.shared.flushes.lock());
+            let mut drained = 0usize;
+            while let Some(e) = queue.records.pop() {
+                self.push(&e);
+                drained += 1;
+                if self.pending >= BATCH as u64 {
+                    self.commit();
                 }
             }
             self.commit();
@@ -234,6 +257,25 @@ impl Writer {
                     let _ = ack.send(ok);
                 }
             }
+            if drained > 0 {
+                idle = 0;
+                std::thread::park_timeout(NAP);
+                continue;
+            }
+            idle += 1;
+            if idle < NAPS_BEFORE_SLEEP {
+                std::thread::park_timeout(NAP);
+                continue;
+            }
+            self.shared.asleep.store(true, Ordering::SeqCst);
+            // A record queued between the last drain and `asleep` would wait a whole tick.
+            if !queue.records.is_empty() || !self.shared.flushes.lock().is_empty() {
+                self.shared.asleep.store(false, Ordering::Release);
+                continue;
+            }
+            std::thread::park_timeout(TICK);
+            self.shared.asleep.store(false, Ordering::Release);
+            self.tick();
         }
     }
 
