@@ -34,6 +34,8 @@ pub struct Auditor {
     pub sessions: Sessions,
     tokens: Mutex<HashMap<CK_SLOT_ID, Arc<TokenRef>>>,
     sink: Sink,
+    /// Set by [`Auditor::stop`] (C_Finalize); a later C_Initialize resumes the stream.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 static AUDITOR: OnceLock<Auditor> = OnceLock::new();
@@ -47,11 +49,19 @@ pub fn get() -> Option<&'static Auditor> {
 /// Starts the trail for a loaded backend (once per process).
 pub fn start(backend: &'static Backend) -> Option<&'static Auditor> {
     if let Some(a) = AUDITOR.get() {
+        a.resume();
         return Some(a);
     }
     let config = &backend.config;
     let origin = crate::sink::json::Origin::current(config.service.clone());
-    let sink = match Sink::start(config.trail.path.clone(), origin) {
+    let chain = match crate::sink::chain::Chain::new(&config.integrity) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::diag::report(&format!("cannot start the trail's hash chain: {e}"));
+            return None;
+        }
+    };
+    let sink = match Sink::start(config.trail.path.clone(), origin, chain) {
         Ok(s) => s,
         Err(e) => {
             crate::diag::report(&format!("cannot start the trail writer thread: {e}"));
@@ -65,6 +75,7 @@ pub fn start(backend: &'static Backend) -> Option<&'static Auditor> {
         sessions: Sessions::default(),
         tokens: Mutex::new(HashMap::new()),
         sink,
+        stopped: std::sync::atomic::AtomicBool::new(false),
     });
     auditor.emit(Event::audit(
         "trail_start",
@@ -77,6 +88,8 @@ pub fn start(backend: &'static Backend) -> Option<&'static Auditor> {
             "version": env!("CARGO_PKG_VERSION"),
             "module": backend.path.display().to_string(),
             "config": config.source.as_ref().map(|p| p.display().to_string()),
+            "config_sha256": config.source_sha256,
+            "trail": config.trail.path.display().to_string(),
         }),
     ));
     Some(auditor)
@@ -119,6 +132,31 @@ impl Auditor {
         e.thread_id = context::thread_id();
         e.labels = context::labels();
         self.sink.send(e);
+    }
+
+    /// Ends the stream (at C_Finalize): writes the `trail_stop` record, which the writer
+    /// completes with the head of the chain. The caller flushes.
+    pub fn stop(&self, reason: &'static str) {
+        use std::sync::atomic::Ordering;
+        if !self.stopped.swap(true, Ordering::AcqRel) {
+            self.emit(Event::audit(
+                "trail_stop",
+                format!("trail stopped at {reason}"),
+                serde_json::json!({ "reason": reason }),
+            ));
+        }
+    }
+
+    /// Continues a stopped stream (C_Initialize after C_Finalize): writes `trail_resume`.
+    pub fn resume(&self) {
+        use std::sync::atomic::Ordering;
+        if self.stopped.swap(false, Ordering::AcqRel) {
+            self.emit(Event::audit(
+                "trail_resume",
+                "trail resumed at C_Initialize".into(),
+                serde_json::json!({ "reason": "C_Initialize" }),
+            ));
+        }
     }
 
     /// Waits for the writer to drain.

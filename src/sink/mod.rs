@@ -6,10 +6,12 @@
 //! counted, the failure is reported on stderr (and the diagnostics file), and the trail
 //! itself says how many records were lost once it can be written again.
 
+pub mod chain;
 pub mod json;
 
 use crate::audit::event::Event;
 use crate::diag;
+use chain::Chain;
 use json::Origin;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -37,10 +39,10 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Starts the writer thread for a trail file.
-    pub fn start(path: PathBuf, origin: Origin) -> std::io::Result<Sink> {
+    /// Starts the writer thread for a trail file; `chain` seals every record.
+    pub fn start(path: PathBuf, origin: Origin, chain: Chain) -> std::io::Result<Sink> {
         let (tx, rx) = sync_channel(DEFAULT_QUEUE);
-        let writer = Writer::new(path, origin);
+        let writer = Writer::new(path, origin, chain);
         std::thread::Builder::new()
             .name("keytrail-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -70,19 +72,20 @@ struct Writer {
     path: PathBuf,
     origin: Origin,
     file: Option<File>,
-    sequence: u64,
+    /// The hash chain: assigns sequence numbers and seals each record.
+    chain: Chain,
     buf: Vec<u8>,
     /// Records that could not be written since the last success, and when that began.
     lost: Option<(u64, SystemTime, String)>,
 }
 
 impl Writer {
-    fn new(path: PathBuf, origin: Origin) -> Writer {
+    fn new(path: PathBuf, origin: Origin, chain: Chain) -> Writer {
         Writer {
             path,
             origin,
             file: None,
-            sequence: 0,
+            chain,
             buf: Vec::with_capacity(256 * 1024),
             lost: None,
         }
@@ -92,7 +95,12 @@ impl Writer {
         loop {
             let first = match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.chain.tick(&self.origin, &mut self.buf) {
+                        self.write_batch(1);
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut acks = Vec::new();
@@ -101,8 +109,7 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Record(e) => {
-                        self.sequence += 1;
-                        json::encode(&e, &self.origin, self.sequence, &mut self.buf);
+                        self.chain.append(&e, &self.origin, &mut self.buf);
                         count += 1;
                     }
                     Msg::Flush(ack) => acks.push(ack),
@@ -110,6 +117,9 @@ impl Writer {
                 if count < BATCH {
                     next = rx.try_recv().ok();
                 }
+            }
+            if self.chain.tick(&self.origin, &mut self.buf) {
+                count += 1;
             }
             self.write_batch(count as u64);
             for ack in acks {
@@ -141,8 +151,7 @@ impl Writer {
                         format!("{n} records could not be written: {reason}"),
                         serde_json::json!({"lost": n, "since": humantime::format_rfc3339_micros(since).to_string(), "reason": reason}),
                     );
-                    self.sequence += 1;
-                    json::encode(&e, &self.origin, self.sequence, &mut self.buf);
+                    self.chain.append(&e, &self.origin, &mut self.buf);
                     if let Some(f) = self.file.as_mut() {
                         let _ = f.write_all(&self.buf);
                     }
