@@ -30,6 +30,9 @@ enum Command {
 
 /// Parses the command line and runs the subcommand; errors go to stderr with exit status 2.
 pub fn main() -> ExitCode {
+    // SAFETY: restoring the default SIGPIPE action before any output, in a single-threaded
+    // program, so that `keytrail report … | head` ends quietly instead of panicking.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Verify(a) => verify::run(a),
