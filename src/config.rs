@@ -7,6 +7,7 @@
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the configuration file is looked for when `KEYTRAIL_CONFIG` is not set.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/keytrail/keytrail.toml";
@@ -30,6 +31,11 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Where the trail goes.
     pub trail: TrailConfig,
+    /// The hash chain: checkpoints and the optional HMAC key.
+    pub integrity: IntegrityConfig,
+    /// SHA-256 (hex) of the configuration file's bytes as read, for the trail's start
+    /// record.
+    pub source_sha256: Option<String>,
 }
 
 /// Environment variable naming the trail file; overrides `trail.path`.
@@ -235,6 +241,56 @@ impl Default for TrailConfig {
     }
 }
 
+/// Default interval between checkpoint records.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The hash chain (`[integrity]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrityConfig {
+    /// How often a checkpoint record carrying the head of the chain is written, even when
+    /// idle: `"60s"`, `"5m"`, or an integer number of seconds; `0` or `"off"` disables.
+    pub checkpoint_interval: Interval,
+    /// Keyed mode: the file whose bytes are the HMAC-SHA256 key. It must be readable by its
+    /// owner only.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        IntegrityConfig {
+            checkpoint_interval: Interval(Some(DEFAULT_CHECKPOINT_INTERVAL)),
+            key_file: None,
+        }
+    }
+}
+
+/// An optional interval, written as a humantime string (`"60s"`) or integer seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawInterval")]
+pub struct Interval(pub Option<Duration>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawInterval {
+    Seconds(u64),
+    Text(String),
+}
+
+impl TryFrom<RawInterval> for Interval {
+    type Error = String;
+    fn try_from(raw: RawInterval) -> Result<Self, Self::Error> {
+        let d = match raw {
+            RawInterval::Seconds(n) => Duration::from_secs(n),
+            RawInterval::Text(t) if t.trim() == "off" => Duration::ZERO,
+            RawInterval::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                format!("`{t}` is not a duration ({e}); write e.g. \"60s\", \"5m\" or \"off\"")
+            })?,
+        };
+        Ok(Interval((!d.is_zero()).then_some(d)))
+    }
+}
+
 /// The file's shape. Unknown keys are errors: a misspelt key silently ignored is how an
 /// operator ends up believing something is audited when it is not.
 #[derive(Debug, Deserialize, Default)]
@@ -247,6 +303,8 @@ struct FileConfig {
     audit: AuditConfig,
     #[serde(default)]
     trail: TrailConfig,
+    #[serde(default)]
+    integrity: IntegrityConfig,
 }
 
 /// A configuration problem, worded for the operator: it names the file, the key and what
@@ -302,10 +360,18 @@ impl Config {
         must_exist: bool,
         module_override: Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
-        let (file, source) = match std::fs::read_to_string(path) {
-            Ok(text) => (Self::parse(&text, path)?, Some(path.to_path_buf())),
+        let (file, source, source_sha256) = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                use sha2::Digest;
+                let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+                (
+                    Self::parse(&text, path)?,
+                    Some(path.to_path_buf()),
+                    Some(digest),
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
-                (FileConfig::default(), None)
+                (FileConfig::default(), None, None)
             }
             Err(e) => {
                 return Err(ConfigError {
@@ -354,6 +420,13 @@ impl Config {
                 problem: "must be at least 1".into(),
             });
         }
+        if let Some(key_file) = &file.integrity.key_file {
+            crate::sink::chain::check_key_file(key_file).map_err(|problem| ConfigError {
+                file: Some(path.to_path_buf()),
+                key: Some("integrity.key_file".into()),
+                problem,
+            })?;
+        }
         Ok(Config {
             source,
             module,
@@ -361,6 +434,8 @@ impl Config {
             service: file.service,
             audit: file.audit,
             trail: file.trail,
+            integrity: file.integrity,
+            source_sha256,
         })
     }
 
@@ -500,5 +575,50 @@ mod tests {
         let f = write("diagnostics = \"/tmp/d\"\n");
         let e = Config::resolve(f.path(), true, None).expect_err("no module");
         assert_eq!(e.key.as_deref(), Some("module"));
+    }
+
+    #[test]
+    fn integrity_section_reads_intervals_and_checks_the_key_file() {
+        let c = Config::resolve(write("module = \"/m.so\"\n").path(), true, None).expect("valid");
+        assert_eq!(
+            c.integrity.checkpoint_interval,
+            Interval(Some(DEFAULT_CHECKPOINT_INTERVAL))
+        );
+        assert!(c.source_sha256.is_some());
+        for (text, want) in [
+            ("\"5m\"", Some(Duration::from_secs(300))),
+            ("7", Some(Duration::from_secs(7))),
+            ("0", None),
+            ("\"off\"", None),
+        ] {
+            let f = write(&format!(
+                "module = \"/m.so\"\n[integrity]\ncheckpoint_interval = {text}\n"
+            ));
+            let c = Config::resolve(f.path(), true, None).expect("valid");
+            assert_eq!(c.integrity.checkpoint_interval, Interval(want), "{text}");
+        }
+        let f = write("module = \"/m.so\"\n[integrity]\ncheckpoint_interval = \"soon\"\n");
+        let e = Config::resolve(f.path(), true, None).expect_err("bad interval");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("integrity.checkpoint_interval"),
+            "{e}"
+        );
+
+        use std::os::unix::fs::PermissionsExt;
+        let key = write("0123456789abcdef0123456789abcdef");
+        std::fs::set_permissions(key.path(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let f = write(&format!(
+            "module = \"/m.so\"\n[integrity]\nkey_file = \"{}\"\n",
+            key.path().display()
+        ));
+        let e = Config::resolve(f.path(), true, None).expect_err("key readable by others");
+        assert_eq!(e.key.as_deref(), Some("integrity.key_file"), "{e}");
+        assert!(e.problem.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(key.path(), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        let c = Config::resolve(f.path(), true, None).expect("private key file");
+        assert_eq!(c.integrity.key_file.as_deref(), Some(key.path()));
     }
 }

@@ -17,4 +17,5 @@ pub mod diag;
 pub mod entry;
 pub mod names;
 pub mod os;
+pub mod probe;
 pub mod sink;

@@ -143,13 +143,19 @@ fn fork_after_initialize_gives_the_child_its_own_stream() {
         .iter()
         .map(|r| r["process"]["pid"].as_u64().expect("pid"))
         .collect();
-    assert_eq!(starts, vec![std::process::id() as u64]);
-    // The child's stream begins with its first record, sequence 1, under its own pid.
+    assert_eq!(starts, vec![std::process::id() as u64, pid as u64]);
+    // The child's stream begins with its own start record, sequence 1, naming the parent.
     let child_first = trail
         .iter()
         .find(|r| r["process"]["pid"].as_u64() == Some(pid as u64))
         .expect("child stream");
+    assert_eq!(action(child_first), "trail_start");
     assert_eq!(child_first["event"]["sequence"], 1);
+    assert_eq!(child_first["keytrail"]["forked_from"], std::process::id());
+    assert_ne!(
+        child_first["integrity"]["stream"],
+        trail[0]["integrity"]["stream"]
+    );
 }
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -453,11 +459,8 @@ fn exit_without_finalize_loses_nothing() {
         "the child never finalized"
     );
     let last = trail.last().expect("records");
-    assert_eq!(
-        action(last),
-        "process_exit",
-        "the trail shows where it ended"
-    );
+    assert_eq!(action(last), "trail_stop", "the trail shows where it ended");
+    assert_eq!(last["keytrail"]["reason"], "exit");
     assert_gapless(&trail);
 }
 
@@ -536,10 +539,10 @@ fn drop_policy_counts_every_dropped_record() {
         .iter()
         .filter(|r| action(r) != "records_dropped")
         .count() as u64;
-    // trail_start, initialize, 2 × 8000 session records, finalize.
+    // trail_start, initialize, 2 × 8000 session records, finalize, trail_stop.
     assert_eq!(
         written + dropped,
-        3 + 16_000,
+        4 + 16_000,
         "each record is written or counted"
     );
     assert_gapless(&trail);

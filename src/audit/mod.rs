@@ -35,6 +35,8 @@ pub struct Auditor {
     pub sessions: Sessions,
     tokens: Mutex<HashMap<CK_SLOT_ID, Arc<TokenRef>>>,
     sink: SinkSlot,
+    /// Set by [`Auditor::stop`] (C_Finalize, exit); a later C_Initialize resumes the stream.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 static AUDITOR: OnceLock<Auditor> = OnceLock::new();
@@ -50,37 +52,41 @@ pub fn get() -> Option<&'static Auditor> {
 /// synchronously.
 pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
     if let Some(a) = AUDITOR.get() {
+        a.resume();
         return a;
     }
     let config = &backend.config;
     let mut created = false;
     let auditor = AUDITOR.get_or_init(|| {
         created = true;
+        // Every stream's first record (the writer adds the module's SHA-256 and the
+        // chain's settings).
+        let start = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "module": backend.path.display().to_string(),
+            "config": config.source.as_ref().map(|p| p.display().to_string()),
+            "config_sha256": config.source_sha256,
+            "trail": config.trail.path.display().to_string(),
+            "writer": if threads { "thread" } else { "synchronous" },
+        });
         Auditor {
             config: config.audit.clone(),
             backend,
             keys: KeyCache::default(),
             sessions: Sessions::default(),
             tokens: Mutex::new(HashMap::new()),
-            sink: SinkSlot::new(config.trail.clone(), config.service.clone(), threads),
+            sink: SinkSlot::new(
+                config.trail.clone(),
+                config.integrity.clone(),
+                config.service.clone(),
+                threads,
+                start,
+            ),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     });
     if created {
         crate::os::register_process_hooks();
-        auditor.emit(Event::audit(
-            "trail_start",
-            format!(
-                "keytrail {} auditing {}",
-                env!("CARGO_PKG_VERSION"),
-                backend.path.display()
-            ),
-            serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "module": backend.path.display().to_string(),
-                "config": config.source.as_ref().map(|p| p.display().to_string()),
-                "writer": if threads { "thread" } else { "synchronous" },
-            }),
-        ));
     }
     auditor
 }
@@ -113,14 +119,8 @@ pub fn refusal(function: &'static str) -> Option<CK_RV> {
 /// queue, for applications that never call C_Finalize.
 pub fn at_exit() {
     if let Some(a) = get() {
-        if a.sink.get().is_some() {
-            a.emit(Event::audit(
-                "process_exit",
-                "the process is exiting".into(),
-                serde_json::json!({}),
-            ));
-            let _ = a.flush();
-        }
+        a.stop("exit");
+        let _ = a.flush();
     }
 }
 
@@ -161,6 +161,7 @@ pub mod fork {
         super::context::reset_thread_id();
         if let Some(a) = get() {
             a.sink.after_fork_in_child();
+            a.stopped.store(false, std::sync::atomic::Ordering::Release);
         }
     }
 }
@@ -203,6 +204,31 @@ impl Auditor {
         e.labels = context::labels();
         if let Some(sink) = self.sink.get() {
             sink.send(e);
+        }
+    }
+
+    /// Ends the stream (C_Finalize, process exit) with a `trail_stop` record, which the
+    /// writer completes with the head of the chain. The caller flushes.
+    pub fn stop(&self, reason: &'static str) {
+        use std::sync::atomic::Ordering;
+        if !self.stopped.swap(true, Ordering::AcqRel) {
+            self.emit(Event::audit(
+                "trail_stop",
+                format!("trail stopped at {reason}"),
+                serde_json::json!({ "reason": reason }),
+            ));
+        }
+    }
+
+    /// Continues a stopped stream (C_Initialize after C_Finalize) with `trail_resume`.
+    pub fn resume(&self) {
+        use std::sync::atomic::Ordering;
+        if self.stopped.swap(false, Ordering::AcqRel) {
+            self.emit(Event::audit(
+                "trail_resume",
+                "trail resumed at C_Initialize".into(),
+                serde_json::json!({ "reason": "C_Initialize" }),
+            ));
         }
     }
 

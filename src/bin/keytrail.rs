@@ -1,5 +1,8 @@
-//! The keytrail command-line tool.
+//! The keytrail command-line tool: `keytrail verify | report | doctor`.
 
-fn main() {
-    println!("keytrail {}", env!("CARGO_PKG_VERSION"));
+#[path = "../cli/mod.rs"]
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -108,6 +108,9 @@ fn finalize(_: &Backend, forward: impl FnOnce() -> CK_RV, _: CK_VOID_PTR) -> CK_
         Lifecycle::Audit,
         rv,
     ));
+    if rv == CKR_OK {
+        a.stop("C_Finalize");
+    }
     if !a.flush() {
         diag::report("the trail could not be flushed within 5 s at C_Finalize");
     }

@@ -7,12 +7,14 @@
 //! lost while the trail could not be written are counted, reported on stderr and in the
 //! diagnostics file, and the trail itself carries a record saying how many and since when.
 
+pub mod chain;
 pub mod file;
 pub mod json;
 
 use crate::audit::event::Event;
-use crate::config::{OnFailure, OnFull, TrailConfig};
+use crate::config::{IntegrityConfig, OnFailure, OnFull, TrailConfig};
 use crate::diag;
+use chain::Chain;
 use crossbeam_queue::ArrayQueue;
 use file::{Note, TrailFile};
 use json::Origin;
@@ -72,12 +74,20 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Starts a stream: a writer thread, or a synchronous writer when `threads` is false.
-    pub fn start(config: &TrailConfig, origin: Origin, threads: bool) -> std::io::Result<Sink> {
+    /// Starts a stream whose first record is `start`: a writer thread, or a synchronous
+    /// writer when `threads` is false. `chain` seals every record.
+    pub fn start(
+        config: &TrailConfig,
+        chain: Chain,
+        origin: Origin,
+        threads: bool,
+        start: &Event,
+    ) -> std::io::Result<Sink> {
         let shared = Arc::new(Shared::default());
         let path = expand(&config.path);
         let file = TrailFile::new(path, config.rotate, config.max_bytes, config.keep);
-        let writer = Writer::new(file, origin, shared.clone());
+        let mut writer = Writer::new(file, origin, chain, shared.clone());
+        writer.push(start);
         let mode = if threads {
             let (tx, rx) = sync_channel::<Arc<Queue>>(1);
             let handle = std::thread::Builder::new()
@@ -214,19 +224,20 @@ struct Writer {
     file: TrailFile,
     origin: Origin,
     shared: Arc<Shared>,
-    sequence: u64,
+    /// Assigns sequence numbers and seals each record into the stream's hash chain.
+    chain: Chain,
     buf: Vec<u8>,
     pending: u64,
     lost: Option<Lost>,
 }
 
 impl Writer {
-    fn new(file: TrailFile, origin: Origin, shared: Arc<Shared>) -> Writer {
+    fn new(file: TrailFile, origin: Origin, chain: Chain, shared: Arc<Shared>) -> Writer {
         Writer {
             file,
             origin,
             shared,
-            sequence: 0,
+            chain,
             buf: Vec::with_capacity(256 * 1024),
             pending: 0,
             lost: None,
@@ -242,6 +253,9 @@ impl Writer {
             // then written by the time they are acknowledged.
             let acks = std::mem::take(&mut *self.shared.flushes.lock());
             let mut drained = 0usize;
+            if self.chain.tick(&self.origin, &mut self.buf) {
+                self.pending += 1;
+            }
             while let Some(e) = queue.records.pop() {
                 self.push(&e);
                 drained += 1;
@@ -282,16 +296,14 @@ impl Writer {
     /// Formats one record into the batch.
     fn push(&mut self, e: &Event) {
         self.report_drops();
-        self.sequence += 1;
-        json::encode(e, &self.origin, self.sequence, &mut self.buf);
+        self.chain.append(e, &self.origin, &mut self.buf);
         self.pending += 1;
     }
 
     fn push_audit(&mut self, action: &'static str, message: String, detail: serde_json::Value) {
         let mut e = Event::audit(action, message, detail);
         e.thread_id = crate::audit::context::thread_id();
-        self.sequence += 1;
-        json::encode(&e, &self.origin, self.sequence, &mut self.buf);
+        self.chain.append(&e, &self.origin, &mut self.buf);
         self.pending += 1;
     }
 
@@ -364,7 +376,7 @@ impl Writer {
             self.shared.failing.store(false, Ordering::Relaxed);
             return;
         }
-        let first = self.sequence;
+        let before = self.chain.clone();
         if let Some(Note::Reopened { path }) = &note {
             let msg = format!(
                 "the trail file {} was removed or replaced while in use; it was recreated",
@@ -392,7 +404,9 @@ impl Writer {
         self.buf.clear();
         self.pending = 0;
         if result.is_err() {
-            self.sequence = first;
+            // Nothing of the report reached the file: the chain goes on as if it had not
+            // been made.
+            self.chain = before;
             return;
         }
         if let Some(Note::Reopened { path }) = &note {
@@ -418,6 +432,9 @@ impl Writer {
     /// even while every audited call is being refused.
     fn tick(&mut self) {
         self.report_drops();
+        if self.chain.tick(&self.origin, &mut self.buf) {
+            self.pending += 1;
+        }
         if self.pending == 0 && self.lost.is_some() {
             self.report_recovery(None);
         }
@@ -432,20 +449,51 @@ pub struct SinkSlot {
     current: AtomicPtr<Sink>,
     creating: AtomicBool,
     config: TrailConfig,
+    integrity: IntegrityConfig,
     service: Option<String>,
     threads: bool,
+    /// What every stream's `trail_start` record says.
+    start: serde_json::Value,
+    /// The process that started the first stream (a child after fork has another pid).
+    first_pid: u32,
 }
 
 impl SinkSlot {
-    /// A slot that starts its first stream on first use.
-    pub fn new(config: TrailConfig, service: Option<String>, threads: bool) -> SinkSlot {
+    /// A slot that starts its first stream on first use; `start` is the detail of each
+    /// stream's `trail_start` record.
+    pub fn new(
+        config: TrailConfig,
+        integrity: IntegrityConfig,
+        service: Option<String>,
+        threads: bool,
+        start: serde_json::Value,
+    ) -> SinkSlot {
         SinkSlot {
             current: AtomicPtr::new(std::ptr::null_mut()),
             creating: AtomicBool::new(false),
             config,
+            integrity,
             service,
             threads,
+            start,
+            first_pid: crate::os::pid(),
         }
+    }
+
+    /// The `trail_start` record of a new stream.
+    fn start_record(&self) -> Event {
+        let mut detail = self.start.clone();
+        let pid = crate::os::pid();
+        if pid != self.first_pid {
+            if let Some(m) = detail.as_object_mut() {
+                m.insert("forked_from".into(), serde_json::json!(self.first_pid));
+            }
+        }
+        let module = detail.get("module").and_then(|m| m.as_str()).unwrap_or("?");
+        let message = format!("keytrail {} auditing {module}", env!("CARGO_PKG_VERSION"));
+        let mut e = Event::audit("trail_start", message, detail);
+        e.thread_id = crate::audit::context::thread_id();
+        e
     }
 
     /// The current sink, starting a stream when there is none. `None` only when no
@@ -472,7 +520,17 @@ impl SinkSlot {
         let mut p = self.current.load(Ordering::Acquire);
         if p.is_null() {
             let origin = Origin::current(self.service.clone());
-            match Sink::start(&self.config, origin, self.threads) {
+            let started = Chain::new(&self.integrity).and_then(|chain| {
+                Sink::start(
+                    &self.config,
+                    chain,
+                    origin,
+                    self.threads,
+                    &self.start_record(),
+                )
+                .map_err(|e| e.to_string())
+            });
+            match started {
                 Ok(s) => {
                     p = Box::leak(Box::new(s));
                     self.current.store(p, Ordering::Release);

@@ -1,0 +1,49 @@
+//! The `keytrail` command-line tool: `verify`, `report` and `doctor`.
+//!
+//! Compiled into the `keytrail` binary only (the library does not link clap).
+
+pub mod doctor;
+pub mod input;
+pub mod report;
+pub mod verify;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// keytrail: check and read the audit trail of the keytrail PKCS#11 shim.
+#[derive(Parser, Debug)]
+#[command(name = "keytrail", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Verify the hash chains of trail files: a verdict per stream and per file.
+    Verify(verify::VerifyArgs),
+    /// Summarise a trail: per key, failed logins, token administration, failures.
+    Report(report::ReportArgs),
+    /// Check the setup the library would use: configuration, module, tokens, trail.
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Parses the command line and runs the subcommand; errors go to stderr with exit status 2.
+pub fn main() -> ExitCode {
+    // SAFETY: restoring the default SIGPIPE action before any output, in a single-threaded
+    // program, so that `keytrail report … | head` ends quietly instead of panicking.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Verify(a) => verify::run(a),
+        Command::Report(a) => report::run(a),
+        Command::Doctor(a) => doctor::run(a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("keytrail: error: {e:#}");
+            ExitCode::from(verify::EXIT_ERROR)
+        }
+    }
+}

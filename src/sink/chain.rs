@@ -1,0 +1,487 @@
+//! The hash chain: every record of a stream carries its stream id, a gap-free sequence
+//! number and the hash of the previous record of the stream.
+//!
+//! # Record format
+//!
+//! [`json::encode`] writes a record as `{...}\n`. The chain replaces the closing `}\n` with
+//!
+//! ```text
+//! ,"integrity":{"stream":"<32 hex>","seq":N,"prev":"<64 hex>"|null[,"alg":"hmac-sha256","key":"<8 hex>"]
+//! ```
+//!
+//! computes the hash over the line's bytes from its `{` up to that point (the *signed
+//! prefix*), and appends `,"hash":"<64 hex>"}}\n`. The hash is SHA-256 of the signed prefix,
+//! or HMAC-SHA256 with the configured key in keyed mode. No canonical JSON form is needed:
+//! a verifier recomputes the hash over the exact bytes of the line up to `,"hash":"`, which
+//! is always the last 76 bytes of the line. `prev` is the `hash` of the previous record of
+//! the stream (`null` on the first), so a record changed, removed, inserted or moved breaks
+//! the chain at a known sequence number.
+//!
+//! # Stream life
+//!
+//! A stream is one process. Its first record is `trail_start` (the chain adds the module's
+//! SHA-256 and the stream's integrity settings on the writer thread); `C_Finalize` writes
+//! `trail_stop`; a later `C_Initialize` in the same process writes `trail_resume` and the
+//! same stream goes on. `checkpoint` records are written every `checkpoint_interval`, even
+//! when idle, carrying the head of the chain (the sequence number and hash of the record
+//! before them), so that a copy kept elsewhere anchors the trail against truncation.
+//! After `fork()` the child calls [`Chain::new_stream`].
+
+use super::json::{self, Origin};
+use crate::audit::event::Event;
+use crate::config::IntegrityConfig;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The bytes that follow the signed prefix of a record: `,"hash":"` + 64 hex + `"}}`.
+pub const HASH_SUFFIX_LEN: usize = 76;
+/// The marker that ends the signed prefix.
+pub const HASH_MARKER: &[u8] = b",\"hash\":\"";
+/// The `alg` of keyed records.
+pub const ALG_HMAC: &str = "hmac-sha256";
+/// Smallest key accepted, in bytes.
+pub const MIN_KEY_LEN: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A secret HMAC key. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Key {
+    bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key(id {})", self.id())
+    }
+}
+
+impl Key {
+    /// Reads a key file: its bytes are the key. The file must be readable by its owner
+    /// only and hold at least [`MIN_KEY_LEN`] bytes.
+    pub fn load(path: &Path) -> Result<Key, String> {
+        check_key_file(path)?;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| format!("the key file {} cannot be read: {e}", path.display()))?;
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(format!(
+                "the key file {} holds {} bytes; a key needs at least {MIN_KEY_LEN} (make one with `head -c 32 /dev/urandom > {}`)",
+                path.display(),
+                bytes.len(),
+                path.display()
+            ));
+        }
+        Ok(Key { bytes })
+    }
+
+    /// A short public identifier of the key: the first 8 hex digits of SHA-256 over
+    /// `keytrail key id` and the key. It tells which key a stream used, not the key.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"keytrail key id\0");
+        h.update(&self.bytes);
+        hex::encode(&h.finalize()[..4])
+    }
+
+    fn mac(&self) -> Result<HmacSha256, String> {
+        <HmacSha256 as KeyInit>::new_from_slice(&self.bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// Checks that a key file exists, is a regular file, and is neither readable nor
+/// writable by group or others.
+pub fn check_key_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("the key file {} cannot be read: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("the key file {} is not a file", path.display()));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the key file {} is accessible by group or others (mode {mode:03o}); only its owner may read it: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// How records are hashed.
+#[derive(Clone)]
+pub enum Hasher {
+    /// SHA-256: anyone can recompute the chain.
+    Plain,
+    /// HMAC-SHA256 with a secret key (the MAC state keyed once, cloned per record).
+    Keyed {
+        /// The keyed MAC state.
+        mac: Box<HmacSha256>,
+        /// The key's public identifier.
+        id: String,
+    },
+}
+
+impl Hasher {
+    /// The hasher for a key (or plain SHA-256 without one).
+    pub fn new(key: Option<&Key>) -> Result<Hasher, String> {
+        Ok(match key {
+            None => Hasher::Plain,
+            Some(k) => Hasher::Keyed {
+                mac: Box::new(k.mac()?),
+                id: k.id(),
+            },
+        })
+    }
+
+    /// The hash of a signed prefix.
+    #[inline]
+    pub fn hash(&self, bytes: &[u8]) -> [u8; 32] {
+        match self {
+            Hasher::Plain => Sha256::digest(bytes).into(),
+            Hasher::Keyed { mac, .. } => {
+                let mut m = (**mac).clone();
+                m.update(bytes);
+                m.finalize().into_bytes().into()
+            }
+        }
+    }
+}
+
+/// A new random stream id: 128 bits, hex.
+pub fn new_stream_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness (very early boot, seccomp): fall back to what is unique here.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let mut h = Sha256::new();
+        h.update(now.to_le_bytes());
+        h.update(std::process::id().to_le_bytes());
+        h.update(crate::os::thread_id().to_le_bytes());
+        b.copy_from_slice(&h.finalize()[..16]);
+    }
+    hex::encode(b)
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The writer's side of the chain of one stream.
+#[derive(Clone)]
+pub struct Chain {
+    stream: String,
+    seq: u64,
+    prev: Option<[u8; 32]>,
+    hasher: Hasher,
+    interval: Option<Duration>,
+    last_checkpoint: Instant,
+    since_checkpoint: u64,
+    stopped: bool,
+}
+
+impl Chain {
+    /// A new stream with the configured key (read now) and checkpoint interval.
+    pub fn new(config: &IntegrityConfig) -> Result<Chain, String> {
+        let key = match &config.key_file {
+            Some(p) => Some(Key::load(p)?),
+            None => None,
+        };
+        Ok(Chain::with(
+            Hasher::new(key.as_ref())?,
+            config.checkpoint_interval.0,
+        ))
+    }
+
+    /// A new stream with a given hasher and checkpoint interval.
+    pub fn with(hasher: Hasher, interval: Option<Duration>) -> Chain {
+        Chain {
+            stream: new_stream_id(),
+            seq: 0,
+            prev: None,
+            hasher,
+            interval,
+            last_checkpoint: Instant::now(),
+            since_checkpoint: 0,
+            stopped: false,
+        }
+    }
+
+    /// Starts a new stream (after `fork()` in the child): a new id, sequence from 1. The
+    /// next record written should be a `trail_start`.
+    pub fn new_stream(&mut self) {
+        self.stream = new_stream_id();
+        self.seq = 0;
+        self.prev = None;
+        self.since_checkpoint = 0;
+        self.stopped = false;
+        self.last_checkpoint = Instant::now();
+    }
+
+    /// The stream id.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The sequence number of the last record written.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Encodes `e` as the stream's next record and appends it, sealed, to `out`.
+    /// `trail_start`, `trail_stop` and `checkpoint` records get their integrity details
+    /// here, on the writer thread.
+    pub fn append(&mut self, e: &Event, origin: &Origin, out: &mut Vec<u8>) {
+        match e.action {
+            "trail_start" | "trail_stop" | "trail_resume" | "checkpoint" => {
+                let mut e = e.clone();
+                self.annotate(&mut e);
+                self.encode(&e, origin, out);
+            }
+            _ => self.encode(e, origin, out),
+        }
+    }
+
+    /// Appends a checkpoint record when the interval has passed (even if nothing else was
+    /// written); returns whether it did. Not while the stream is stopped.
+    pub fn tick(&mut self, origin: &Origin, out: &mut Vec<u8>) -> bool {
+        let Some(interval) = self.interval else {
+            return false;
+        };
+        if self.stopped || self.seq == 0 || self.last_checkpoint.elapsed() < interval {
+            return false;
+        }
+        let e = Event::audit(
+            "checkpoint",
+            format!(
+                "checkpoint of stream {} at sequence {}",
+                self.stream, self.seq
+            ),
+            serde_json::json!({}),
+        );
+        self.append(&e, origin, out);
+        true
+    }
+
+    fn annotate(&mut self, e: &mut Event) {
+        let mut detail = match e.detail.take() {
+            Some(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        match e.action {
+            "trail_start" => {
+                if let Some(module) = detail.get("module").and_then(|m| m.as_str()) {
+                    let digest = match sha256_file(Path::new(module)) {
+                        Ok(d) => serde_json::Value::String(d),
+                        Err(_) => serde_json::Value::Null,
+                    };
+                    detail.insert("module_sha256".into(), digest);
+                }
+                let mut integrity = serde_json::json!({
+                    "alg": match self.hasher { Hasher::Plain => "sha256", Hasher::Keyed { .. } => ALG_HMAC },
+                    "checkpoint_interval_s": self.interval.map(|d| d.as_secs_f64()),
+                });
+                if let Hasher::Keyed { id, .. } = &self.hasher {
+                    integrity["key"] = serde_json::Value::String(id.clone());
+                }
+                detail.insert("integrity".into(), integrity);
+                self.stopped = false;
+            }
+            "trail_resume" => self.stopped = false,
+            _ => {
+                // checkpoint and trail_stop carry the head of the chain before them.
+                detail.insert(
+                    "head".into(),
+                    serde_json::json!({
+                        "seq": self.seq,
+                        "hash": self.prev.map(hex::encode),
+                    }),
+                );
+                detail.insert(
+                    "records_since_checkpoint".into(),
+                    serde_json::json!(self.since_checkpoint),
+                );
+                self.last_checkpoint = Instant::now();
+                self.since_checkpoint = 0;
+                if e.action == "trail_stop" {
+                    self.stopped = true;
+                }
+            }
+        }
+        e.detail = Some(serde_json::Value::Object(detail));
+    }
+
+    fn encode(&mut self, e: &Event, origin: &Origin, out: &mut Vec<u8>) {
+        let start = out.len();
+        let seq = self.seq + 1;
+        json::encode(e, origin, seq, out);
+        if out.len() < start + 2 || !out.ends_with(b"}\n") {
+            out.truncate(start);
+            return;
+        }
+        out.truncate(out.len() - 2);
+        self.seal(seq, out, start);
+    }
+
+    /// Appends the integrity object to an open record (`{...` without its closing brace)
+    /// that starts at `out[start]`, and closes it with a newline.
+    fn seal(&mut self, seq: u64, out: &mut Vec<u8>, start: usize) {
+        out.extend_from_slice(b",\"integrity\":{\"stream\":\"");
+        out.extend_from_slice(self.stream.as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
+        out.extend_from_slice(seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"prev\":");
+        let mut hex = [0u8; 64];
+        match &self.prev {
+            Some(p) => {
+                // A 32-byte value always fits 64 hex digits.
+                let _ = hex::encode_to_slice(p, &mut hex);
+                out.push(b'"');
+                out.extend_from_slice(&hex);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        if let Hasher::Keyed { id, .. } = &self.hasher {
+            out.extend_from_slice(b",\"alg\":\"");
+            out.extend_from_slice(ALG_HMAC.as_bytes());
+            out.extend_from_slice(b"\",\"key\":\"");
+            out.extend_from_slice(id.as_bytes());
+            out.push(b'"');
+        }
+        let hash = self.hasher.hash(&out[start..]);
+        let _ = hex::encode_to_slice(hash, &mut hex);
+        out.extend_from_slice(HASH_MARKER);
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(b"\"}}\n");
+        self.seq = seq;
+        self.prev = Some(hash);
+        self.since_checkpoint += 1;
+    }
+}
+
+/// Splits a trail line (without its newline) into its signed prefix and the hex hash it
+/// states, when it has the shape the chain writes.
+pub fn split_signed(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    if line.len() < HASH_SUFFIX_LEN || !line.ends_with(b"\"}}") {
+        return None;
+    }
+    let cut = line.len() - HASH_SUFFIX_LEN;
+    let (prefix, rest) = line.split_at(cut);
+    let hash = rest.strip_prefix(HASH_MARKER)?;
+    Some((prefix, &hash[..64]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> Origin {
+        Origin::current(None)
+    }
+
+    fn lines(buf: &[u8]) -> Vec<serde_json::Value> {
+        buf.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("JSON line"))
+            .collect()
+    }
+
+    #[test]
+    fn records_chain_and_verify() {
+        let mut c = Chain::with(Hasher::Plain, None);
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            let e = Event::audit("test", format!("r{i}"), serde_json::json!({}));
+            c.append(&e, &origin(), &mut buf);
+        }
+        let recs = lines(&buf);
+        assert_eq!(recs.len(), 3);
+        let mut prev = serde_json::Value::Null;
+        for (i, (r, line)) in recs.iter().zip(buf.split(|b| *b == b'\n')).enumerate() {
+            let seq = i as u64 + 1;
+            assert_eq!(r["integrity"]["seq"], seq);
+            assert_eq!(r["event"]["sequence"], seq);
+            assert_eq!(r["integrity"]["stream"], c.stream());
+            assert_eq!(r["integrity"]["prev"], prev);
+            let (prefix, hash) = split_signed(line).expect("signed line");
+            assert_eq!(hex::encode(Sha256::digest(prefix)).as_bytes(), hash);
+            prev = r["integrity"]["hash"].clone();
+        }
+    }
+
+    #[test]
+    fn keyed_records_use_hmac() {
+        let key = Key {
+            bytes: b"0123456789abcdef0123456789abcdef".to_vec(),
+        };
+        let hasher = Hasher::new(Some(&key)).expect("hmac");
+        let mut c = Chain::with(hasher.clone(), None);
+        let mut buf = Vec::new();
+        c.append(
+            &Event::audit("test", "x".into(), serde_json::json!({})),
+            &origin(),
+            &mut buf,
+        );
+        let line = &buf[..buf.len() - 1];
+        let (prefix, hash) = split_signed(line).expect("signed");
+        assert_eq!(hex::encode(hasher.hash(prefix)).as_bytes(), hash);
+        assert_ne!(hex::encode(Sha256::digest(prefix)).as_bytes(), hash);
+        let r = &lines(&buf)[0];
+        assert_eq!(r["integrity"]["alg"], ALG_HMAC);
+        assert_eq!(r["integrity"]["key"], key.id());
+        assert!(!format!("{key:?}").contains("0123"));
+    }
+
+    #[test]
+    fn checkpoints_and_stop_carry_the_head() {
+        let mut c = Chain::with(Hasher::Plain, Some(Duration::from_millis(1)));
+        let mut buf = Vec::new();
+        assert!(
+            !c.tick(&origin(), &mut buf),
+            "no checkpoint before the start"
+        );
+        c.append(
+            &Event::audit("trail_start", "s".into(), serde_json::json!({})),
+            &origin(),
+            &mut buf,
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(c.tick(&origin(), &mut buf));
+        c.append(
+            &Event::audit("trail_stop", "s".into(), serde_json::json!({})),
+            &origin(),
+            &mut buf,
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!c.tick(&origin(), &mut buf), "no checkpoint after the stop");
+        let recs = lines(&buf);
+        assert_eq!(recs[0]["keytrail"]["integrity"]["alg"], "sha256");
+        assert_eq!(recs[1]["event"]["action"], "checkpoint");
+        assert_eq!(recs[1]["keytrail"]["head"]["seq"], 1);
+        assert_eq!(
+            recs[1]["keytrail"]["head"]["hash"],
+            recs[0]["integrity"]["hash"]
+        );
+        assert_eq!(recs[2]["keytrail"]["head"]["seq"], 2);
+    }
+}
