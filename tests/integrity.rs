@@ -310,26 +310,25 @@ fn chain_continues_across_rotated_files_and_a_deleted_one_is_missing() {
 fn several_processes_sharing_a_file_each_verify() {
     let fx = Fixture::new();
     let module = keytrail_module();
-    let children: Vec<_> = (0..3)
-        .map(|_| {
-            Command::new("pkcs11-tool")
-                .args(["--module", path_str(&module), "-l", "-p", USER_PIN, "-O"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("pkcs11-tool (install opensc)")
-        })
-        .collect();
+    // The processes' lifetimes overlap (the parent's stream is open throughout), but
+    // they run one at a time: SoftHSM's file store fails logins under concurrent access.
     let p = open(&module);
     let s = user_session(&p);
+    for _ in 0..3 {
+        s.generate_random_vec(16).expect("random");
+        let status = Command::new("pkcs11-tool")
+            .args(["--module", path_str(&module), "-l", "-p", USER_PIN, "-O"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("pkcs11-tool (install opensc)");
+        assert!(status.success());
+    }
     for _ in 0..20 {
         s.generate_random_vec(16).expect("random");
     }
     drop(s);
     p.finalize().expect("finalize");
-    for mut c in children {
-        assert!(c.wait().expect("wait").success());
-    }
     let (code, v) = verify(&[path_str(&fx.trail_path())]);
     assert_eq!(code, 0, "{v:#}");
     let streams = v["streams"].as_array().expect("streams");
