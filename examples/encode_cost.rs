@@ -1,7 +1,9 @@
-//! Measures the writer thread's cost of formatting one typical `use` record.
+//! Measures the writer thread's cost per record: formatting one typical `use` record,
+//! and formatting plus sealing it into the hash chain.
 use keytrail::audit::event::{Event, OperationInfo, Started};
 use keytrail::audit::mechanism::Mechanism;
-use keytrail::config::Lifecycle;
+use keytrail::config::{IntegrityConfig, Lifecycle};
+use keytrail::sink::chain::Chain;
 use keytrail::sink::json::{Origin, encode};
 use std::time::Instant;
 
@@ -21,8 +23,15 @@ fn main() {
         out_len: 32,
         end: "completed",
     });
+    println!(
+        "Event: {} bytes (Mechanism {}, OperationInfo {}, KeyRef {})",
+        std::mem::size_of::<Event>(),
+        std::mem::size_of::<Mechanism>(),
+        std::mem::size_of::<OperationInfo>(),
+        std::mem::size_of::<keytrail::audit::event::KeyRef>()
+    );
+    let n = 500_000u64;
     let mut buf = Vec::with_capacity(1 << 20);
-    let n = 1_000_000;
     let t = Instant::now();
     for i in 0..n {
         encode(&e, &origin, i, &mut buf);
@@ -30,6 +39,26 @@ fn main() {
             buf.clear();
         }
     }
-    let el = t.elapsed();
-    println!("{:.0} ns per record", el.as_nanos() as f64 / n as f64);
+    println!(
+        "encode: {:.0} ns per record",
+        t.elapsed().as_nanos() as f64 / n as f64
+    );
+    let mut chain = Chain::new(&IntegrityConfig::default()).expect("chain");
+    buf.clear();
+    let t = Instant::now();
+    for _ in 0..n {
+        chain.append(&e, &origin, &mut buf);
+        if buf.len() > 900_000 {
+            buf.clear();
+        }
+    }
+    println!(
+        "encode + chain: {:.0} ns per record ({} bytes)",
+        t.elapsed().as_nanos() as f64 / n as f64,
+        {
+            let mut one = Vec::new();
+            chain.append(&e, &origin, &mut one);
+            one.len()
+        }
+    );
 }

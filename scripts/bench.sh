@@ -53,7 +53,9 @@ cat >"$tmp/keytrail.toml" <<CONF
 module = "$module"
 diagnostics = "$tmp/keytrail-diagnostics.log"
 [trail]
-path = "$tmp/trail/keytrail.jsonl"
+path = "${BENCH_TRAIL:-$tmp/trail/keytrail.jsonl}"
+${BENCH_AUDIT:+[audit]
+$BENCH_AUDIT}
 CONF
 export KEYTRAIL_CONFIG="$tmp/keytrail.toml"
 unset KEYTRAIL_MODULE

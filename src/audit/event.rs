@@ -5,8 +5,16 @@ use super::attrs::Attr;
 use super::keys::KeyIdentity;
 use super::mechanism::Mechanism;
 use crate::config::Lifecycle;
+use arrayvec::ArrayVec;
 use cryptoki_sys::*;
 use std::sync::Arc;
+
+/// Most keys one record names (a key pair, or a key and its wrapping, unwrapping, base or
+/// source key). Records hold them inline: a record on the hot path allocates nothing, so
+/// the writer thread never frees memory of the caller's malloc arena.
+pub const MAX_KEYS: usize = 2;
+/// Most flags one record carries.
+pub const MAX_FLAGS: usize = 4;
 use std::time::{Instant, SystemTime};
 
 /// When a call started: wall-clock time for the record, monotonic time for its duration.
@@ -137,7 +145,7 @@ pub struct Event {
     /// The mechanism.
     pub mechanism: Option<Mechanism>,
     /// The keys involved.
-    pub keys: Vec<KeyRef>,
+    pub keys: ArrayVec<KeyRef, MAX_KEYS>,
     /// Sanitized attribute lists by role: `template` (creation), `public_template` and
     /// `private_template` (key pairs), `set` (modify), `read` (export).
     pub attributes: Vec<(&'static str, Vec<Attr>)>,
@@ -146,7 +154,7 @@ pub struct Event {
     /// Input/output lengths of a single call (wrap, random, …).
     pub data: Option<(Option<u64>, Option<u64>)>,
     /// Notable facts: `plaintext_key_material`, `token_wiped`, `secret_value_read`, …
-    pub flags: Vec<&'static str>,
+    pub flags: ArrayVec<&'static str, MAX_FLAGS>,
     /// Free text for keytrail's own records.
     pub message: Option<String>,
     /// Structured detail for keytrail's own records (`audit` category).
@@ -179,11 +187,11 @@ impl Event {
             user_type: None,
             username: None,
             mechanism: None,
-            keys: Vec::new(),
+            keys: ArrayVec::new(),
             attributes: Vec::new(),
             operation: None,
             data: None,
-            flags: Vec::new(),
+            flags: ArrayVec::new(),
             message: None,
             detail: None,
         }
@@ -206,6 +214,11 @@ impl Event {
         e
     }
 
+    /// Adds a flag.
+    pub fn flag(&mut self, flag: &'static str) {
+        let _ = self.flags.try_push(flag);
+    }
+
     /// Adds a key.
     pub fn key(
         &mut self,
@@ -213,7 +226,7 @@ impl Event {
         handle: CK_OBJECT_HANDLE,
         identity: Option<Arc<KeyIdentity>>,
     ) {
-        self.keys.push(KeyRef {
+        let _ = self.keys.try_push(KeyRef {
             role,
             handle,
             identity,

@@ -250,7 +250,7 @@ impl Auditor {
         intent.rv = None;
         intent.outcome = Outcome::Unknown;
         intent.duration_ns = None;
-        intent.flags.push("intent");
+        intent.flag("intent");
         self.emit(intent);
         self.flush()
     }
@@ -473,7 +473,7 @@ impl Auditor {
             None => self.place(&mut e, session),
         }
         e.mechanism = op.mechanism;
-        e.keys.push(op.key);
+        let _ = e.keys.try_push(op.key);
         let mut info = op.info;
         info.end = end;
         e.operation = Some(info);

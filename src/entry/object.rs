@@ -50,7 +50,7 @@ fn create_object(
         if t.iter()
             .any(|x| x.bytes().is_some() && attrs::is_key_material(x.type_(), class))
         {
-            e.flags.push("plaintext_key_material");
+            e.flag("plaintext_key_material");
         }
         new_key(a, &mut e, rv, session, "key", object, &t, None, None);
         e.attributes.push(("template", attrs::sanitize(&t, class)));
@@ -225,7 +225,7 @@ fn get_attribute_value(
     a.place(&mut e, session);
     e.key("key", object, identity);
     if secret_returned {
-        e.flags.push("secret_value_read");
+        e.flag("secret_value_read");
     }
     e.attributes
         .push(("read", attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY)))));

@@ -56,7 +56,7 @@ fn open_session(
             None => a.place_slot(&mut e, slot),
         }
         if flags & CKF_RW_SESSION != 0 {
-            e.flags.push("read_write");
+            e.flag("read_write");
         }
         a.emit(e);
     }

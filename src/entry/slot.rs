@@ -47,7 +47,7 @@ fn init_token(
         );
         a.place_slot(&mut e, slot);
         if rv == CKR_OK {
-            e.flags.push("token_wiped");
+            e.flag("token_wiped");
             if let Some(old) = before {
                 e.detail = Some(serde_json::json!({
                     "previous_token": {"label": old.label, "serial": old.serial}

@@ -22,6 +22,9 @@ pub struct Origin {
     /// `service.*`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<Service>,
+    /// These fields formatted once per stream: `,"user":…,"process":{…,"thread":{"id":`.
+    #[serde(skip)]
+    prefix: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// `user.*`
@@ -84,21 +87,44 @@ impl Origin {
                 name: crate::os::host_name(),
             },
             service: service.map(|name| Service { name }),
+            prefix: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The stream's fixed fields, formatted on first use, ending where the calling
+    /// thread's id goes.
+    fn prefix(&self) -> &[u8] {
+        self.prefix.get_or_init(|| {
+            #[derive(Serialize)]
+            struct Fixed<'a> {
+                user: &'a User,
+                host: &'a Host,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                service: Option<&'a Service>,
+                process: &'a Process,
+            }
+            let fixed = Fixed {
+                user: &self.user,
+                host: &self.host,
+                service: self.service.as_ref(),
+                process: &self.process,
+            };
+            let mut v = serde_json::to_vec(&fixed).unwrap_or_else(|_| b"{}".to_vec());
+            // {"user":…,"process":{…}}  ->  ,"user":…,"process":{…,"thread":{"id":
+            v.truncate(v.len().saturating_sub(2));
+            v[0] = b',';
+            v.extend_from_slice(b",\"thread\":{\"id\":");
+            v
+        })
     }
 }
 
 #[derive(Serialize)]
 struct Record<'a> {
     #[serde(rename = "@timestamp")]
-    timestamp: String,
+    timestamp: Timestamp,
     event: EcsEvent<'a>,
     pkcs11: Pkcs11<'a>,
-    user: &'a User,
-    process: ProcessWithThread<'a>,
-    host: &'a Host,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<&'a Service>,
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<BTreeMap<&'a str, &'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,16 +146,25 @@ struct EcsEvent<'a> {
     sequence: u64,
 }
 
-#[derive(Serialize)]
-struct ProcessWithThread<'a> {
-    #[serde(flatten)]
-    process: &'a Process,
-    thread: Thread,
+/// An RFC 3339 UTC timestamp with microseconds, written straight into the output.
+struct Timestamp(std::time::SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
 }
 
-#[derive(Serialize)]
-struct Thread {
-    id: u64,
+/// A return value's name, written straight into the output.
+struct RvName(u64);
+
+impl Serialize for RvName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match names::return_value(self.0) {
+            Some(n) => s.serialize_str(n),
+            None => s.collect_str(&format_args!("CKR_{:#x}", self.0)),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -140,7 +175,7 @@ struct Pkcs11<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     rv: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    rv_name: Option<String>,
+    rv_name: Option<RvName>,
     #[serde(skip_serializing_if = "Option::is_none")]
     slot_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,8 +223,22 @@ struct Auth<'a> {
 #[derive(Serialize)]
 struct Key<'a> {
     handle: u64,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    identity: Option<&'a KeyIdentity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bits: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_hex: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unique_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_sha256: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -209,9 +258,17 @@ struct Data {
 }
 
 fn key(k: &KeyRef) -> Key<'_> {
+    let id: Option<&KeyIdentity> = k.identity.as_deref();
     Key {
         handle: k.handle,
-        identity: k.identity.as_deref(),
+        class: id.and_then(|i| i.class),
+        key_type: id.and_then(|i| i.key_type),
+        bits: id.and_then(|i| i.bits),
+        id_hex: id.and_then(|i| i.id_hex.as_deref()),
+        label: id.and_then(|i| i.label.as_deref()),
+        unique_id: id.and_then(|i| i.unique_id.as_deref()),
+        token: id.and_then(|i| i.token),
+        public_sha256: id.and_then(|i| i.public_sha256.as_deref()),
     }
 }
 
@@ -283,7 +340,7 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
         (None, None) => (None, None),
     };
     let record = Record {
-        timestamp: humantime::format_rfc3339_micros(e.started.at).to_string(),
+        timestamp: Timestamp(e.started.at),
         event: EcsEvent {
             kind: "event",
             action: e.action,
@@ -297,7 +354,7 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
             lifecycle: e.lifecycle.as_str(),
             function: e.function,
             rv: e.rv,
-            rv_name: e.rv.map(names::rv_name),
+            rv_name: e.rv.map(RvName),
             slot_id: e.slot_id,
             token: e.token.as_deref().map(|t| Token {
                 label: &t.label,
@@ -324,13 +381,6 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
             data,
             flags: &e.flags,
         },
-        user: &origin.user,
-        process: ProcessWithThread {
-            process: &origin.process,
-            thread: Thread { id: e.thread_id },
-        },
-        host: &origin.host,
-        service: origin.service.as_ref(),
         labels: e
             .labels
             .as_deref()
@@ -339,7 +389,13 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
         keytrail: e.detail.as_ref(),
     };
     // Serializing plain structs of strings and numbers into a Vec cannot fail.
-    if serde_json::to_writer(&mut *out, &record).is_ok() {
-        out.push(b'\n');
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, &record).is_err() || out.pop() != Some(b'}') {
+        out.truncate(start);
+        return;
     }
+    // The stream's fixed fields, then the thread, close the object.
+    out.extend_from_slice(origin.prefix());
+    out.extend_from_slice(itoa::Buffer::new().format(e.thread_id).as_bytes());
+    out.extend_from_slice(b"}}}\n");
 }

@@ -56,7 +56,7 @@ struct Shared {
 
 /// The queue to a writer thread.
 struct Queue {
-    records: ArrayQueue<Box<Event>>,
+    records: ArrayQueue<Event>,
     writer: Thread,
 }
 
@@ -118,7 +118,7 @@ impl Sink {
     pub fn send(&self, event: Event) {
         match &self.mode {
             Mode::Thread(q) => {
-                let mut record = Box::new(event);
+                let mut record = event;
                 loop {
                     match q.records.push(record) {
                         Ok(()) => break,
