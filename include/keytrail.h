@@ -26,6 +26,11 @@ int keytrail_set_context(const char *key, const char *value);
  */
 void keytrail_clear_context(void);
 
+/*
+ * keytrail's version ("0.1.0"), a static string.
+ */
+const char *keytrail_version(void);
+
 #ifdef __cplusplus
 }
 #endif

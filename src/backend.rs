@@ -116,11 +116,12 @@ fn open(config: Config) -> Result<Backend, LoadError> {
         .ok()
         .and_then(|s| *s);
 
-    if get_function_list
-        .is_some_and(|f| f as *const () == crate::entry::C_GetFunctionList as *const ())
-    {
+    // keytrail exports keytrail_version: a configuration naming keytrail itself, a copy or
+    // another build of it would only audit keytrail's own calls.
+    // SAFETY: only the symbol's presence is checked; it is never called.
+    if unsafe { library.get::<*const ()>(b"keytrail_version\0") }.is_ok() {
         return Err(not_pkcs11(
-            "it is keytrail itself; name the real module instead".into(),
+            "it is keytrail itself (or a copy of it); name the real module instead".into(),
         ));
     }
 

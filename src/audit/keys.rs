@@ -76,7 +76,15 @@ impl KeyIdentity {
             .find(CKA_VALUE_LEN)
             .and_then(|a| a.ulong())
             .map(|n| n * 8)
-            .or_else(|| t.find(CKA_MODULUS_BITS).and_then(|a| a.ulong()));
+            .or_else(|| t.find(CKA_MODULUS_BITS).and_then(|a| a.ulong()))
+            // A secret key imported by value: its size is its value's length (the value
+            // itself is never kept).
+            .or_else(|| {
+                (k.class_raw == Some(CKO_SECRET_KEY))
+                    .then(|| t.find(CKA_VALUE).and_then(|a| a.bytes()))
+                    .flatten()
+                    .map(|v| v.len() as u64 * 8)
+            });
         k.id_hex = t.find(CKA_ID).and_then(|a| a.bytes()).map(hex::encode);
         k.label = t
             .find(CKA_LABEL)

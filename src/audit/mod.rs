@@ -95,13 +95,23 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
 /// chose `on_failure = "deny"`.
 pub const REFUSED: CK_RV = CKR_FUNCTION_FAILED;
 
-/// Functions that pass even when a fail-closed trail is refusing calls: they end work or
-/// give up privileges, and refusing them would only make things worse.
-const ALWAYS_PASS: [&str; 4] = [
+/// Functions that pass even when a fail-closed trail is refusing calls: those that end
+/// work or give up privileges (refusing them would only make things worse) and read-only
+/// information calls, which touch no key.
+const ALWAYS_PASS: [&str; 13] = [
     "C_Logout",
     "C_CloseSession",
     "C_CloseAllSessions",
     "C_Finalize",
+    "C_GetInfo",
+    "C_GetSlotList",
+    "C_GetSlotInfo",
+    "C_GetTokenInfo",
+    "C_GetMechanismList",
+    "C_GetMechanismInfo",
+    "C_GetSessionInfo",
+    "C_GetObjectSize",
+    "C_FindObjectsFinal",
 ];
 
 /// Whether an audited call must be refused before it reaches the module.

@@ -74,6 +74,13 @@ pub unsafe extern "C" fn keytrail_clear_context() {
     });
 }
 
+/// keytrail's version, as a NUL-terminated string. Also marks a library as keytrail, so
+/// that a configuration naming keytrail (or a copy of it) as the real module is refused.
+#[unsafe(no_mangle)]
+pub extern "C" fn keytrail_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! General-purpose functions (PKCS#11 §5.4): initialisation, finalisation, library info
 //! and the function list.
 
+use super::ops;
 use crate::audit::{self, event::Event, event::Started, sessions::Closing};
 use crate::backend;
 use crate::backend::Backend;
@@ -87,7 +88,7 @@ forward! {
     /// Forwarded; keytrail keeps the real module loaded so that `C_Initialize` may follow.
     fn C_Finalize(reserved: CK_VOID_PTR) => finalize;
     /// Forwarded unchanged: the application sees the real module's library information.
-    fn C_GetInfo(info: CK_INFO_PTR);
+    fn C_GetInfo(info: CK_INFO_PTR) => get_info;
 }
 
 /// Unfinished operations are recorded as abandoned, and the trail is flushed before the
@@ -115,4 +116,8 @@ fn finalize(_: &Backend, forward: impl FnOnce() -> CK_RV, _: CK_VOID_PTR) -> CK_
         diag::report("the trail could not be flushed within 5 s at C_Finalize");
     }
     rv
+}
+
+fn get_info(_: &Backend, forward: impl FnOnce() -> CK_RV, _: CK_INFO_PTR) -> CK_RV {
+    ops::discovery("C_GetInfo", "library_info", forward, ops::Where::Library)
 }

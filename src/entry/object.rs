@@ -4,6 +4,7 @@
 //! reads).
 
 use super::keys::{new_key, template_parsed};
+use super::ops::{self, Where};
 use crate::audit::{self, attrs, event::Event, event::Started, keys::KeyIdentity};
 use crate::backend::Backend;
 use crate::config::Lifecycle;
@@ -14,12 +15,12 @@ forward! {
     fn C_CreateObject(session: CK_SESSION_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG, object: CK_OBJECT_HANDLE_PTR) => create_object;
     fn C_CopyObject(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG, new_object: CK_OBJECT_HANDLE_PTR) => copy_object;
     fn C_DestroyObject(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) => destroy_object;
-    fn C_GetObjectSize(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, size: CK_ULONG_PTR);
+    fn C_GetObjectSize(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, size: CK_ULONG_PTR) => get_object_size;
     fn C_GetAttributeValue(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG) => get_attribute_value;
     fn C_SetAttributeValue(session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG) => set_attribute_value;
     fn C_FindObjectsInit(session: CK_SESSION_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG) => find_objects_init;
     fn C_FindObjects(session: CK_SESSION_HANDLE, objects: CK_OBJECT_HANDLE_PTR, max_count: CK_ULONG, count: CK_ULONG_PTR) => find_objects;
-    fn C_FindObjectsFinal(session: CK_SESSION_HANDLE);
+    fn C_FindObjectsFinal(session: CK_SESSION_HANDLE) => find_objects_final;
 }
 
 fn create_object(
@@ -336,4 +337,32 @@ fn find_objects(
     e.data = Some((Some(max_count), found));
     a.emit(e);
     rv
+}
+
+fn get_object_size(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    _: CK_OBJECT_HANDLE,
+    _: CK_ULONG_PTR,
+) -> CK_RV {
+    ops::discovery(
+        "C_GetObjectSize",
+        "object_size",
+        forward,
+        Where::Session(session),
+    )
+}
+
+fn find_objects_final(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+) -> CK_RV {
+    ops::discovery(
+        "C_FindObjectsFinal",
+        "objects_find_final",
+        forward,
+        Where::Session(session),
+    )
 }

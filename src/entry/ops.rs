@@ -71,3 +71,37 @@ pub fn call(
     }
     rv
 }
+
+/// Where a discovery call happened.
+pub enum Where {
+    /// Library-wide (C_GetInfo, C_GetSlotList).
+    Library,
+    /// A slot.
+    Slot(CK_SLOT_ID),
+    /// A session.
+    Session(CK_SESSION_HANDLE),
+}
+
+/// A discovery call (C_Get*Info, C_GetSlotList, C_GetMechanism*, C_GetObjectSize,
+/// C_FindObjectsFinal): recorded only at level `trace`, with nothing it returned.
+pub fn discovery(
+    function: &'static str,
+    action: &'static str,
+    forward: impl FnOnce() -> CK_RV,
+    place: Where,
+) -> CK_RV {
+    let Some(a) = audit::active(Lifecycle::Discovery) else {
+        return forward();
+    };
+    let started = Started::now();
+    let rv = forward();
+    let mut e =
+        crate::audit::event::Event::call(started, function, action, Lifecycle::Discovery, rv);
+    match place {
+        Where::Library => {}
+        Where::Slot(slot) => a.place_slot(&mut e, slot),
+        Where::Session(session) => a.place(&mut e, session),
+    }
+    a.emit(e);
+    rv
+}

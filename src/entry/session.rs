@@ -1,6 +1,7 @@
 //! Session management (PKCS#11 §5.6), including the 3.0 `C_SessionCancel` and
 //! `C_LoginUser`. Audited: lifecycle `session` and `auth`.
 
+use super::ops::{self, Where};
 use crate::audit::{self, event::Event, event::Started, sessions::Closing};
 use crate::backend::Backend;
 use crate::config::Lifecycle;
@@ -11,7 +12,7 @@ forward! {
     fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, application: CK_VOID_PTR, notify: CK_NOTIFY, session: CK_SESSION_HANDLE_PTR) => open_session;
     fn C_CloseSession(session: CK_SESSION_HANDLE) => close_session;
     fn C_CloseAllSessions(slot: CK_SLOT_ID) => close_all_sessions;
-    fn C_GetSessionInfo(session: CK_SESSION_HANDLE, info: CK_SESSION_INFO_PTR);
+    fn C_GetSessionInfo(session: CK_SESSION_HANDLE, info: CK_SESSION_INFO_PTR) => get_session_info;
     fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_FLAGS) => session_cancel;
     fn C_GetOperationState(session: CK_SESSION_HANDLE, state: CK_BYTE_PTR, state_len: CK_ULONG_PTR);
     fn C_SetOperationState(session: CK_SESSION_HANDLE, state: CK_BYTE_PTR, state_len: CK_ULONG, encryption_key: CK_OBJECT_HANDLE, authentication_key: CK_OBJECT_HANDLE);
@@ -226,4 +227,18 @@ fn logout(_: &Backend, forward: impl FnOnce() -> CK_RV, session: CK_SESSION_HAND
         a.emit(e);
     }
     rv
+}
+
+fn get_session_info(
+    _: &Backend,
+    forward: impl FnOnce() -> CK_RV,
+    session: CK_SESSION_HANDLE,
+    _: CK_SESSION_INFO_PTR,
+) -> CK_RV {
+    ops::discovery(
+        "C_GetSessionInfo",
+        "session_info",
+        forward,
+        Where::Session(session),
+    )
 }
