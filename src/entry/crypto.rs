@@ -45,21 +45,6 @@ forward! {
     fn C_DecryptVerifyUpdate(session: CK_SESSION_HANDLE, part: CK_BYTE_PTR, part_len: CK_ULONG, out: CK_BYTE_PTR, out_len: CK_ULONG_PTR) => decrypt_verify_update;
 }
 
-/// Writes `*Init` hooks: each records the start (or failure) of its kind of operation.
-macro_rules! init_hooks {
-    ($($hook:ident: $function:literal => $kind:expr;)*) => { $(
-        fn $hook(
-            _: &Backend,
-            forward: impl FnOnce() -> CK_RV,
-            session: CK_SESSION_HANDLE,
-            mechanism: CK_MECHANISM_PTR,
-            key: CK_OBJECT_HANDLE,
-        ) -> CK_RV {
-            ops::init($function, $kind, forward, session, mechanism, key)
-        }
-    )* };
-}
-
 init_hooks! {
     encrypt_init: "C_EncryptInit" => OpKind::Encrypt;
     decrypt_init: "C_DecryptInit" => OpKind::Decrypt;

@@ -34,21 +34,6 @@ forward! {
     fn C_MessageVerifyFinal(session: CK_SESSION_HANDLE) => message_verify_final;
 }
 
-/// Writes `C_Message*Init` hooks.
-macro_rules! init_hooks {
-    ($($hook:ident: $function:literal => $kind:expr;)*) => { $(
-        fn $hook(
-            _: &Backend,
-            forward: impl FnOnce() -> CK_RV,
-            session: CK_SESSION_HANDLE,
-            mechanism: CK_MECHANISM_PTR,
-            key: CK_OBJECT_HANDLE,
-        ) -> CK_RV {
-            ops::init($function, $kind, forward, session, mechanism, key)
-        }
-    )* };
-}
-
 init_hooks! {
     message_encrypt_init: "C_MessageEncryptInit" => OpKind::MessageEncrypt;
     message_decrypt_init: "C_MessageDecryptInit" => OpKind::MessageDecrypt;

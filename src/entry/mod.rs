@@ -51,6 +51,22 @@ macro_rules! forward {
     };
 }
 
+/// Writes `*Init` hooks (`hook: "C_XInit" => OpKind::X;`): each records the start, or the
+/// failure, of its kind of operation through [`ops::init`].
+macro_rules! init_hooks {
+    ($($hook:ident: $function:literal => $kind:expr;)*) => { $(
+        fn $hook(
+            _: &$crate::backend::Backend,
+            forward: impl FnOnce() -> cryptoki_sys::CK_RV,
+            session: cryptoki_sys::CK_SESSION_HANDLE,
+            mechanism: cryptoki_sys::CK_MECHANISM_PTR,
+            key: cryptoki_sys::CK_OBJECT_HANDLE,
+        ) -> cryptoki_sys::CK_RV {
+            $crate::entry::ops::init($function, $kind, forward, session, mechanism, key)
+        }
+    )* };
+}
+
 pub mod args;
 mod context;
 mod crypto;
