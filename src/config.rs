@@ -254,6 +254,12 @@ pub struct IntegrityConfig {
     /// Keyed mode: the file whose bytes are the HMAC-SHA256 key. It must be readable by its
     /// owner only.
     pub key_file: Option<PathBuf>,
+    /// A second file (on another disk or a remote mount) that receives a copy of every
+    /// `trail_start`, `checkpoint` and `trail_stop` record: the heads that let
+    /// `keytrail verify --head` detect a truncated trail.
+    pub anchor_file: Option<PathBuf>,
+    /// Send the same records to syslog (facility authpriv), for a collector to keep.
+    pub syslog: bool,
 }
 
 impl Default for IntegrityConfig {
@@ -261,6 +267,8 @@ impl Default for IntegrityConfig {
         IntegrityConfig {
             checkpoint_interval: Interval(Some(DEFAULT_CHECKPOINT_INTERVAL)),
             key_file: None,
+            anchor_file: None,
+            syslog: false,
         }
     }
 }

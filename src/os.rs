@@ -99,3 +99,23 @@ extern "C" fn fork_child() {
 extern "C" fn exit_handler() {
     let _ = std::panic::catch_unwind(crate::audit::at_exit);
 }
+
+/// Sends one line to syslog (facility authpriv, priority notice, ident "keytrail").
+pub fn syslog_line(line: &[u8]) {
+    static OPEN: std::sync::Once = std::sync::Once::new();
+    OPEN.call_once(|| {
+        // SAFETY: the ident is a static NUL-terminated string, as openlog keeps the pointer.
+        unsafe {
+            libc::openlog(
+                c"keytrail".as_ptr(),
+                libc::LOG_PID | libc::LOG_NDELAY,
+                libc::LOG_AUTHPRIV,
+            )
+        };
+    });
+    let Ok(text) = std::ffi::CString::new(line) else {
+        return;
+    };
+    // SAFETY: a constant format string whose one %s argument is a NUL-terminated string.
+    unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), text.as_ptr()) };
+}

@@ -197,6 +197,11 @@ pub struct Chain {
     last_checkpoint: Instant,
     since_checkpoint: u64,
     stopped: bool,
+    /// Where copies of the chain's heads go (`[integrity] anchor_file`, `syslog`).
+    anchor_file: Option<std::path::PathBuf>,
+    syslog: bool,
+    /// Head records (start, checkpoint, stop) waiting to be copied there.
+    anchors: Vec<u8>,
 }
 
 impl Chain {
@@ -206,10 +211,10 @@ impl Chain {
             Some(p) => Some(Key::load(p)?),
             None => None,
         };
-        Ok(Chain::with(
-            Hasher::new(key.as_ref())?,
-            config.checkpoint_interval.0,
-        ))
+        let mut chain = Chain::with(Hasher::new(key.as_ref())?, config.checkpoint_interval.0);
+        chain.anchor_file = config.anchor_file.clone();
+        chain.syslog = config.syslog;
+        Ok(chain)
     }
 
     /// A new stream with a given hasher and checkpoint interval.
@@ -223,6 +228,9 @@ impl Chain {
             last_checkpoint: Instant::now(),
             since_checkpoint: 0,
             stopped: false,
+            anchor_file: None,
+            syslog: false,
+            anchors: Vec::new(),
         }
     }
 
@@ -235,6 +243,30 @@ impl Chain {
         self.since_checkpoint = 0;
         self.stopped = false;
         self.last_checkpoint = Instant::now();
+    }
+
+    /// Copies the head records written since the last call to the anchor file and to
+    /// syslog. A copy that cannot be written is reported, never retried into the trail.
+    pub fn send_anchors(&mut self) {
+        if self.anchors.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.anchors);
+        if let Some(path) = &self.anchor_file {
+            use std::io::Write;
+            let written = super::file::open_trail(path).and_then(|mut f| f.write_all(&lines));
+            if let Err(e) = written {
+                crate::diag::report(&format!(
+                    "cannot write the anchor file {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+        if self.syslog {
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                crate::os::syslog_line(line);
+            }
+        }
     }
 
     /// The stream id.
@@ -255,7 +287,11 @@ impl Chain {
             "trail_start" | "trail_stop" | "trail_resume" | "checkpoint" => {
                 let mut e = e.clone();
                 self.annotate(&mut e);
+                let from = out.len();
                 self.encode(&e, origin, out);
+                if self.anchor_file.is_some() || self.syslog {
+                    self.anchors.extend_from_slice(&out[from..]);
+                }
             }
             _ => self.encode(e, origin, out),
         }

@@ -323,8 +323,14 @@ impl Writer {
         );
     }
 
-    /// Writes the batch in one write. On failure the batch is counted as lost.
+    /// Writes the batch in one write. On failure the batch is counted as lost. Head
+    /// records then go to their anchors too.
     fn commit(&mut self) {
+        self.write_batch();
+        self.chain.send_anchors();
+    }
+
+    fn write_batch(&mut self) {
         if self.pending == 0 {
             return;
         }
