@@ -305,7 +305,13 @@ fn line(r: &Rec<'_>, time: &str, color: bool) -> String {
                     if let Some(n) = d.in_len {
                         amounts.push(format!("{n} B in"));
                     }
-                    if let Some(n) = d.out_len {
+                    // A verification has no output: its answer is the outcome.
+                    let verifies = p
+                        .operation
+                        .as_ref()
+                        .and_then(|o| o.kind.as_deref())
+                        .is_some_and(|k| k.ends_with("verify"));
+                    if let Some(n) = d.out_len.filter(|n| *n > 0 || !verifies) {
                         amounts.push(format!("{n} B out"));
                     }
                 }
