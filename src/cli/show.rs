@@ -153,12 +153,26 @@ fn when(timestamp: &str, utc: bool) -> Option<When> {
     })
 }
 
-/// Text from the trail with control characters escaped.
+/// Characters that could drive or mislead a terminal: controls and bidirectional
+/// overrides.
+fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text from the trail with control characters and bidi overrides escaped.
 fn clean(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    if !s.chars().any(unsafe_char) {
         return Cow::Borrowed(s);
     }
-    Cow::Owned(s.chars().flat_map(char::escape_default).collect())
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// `"payments-kek" (CKK_AES 256, id 6b01)`, without the noun.
@@ -469,6 +483,7 @@ mod tests {
             r#"{"event":{"action":"key_pair_generate","outcome":"success"},"pkcs11":{"lifecycle":"generate","keys":{"public":{"class":"CKO_PUBLIC_KEY","key_type":"CKK_EC","id_hex":"51","label":"signer"},"private":{"class":"CKO_PRIVATE_KEY","key_type":"CKK_EC","id_hex":"51","label":"signer"}}}}"#,
         );
         assert!(s.ends_with("key pair \"signer\" (CKK_EC, id 51)"), "{s}");
+        assert_eq!(clean("caf\u{e9} \u{202e}gpj"), "caf\u{e9} \\u{202e}gpj");
     }
 
     #[test]
