@@ -1,4 +1,4 @@
-//! The keytrail command-line tool: `keytrail verify | report | doctor`.
+//! The keytrail command-line tool: `keytrail verify | report | show | doctor`.
 
 #[path = "../cli/mod.rs"]
 mod cli;

@@ -1,10 +1,12 @@
-//! The `keytrail` command-line tool: `verify`, `report` and `doctor`.
+//! The `keytrail` command-line tool: `verify`, `report`, `show` and `doctor`.
 //!
 //! Compiled into the `keytrail` binary only (the library does not link clap).
 
 pub mod doctor;
 pub mod input;
+pub mod record;
 pub mod report;
+pub mod show;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Summarise a trail: per key, failed logins, token administration, failures.
     Report(report::ReportArgs),
+    /// Print the trail as a readable timeline, one line per record.
+    Show(show::ShowArgs),
     /// Check the setup the library would use: configuration, module, tokens, trail.
     Doctor(doctor::DoctorArgs),
 }
@@ -37,6 +41,7 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Verify(a) => verify::run(a),
         Command::Report(a) => report::run(a),
+        Command::Show(a) => show::run(a),
         Command::Doctor(a) => doctor::run(a),
     };
     match result {

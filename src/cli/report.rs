@@ -2,9 +2,9 @@
 //! failures — streaming, with memory in proportion to keys and distinct groups.
 
 use super::input::{self, Progress};
-use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
+use super::record::{FilterArgs, Filters, KeyRec, Rec};
+use anyhow::Result;
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -17,22 +17,8 @@ pub struct ReportArgs {
     /// Trail files, or directories (every *.jsonl* file in them).
     #[arg(required = true, value_name = "FILES|DIR")]
     pub inputs: Vec<PathBuf>,
-    /// Only records at or after this time (RFC 3339, e.g. 2024-05-01T00:00:00Z).
-    #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
-    /// Only records before this time (RFC 3339).
-    #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
-    /// Only records about a key with this label, CKA_ID (hex) or unique id.
-    #[arg(long, value_name = "LABEL|ID_HEX")]
-    pub key: Option<String>,
-    /// Only records of this process id.
-    #[arg(long)]
-    pub pid: Option<u64>,
-    /// Only records of these lifecycle categories (session, auth, token_admin, generate,
-    /// import, use, export, modify, destroy, discovery, audit); repeatable.
-    #[arg(long, value_name = "CATEGORY")]
-    pub category: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Example rows kept per list (failures, token administration).
     #[arg(long, default_value_t = DEFAULT_MAX_ROWS)]
     pub max_rows: usize,
@@ -45,131 +31,6 @@ pub struct ReportArgs {
     /// No progress on stderr.
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-const CATEGORIES: [&str; 11] = [
-    "session",
-    "auth",
-    "token_admin",
-    "generate",
-    "import",
-    "use",
-    "export",
-    "modify",
-    "destroy",
-    "discovery",
-    "audit",
-];
-
-#[derive(Deserialize)]
-struct Rec<'a> {
-    #[serde(rename = "@timestamp", borrow)]
-    timestamp: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    event: Option<Ev<'a>>,
-    #[serde(borrow)]
-    pkcs11: Option<P11<'a>>,
-    #[serde(borrow)]
-    user: Option<User<'a>>,
-    #[serde(borrow)]
-    process: Option<Proc<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Ev<'a> {
-    #[serde(borrow)]
-    action: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    outcome: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct User<'a> {
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Proc<'a> {
-    pid: Option<u64>,
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct P11<'a> {
-    #[serde(borrow)]
-    lifecycle: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    function: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    rv_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    token: Option<Tok<'a>>,
-    #[serde(borrow)]
-    auth: Option<Auth<'a>>,
-    #[serde(borrow)]
-    mechanism: Option<Mech<'a>>,
-    #[serde(borrow)]
-    key: Option<KeyRec<'a>>,
-    #[serde(borrow, default)]
-    keys: BTreeMap<Cow<'a, str>, KeyRec<'a>>,
-    #[serde(borrow)]
-    operation: Option<Op<'a>>,
-    #[serde(borrow, default)]
-    flags: Vec<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Tok<'a> {
-    #[serde(borrow)]
-    label: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    serial: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Auth<'a> {
-    #[serde(borrow)]
-    user_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    username: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Mech<'a> {
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Op<'a> {
-    #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct KeyRec<'a> {
-    #[serde(borrow)]
-    class: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    key_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id_hex: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    label: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    unique_id: Option<Cow<'a, str>>,
-}
-
-impl KeyRec<'_> {
-    fn matches(&self, want: &str) -> bool {
-        [&self.label, &self.id_hex, &self.unique_id]
-            .iter()
-            .any(|v| v.as_deref() == Some(want))
-    }
 }
 
 /// Who did something: process and user.
@@ -273,20 +134,6 @@ struct Report {
     failures_more: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     damaged: Vec<String>,
-}
-
-struct Filters {
-    since: Option<String>,
-    until: Option<String>,
-    key: Option<String>,
-    pid: Option<u64>,
-    categories: Vec<String>,
-}
-
-fn rfc3339_micros(text: &str) -> Result<String> {
-    let t = humantime::parse_rfc3339_weak(text)
-        .with_context(|| format!("`{text}` is not an RFC 3339 time (e.g. 2024-05-01T12:00:00Z)"))?;
-    Ok(humantime::format_rfc3339_micros(t).to_string())
 }
 
 fn key_identity(k: &KeyRec<'_>, token: Option<&str>) -> String {
@@ -507,53 +354,9 @@ impl Aggregator {
     }
 }
 
-fn selected(r: &Rec<'_>, f: &Filters) -> bool {
-    let t = r.timestamp.as_deref().unwrap_or("");
-    if f.since.as_deref().is_some_and(|s| t < s) || f.until.as_deref().is_some_and(|u| t >= u) {
-        return false;
-    }
-    if let Some(pid) = f.pid {
-        if r.process.as_ref().and_then(|p| p.pid) != Some(pid) {
-            return false;
-        }
-    }
-    let p = r.pkcs11.as_ref();
-    if !f.categories.is_empty() {
-        let l = p.and_then(|p| p.lifecycle.as_deref()).unwrap_or("");
-        if !f.categories.iter().any(|c| c == l) {
-            return false;
-        }
-    }
-    if let Some(want) = &f.key {
-        let Some(p) = p else {
-            return false;
-        };
-        let hit = p.key.as_ref().is_some_and(|k| k.matches(want))
-            || p.keys.values().any(|k| k.matches(want));
-        if !hit {
-            return false;
-        }
-    }
-    true
-}
-
 /// Runs `keytrail report`; returns the exit status.
 pub fn run(args: &ReportArgs) -> Result<u8> {
-    for c in &args.category {
-        if !CATEGORIES.contains(&c.as_str()) {
-            anyhow::bail!(
-                "--category {c}: unknown category; one of {}",
-                CATEGORIES.join(", ")
-            );
-        }
-    }
-    let filters = Filters {
-        since: args.since.as_deref().map(rfc3339_micros).transpose()?,
-        until: args.until.as_deref().map(rfc3339_micros).transpose()?,
-        key: args.key.clone(),
-        pid: args.pid,
-        categories: args.category.clone(),
-    };
+    let filters = Filters::new(&args.filter)?;
     let files = input::trail_files(&args.inputs, args.keep_order)?;
     let mut agg = Aggregator {
         max_rows: args.max_rows,
@@ -578,7 +381,7 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
             match serde_json::from_slice::<Rec<'_>>(l.bytes) {
                 Ok(r) => {
                     agg.report.summary.records += 1;
-                    if !selected(&r, &filters) {
+                    if !filters.selects(&r) {
                         return;
                     }
                     agg.report.summary.selected += 1;

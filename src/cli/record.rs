@@ -1,0 +1,391 @@
+//! What the reading subcommands (`report`, `show`) take from a trail record, and the
+//! record filters they share (`--since`, `--until`, `--key`, `--pid`, `--category`).
+//!
+//! Only the fields some subcommand uses are deserialized, borrowed from the line where the
+//! JSON has no escapes; everything else in a record is skipped.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// The lifecycle categories (`pkcs11.lifecycle`), in the order of docs/events.md.
+pub const CATEGORIES: [&str; 11] = [
+    "session",
+    "auth",
+    "token_admin",
+    "generate",
+    "import",
+    "use",
+    "export",
+    "modify",
+    "destroy",
+    "discovery",
+    "audit",
+];
+
+/// One trail record, as far as the reading subcommands need it.
+#[derive(Deserialize)]
+pub struct Rec<'a> {
+    /// `@timestamp`: RFC 3339 UTC with microseconds.
+    #[serde(rename = "@timestamp", borrow)]
+    pub timestamp: Option<Cow<'a, str>>,
+    /// `event.*`.
+    #[serde(borrow)]
+    pub event: Option<Ev<'a>>,
+    /// `message`, on keytrail's own records.
+    #[serde(borrow)]
+    pub message: Option<Cow<'a, str>>,
+    /// `pkcs11.*`.
+    #[serde(borrow)]
+    pub pkcs11: Option<P11<'a>>,
+    /// `labels.*`: context the application attached to the thread.
+    #[serde(borrow, default)]
+    pub labels: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    /// `user.*`.
+    #[serde(borrow)]
+    pub user: Option<User<'a>>,
+    /// `process.*`.
+    #[serde(borrow)]
+    pub process: Option<Proc<'a>>,
+}
+
+/// `event.*`.
+#[derive(Deserialize)]
+pub struct Ev<'a> {
+    /// `event.action`.
+    #[serde(borrow)]
+    pub action: Option<Cow<'a, str>>,
+    /// `event.outcome`: `success`, `failure` or `unknown`.
+    #[serde(borrow)]
+    pub outcome: Option<Cow<'a, str>>,
+}
+
+/// `user.*`.
+#[derive(Deserialize)]
+pub struct User<'a> {
+    /// `user.name`.
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+    /// `user.id` (the uid, as a string).
+    #[serde(borrow)]
+    pub id: Option<Cow<'a, str>>,
+}
+
+/// `process.*`.
+#[derive(Deserialize)]
+pub struct Proc<'a> {
+    /// `process.pid`.
+    pub pid: Option<u64>,
+    /// `process.name`.
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// `pkcs11.*`.
+#[derive(Deserialize)]
+pub struct P11<'a> {
+    /// `pkcs11.lifecycle`: the category.
+    #[serde(borrow)]
+    pub lifecycle: Option<Cow<'a, str>>,
+    /// `pkcs11.function`.
+    #[serde(borrow)]
+    pub function: Option<Cow<'a, str>>,
+    /// `pkcs11.rv_name`.
+    #[serde(borrow)]
+    pub rv_name: Option<Cow<'a, str>>,
+    /// `pkcs11.token.*`.
+    #[serde(borrow)]
+    pub token: Option<Tok<'a>>,
+    /// `pkcs11.auth.*`.
+    #[serde(borrow)]
+    pub auth: Option<Auth<'a>>,
+    /// `pkcs11.mechanism.*`.
+    #[serde(borrow)]
+    pub mechanism: Option<Mech<'a>>,
+    /// `pkcs11.key`: the key the record is about.
+    #[serde(borrow)]
+    pub key: Option<KeyRec<'a>>,
+    /// `pkcs11.keys.<role>`: other keys taking part.
+    #[serde(borrow, default)]
+    pub keys: BTreeMap<Cow<'a, str>, KeyRec<'a>>,
+    /// `pkcs11.operation.*`.
+    #[serde(borrow)]
+    pub operation: Option<Op<'a>>,
+    /// `pkcs11.data.*`.
+    pub data: Option<Data>,
+    /// `pkcs11.flags`.
+    #[serde(borrow, default)]
+    pub flags: Vec<Cow<'a, str>>,
+}
+
+/// `pkcs11.token.*`.
+#[derive(Deserialize)]
+pub struct Tok<'a> {
+    /// The token's label.
+    #[serde(borrow)]
+    pub label: Option<Cow<'a, str>>,
+    /// The token's serial number.
+    #[serde(borrow)]
+    pub serial: Option<Cow<'a, str>>,
+}
+
+/// `pkcs11.auth.*`.
+#[derive(Deserialize)]
+pub struct Auth<'a> {
+    /// `CKU_SO`, `CKU_USER` or `CKU_CONTEXT_SPECIFIC`.
+    #[serde(borrow)]
+    pub user_type: Option<Cow<'a, str>>,
+    /// The user name of a C_LoginUser.
+    #[serde(borrow)]
+    pub username: Option<Cow<'a, str>>,
+}
+
+/// `pkcs11.mechanism.*`.
+#[derive(Deserialize)]
+pub struct Mech<'a> {
+    /// `CKM_…`.
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// `pkcs11.operation.*`.
+#[derive(Deserialize)]
+pub struct Op<'a> {
+    /// `encrypt`, `sign`, …
+    #[serde(borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    /// Calls that carried data.
+    pub parts: Option<u64>,
+    /// `completed`, `failed`, `abandoned` or `cancelled`.
+    #[serde(borrow)]
+    pub end: Option<Cow<'a, str>>,
+}
+
+/// `pkcs11.data.*`: lengths only.
+#[derive(Deserialize)]
+pub struct Data {
+    /// Input bytes.
+    pub in_len: Option<u64>,
+    /// Output bytes.
+    pub out_len: Option<u64>,
+}
+
+/// `pkcs11.key` and `pkcs11.keys.<role>`: a key's identity.
+#[derive(Deserialize)]
+pub struct KeyRec<'a> {
+    /// The object handle.
+    pub handle: Option<u64>,
+    /// `CKO_…`.
+    #[serde(borrow)]
+    pub class: Option<Cow<'a, str>>,
+    /// `CKK_…`.
+    #[serde(borrow)]
+    pub key_type: Option<Cow<'a, str>>,
+    /// Size in bits, where known.
+    pub bits: Option<u64>,
+    /// CKA_ID in hex.
+    #[serde(borrow)]
+    pub id_hex: Option<Cow<'a, str>>,
+    /// CKA_LABEL.
+    #[serde(borrow)]
+    pub label: Option<Cow<'a, str>>,
+    /// CKA_UNIQUE_ID.
+    #[serde(borrow)]
+    pub unique_id: Option<Cow<'a, str>>,
+    /// CKA_TOKEN.
+    pub token: Option<bool>,
+}
+
+impl KeyRec<'_> {
+    /// Whether `want` is this key's label, CKA_ID (hex) or unique id.
+    pub fn matches(&self, want: &str) -> bool {
+        [&self.label, &self.id_hex, &self.unique_id]
+            .iter()
+            .any(|v| v.as_deref() == Some(want))
+    }
+}
+
+impl<'a> Rec<'a> {
+    /// `event.action`, or "".
+    pub fn action(&self) -> &str {
+        self.event
+            .as_ref()
+            .and_then(|e| e.action.as_deref())
+            .unwrap_or("")
+    }
+
+    /// `event.outcome`, or `unknown`.
+    pub fn outcome(&self) -> &str {
+        self.event
+            .as_ref()
+            .and_then(|e| e.outcome.as_deref())
+            .unwrap_or("unknown")
+    }
+
+    /// `pkcs11.lifecycle`, or "".
+    pub fn lifecycle(&self) -> &str {
+        self.pkcs11
+            .as_ref()
+            .and_then(|p| p.lifecycle.as_deref())
+            .unwrap_or("")
+    }
+
+    /// `process.pid`.
+    pub fn pid(&self) -> Option<u64> {
+        self.process.as_ref().and_then(|p| p.pid)
+    }
+
+    /// `user.name`, else `user.id`.
+    pub fn user(&self) -> Option<&str> {
+        self.user
+            .as_ref()
+            .and_then(|u| u.name.as_deref().or(u.id.as_deref()))
+    }
+}
+
+/// The record filters, as command-line options (flattened into a subcommand's options).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only records at or after this time (RFC 3339, e.g. 2024-05-01T00:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only records about a key with this label, CKA_ID (hex) or unique id.
+    #[arg(long, value_name = "LABEL|ID_HEX")]
+    pub key: Option<String>,
+    /// Only records of this process id.
+    #[arg(long)]
+    pub pid: Option<u64>,
+    /// Only records of these lifecycle categories (session, auth, token_admin, generate,
+    /// import, use, export, modify, destroy, discovery, audit); repeatable.
+    #[arg(long, value_name = "CATEGORY")]
+    pub category: Vec<String>,
+}
+
+/// Validated filters: times normalised to the trail's own `@timestamp` form, so that
+/// they compare as strings.
+#[derive(Debug, Default)]
+pub struct Filters {
+    since: Option<String>,
+    until: Option<String>,
+    key: Option<String>,
+    pid: Option<u64>,
+    categories: Vec<String>,
+}
+
+fn rfc3339_micros(text: &str) -> Result<String> {
+    let t = humantime::parse_rfc3339_weak(text)
+        .with_context(|| format!("`{text}` is not an RFC 3339 time (e.g. 2024-05-01T12:00:00Z)"))?;
+    Ok(humantime::format_rfc3339_micros(t).to_string())
+}
+
+impl Filters {
+    /// Checks and normalises the options.
+    pub fn new(args: &FilterArgs) -> Result<Filters> {
+        for c in &args.category {
+            if !CATEGORIES.contains(&c.as_str()) {
+                bail!(
+                    "--category {c}: unknown category; one of {}",
+                    CATEGORIES.join(", ")
+                );
+            }
+        }
+        Ok(Filters {
+            since: args.since.as_deref().map(rfc3339_micros).transpose()?,
+            until: args.until.as_deref().map(rfc3339_micros).transpose()?,
+            key: args.key.clone(),
+            pid: args.pid,
+            categories: args.category.clone(),
+        })
+    }
+
+    /// Whether `r` passes every filter.
+    pub fn selects(&self, r: &Rec<'_>) -> bool {
+        let t = r.timestamp.as_deref().unwrap_or("");
+        if self.since.as_deref().is_some_and(|s| t < s)
+            || self.until.as_deref().is_some_and(|u| t >= u)
+        {
+            return false;
+        }
+        if self.pid.is_some() && r.pid() != self.pid {
+            return false;
+        }
+        if !self.categories.is_empty() {
+            let l = r.lifecycle();
+            if !self.categories.iter().any(|c| c == l) {
+                return false;
+            }
+        }
+        if let Some(want) = &self.key {
+            let Some(p) = &r.pkcs11 else {
+                return false;
+            };
+            let hit = p.key.as_ref().is_some_and(|k| k.matches(want))
+                || p.keys.values().any(|k| k.matches(want));
+            if !hit {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(line: &str) -> Rec<'_> {
+        serde_json::from_str(line).expect("record")
+    }
+
+    #[test]
+    fn filters_select_by_time_pid_category_and_key() {
+        let line = r#"{"@timestamp":"2026-01-02T03:04:05.000006Z","event":{"action":"key_generate","outcome":"success"},"pkcs11":{"lifecycle":"generate","key":{"label":"k1","id_hex":"01"}},"process":{"pid":7}}"#;
+        let r = rec(line);
+        let f = |a: FilterArgs| Filters::new(&a).expect("filters").selects(&r);
+        assert!(f(FilterArgs::default()));
+        assert!(f(FilterArgs {
+            since: Some("2026-01-02T03:04:05Z".into()),
+            until: Some("2026-01-02T03:04:06Z".into()),
+            ..FilterArgs::default()
+        }));
+        assert!(!f(FilterArgs {
+            until: Some("2026-01-02T03:04:05Z".into()),
+            ..FilterArgs::default()
+        }));
+        assert!(f(FilterArgs {
+            pid: Some(7),
+            ..FilterArgs::default()
+        }));
+        assert!(!f(FilterArgs {
+            pid: Some(8),
+            ..FilterArgs::default()
+        }));
+        assert!(f(FilterArgs {
+            category: vec!["use".into(), "generate".into()],
+            ..FilterArgs::default()
+        }));
+        assert!(!f(FilterArgs {
+            category: vec!["auth".into()],
+            ..FilterArgs::default()
+        }));
+        assert!(f(FilterArgs {
+            key: Some("01".into()),
+            ..FilterArgs::default()
+        }));
+        assert!(!f(FilterArgs {
+            key: Some("k2".into()),
+            ..FilterArgs::default()
+        }));
+        assert!(
+            Filters::new(&FilterArgs {
+                category: vec!["nope".into()],
+                ..FilterArgs::default()
+            })
+            .is_err()
+        );
+    }
+}
