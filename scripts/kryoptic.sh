@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds kryoptic (a PKCS#11 3.2 software token, crate `kryoptic`) once per machine and prints the
 # path of its libkryoptic_pkcs11.so on stdout; progress goes to stderr. The tests of keytrail's
-# PKCS#11 3.0 paths (tests/v3.rs) run against it. See docs/BACKENDS notes in shared/BACKENDS.md:
-# kryoptic needs OpenSSL >= 3.2, which Debian 12 does not ship, so it is built against a static
-# libcrypto made from the `openssl-src` crate's sources.
+# PKCS#11 3.0 paths (tests/v3.rs) run against it. kryoptic needs OpenSSL >= 3.2, which
+# Debian 12 does not ship, so it is built against a static libcrypto made from the
+# `openssl-src` crate's sources (kryoptic's own build would configure those sources itself
+# and fail: the crate leaves out files OpenSSL's Configure wants). A first build takes
+# several minutes on 2 cores.
 #
 # Cache: ${KEYTRAIL_CACHE:-$HOME/.cache/keytrail}/kryoptic/<version>/libkryoptic_pkcs11.so,
 # checked first. Versions are pinned below; change them to rebuild into a new cache directory.
