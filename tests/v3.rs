@@ -87,6 +87,17 @@ fn interface_list_offers_keytrails_own_3_0_and_2_40_tables() {
     let kt = keytrail();
     let kry = kryoptic();
     let list = interface_list(&kt);
+    // Too small a buffer: CKR_BUFFER_TOO_SMALL and the count needed.
+    let mut one = [CK_INTERFACE {
+        pInterfaceName: std::ptr::null_mut(),
+        pFunctionList: std::ptr::null_mut(),
+        flags: 0,
+    }];
+    let mut count: CK_ULONG = 1;
+    // SAFETY (test): room for one record, as `count` says.
+    let rv = unsafe { get_interface_list_fn(&kt)(one.as_mut_ptr(), &mut count) };
+    assert_eq!(rv, CKR_BUFFER_TOO_SMALL);
+    assert_eq!(count, 2);
     let versions: Vec<(String, (u8, u8))> =
         list.iter().map(|i| (name_of(i), version_of(i))).collect();
     assert_eq!(
@@ -612,5 +623,76 @@ fn trail_of_a_3_0_session_verifies_and_names_the_module() {
         "trail_start names the real module"
     );
     assert!(fx.diagnostics().is_empty(), "{}", fx.diagnostics());
+    assert_trail_verifies(&fx);
+}
+
+/// C_MessageEncryptInit, one C_EncryptMessage, C_SessionCancel(CKF_MESSAGE_ENCRYPT), then
+/// another C_EncryptMessage: the CK_RVs of the cancel and of the message after it.
+fn message_cancel_run(l: &CK_FUNCTION_LIST_3_0) -> (CK_RV, CK_RV) {
+    let s_ = kry_user_session(l);
+    let key = kry_aes_key(l, s_, "cancel-messages");
+    let mut mechanism = CK_MECHANISM {
+        mechanism: CKM_AES_GCM,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    // SAFETY (test): valid mechanism.
+    let rv = unsafe { (l.C_MessageEncryptInit.expect("init"))(s_, &mut mechanism, key) };
+    assert_eq!(rv, CKR_OK);
+    let encrypt = l.C_EncryptMessage.expect("C_EncryptMessage");
+    let mut messages = plaintexts();
+    let one = |m: &mut Message| {
+        let mut params = gcm_params(m);
+        let mut out = vec![0u8; m.data.len() + 16];
+        let mut out_len = out.len() as CK_ULONG;
+        // SAFETY (test): params, AAD, input and output buffers are valid for the call.
+        unsafe {
+            encrypt(
+                s_,
+                &mut params as *mut CK_GCM_MESSAGE_PARAMS as CK_VOID_PTR,
+                std::mem::size_of::<CK_GCM_MESSAGE_PARAMS>() as CK_ULONG,
+                m.aad.as_mut_ptr(),
+                m.aad.len() as CK_ULONG,
+                m.data.as_mut_ptr(),
+                m.data.len() as CK_ULONG,
+                out.as_mut_ptr(),
+                &mut out_len,
+            )
+        }
+    };
+    assert_eq!(one(&mut messages[0]), CKR_OK, "first message");
+    // SAFETY (test): a session handle and flags.
+    let cancel = unsafe { (l.C_SessionCancel.expect("cancel"))(s_, CKF_MESSAGE_ENCRYPT) };
+    let after = one(&mut messages[1]);
+    finalize(l);
+    (cancel, after)
+}
+
+#[test]
+fn session_cancel_ends_a_message_operation() {
+    let fx = KryFixture::new();
+    let direct = message_cancel_run(list_3_0(&kryoptic()));
+    assert_eq!(
+        direct,
+        (CKR_OK, CKR_OPERATION_NOT_INITIALIZED),
+        "kryoptic directly"
+    );
+    let through = message_cancel_run(list_3_0(&keytrail()));
+    assert_eq!(through, direct, "through keytrail as directly");
+
+    let t = lifecycle(&fx.trail());
+    let uses = category(&t, "use");
+    assert_eq!(uses.len(), 1, "{}", dump(&t));
+    let r = &uses[0];
+    assert_eq!(s(r, "event.action"), "message_encrypt");
+    assert_eq!(s(r, "pkcs11.function"), "C_SessionCancel");
+    assert_eq!(
+        at(r, "pkcs11.operation"),
+        &json!({"kind": "message_encrypt", "init": "C_MessageEncryptInit", "parts": 1, "end": "cancelled"})
+    );
+    assert_eq!(
+        n(r, "pkcs11.data.in_len"),
+        plaintexts()[0].data.len() as u64
+    );
     assert_trail_verifies(&fx);
 }
