@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs keytrail's whole test suite. Installs what the tests need when it is missing:
 # SoftHSM2 (the real module under test), OpenSC (pkcs11-tool), GnuTLS tools (p11tool),
-# OpenSSL, and cargo-nextest (one process per test: keytrail and SoftHSM hold
-# process-wide state).
+# OpenSSL, cargo-nextest (one process per test: keytrail and SoftHSM hold process-wide
+# state), and kryoptic (a PKCS#11 3.x module for the 3.0 tests, built once per machine by
+# scripts/kryoptic.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2
   cargo install cargo-nextest --locked
 fi
+
+# kryoptic, a PKCS#11 3.x module, for the 3.0 paths (tests/v3.rs); built once per machine
+# into a cache. An explicit KRYOPTIC_MODULE wins.
+if [ -z "${KRYOPTIC_MODULE:-}" ]; then
+  KRYOPTIC_MODULE="$(scripts/kryoptic.sh)"
+fi
+export KRYOPTIC_MODULE
 
 # The integration tests load the built cdylib; build it (debug and release) first.
 cargo build --lib --bins

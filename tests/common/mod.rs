@@ -199,5 +199,6 @@ pub fn user_session(p: &Pkcs11) -> Session {
     s
 }
 
+pub mod kryoptic;
 pub mod raw;
 pub mod transcript;
