@@ -47,7 +47,7 @@ export BENCH_SINK_RATE="${BENCH_SINK_RATE:-1000000}" BENCH_THREADS="${BENCH_THRE
 export BENCH_SECONDS="${BENCH_SECONDS:-10}"
 on_full="${BENCH_ON_FULL:-wait}"
 
-rows=()
+rows=(); setups=()
 for q in ${BENCH_QUEUES:-1024 8192 65536}; do
   cat >"$tmp/keytrail.toml" <<CONF
 module = "$module"
@@ -65,15 +65,21 @@ CONF
   get() { echo "$r" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
   before=$(get before_rss_kb); base=$(get baseline_rss_kb); hwm=$(get vmhwm_kb)
   growth=$(get growth_kb); sink=$(get sink_bytes)
-  per_slot=$(awk -v b="$before" -v a="$base" -v q="$q" 'BEGIN { printf "%.0f", (a - b) * 1024 / q }')
-  rows+=("| $q | $on_full | $(get ops_per_s) | $sink | $before | $base | $hwm | $per_slot | $growth |")
+  setups+=("$q $((base - before))")
+  rows+=("| $q | $on_full | $(get ops_per_s) | $sink | $before | $base | $hwm | $((base - before)) | $growth |")
 done
 rm -f "$BENCH_FIFO"
 
 echo
-echo "| queue | on_full | ops/s | bytes the sink took | RSS before keytrail kB | RSS after setup kB | max RSS (VmHWM) kB | setup bytes per queue slot | added under load kB |"
+echo "| queue | on_full | ops/s | bytes the sink took | RSS before keytrail kB | RSS after setup kB | max RSS (VmHWM) kB | setup added kB | load added kB |"
 echo "| ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"
+if [ ${#setups[@]} -ge 2 ]; then
+  # What one more queue slot costs: the slope of "setup added" between the smallest and
+  # the largest queue (SoftHSM's and keytrail's fixed setup cancel out).
+  printf '%s\n' "${setups[@]}" | sort -n | sed -n '1p;$p' | paste -sd' ' |
+    awk '{ printf "resident memory per queue slot (largest vs smallest queue): %.0f bytes\n", ($4 - $2) * 1024 / ($3 - $1) }'
+fi
 echo "$BENCH_THREADS threads of HMAC-SHA256 for $BENCH_SECONDS s each; trail = FIFO drained at $BENCH_SINK_RATE B/s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2
