@@ -816,9 +816,11 @@ impl TrailUse {
     fn bytes_per_1000_ops(&self) -> f64 {
         1000.0 * self.bytes as f64 / self.ops as f64
     }
+    /// Only for workloads that audit their operations: otherwise the few records of
+    /// setting up would carry the writer's idle wake-ups.
     fn writer_ns_per_record(&self) -> Option<f64> {
         self.writer_ns
-            .filter(|_| self.records > 0)
+            .filter(|_| self.records_per_op() >= 0.5)
             .map(|ns| ns as f64 / self.records as f64)
     }
 }
