@@ -11,13 +11,22 @@
 //!   (default `target/release/libkeytrail.so`);
 //! - `BENCH_SPY_SO`: pkcs11-spy, enabled only when set (with `PKCS11SPY` and
 //!   `PKCS11SPY_OUTPUT`);
+//! - `BENCH_P11KIT_SO`: p11-kit's proxy module, enabled only when set, configured (by
+//!   bench.sh) with SoftHSM as its one module and `log-calls: yes`. That log goes to
+//!   stderr, so this process's stderr is sent to `BENCH_P11KIT_OUTPUT` (default
+//!   /dev/null) and the harness reports on a copy of the original;
+//! - `BENCH_TRAIL_FILE`: keytrail's trail; when set, each workload also reports what the
+//!   trail took (records and bytes per operation, ns per record on the calling thread,
+//!   writer-thread CPU per record);
 //! - `BENCH_JSON`: also write the results there; `BENCH_ROUNDS` (20), `BENCH_ROUND_MS`
 //!   (200), `BENCH_WARMUP_MS` (150) tune the run.
 //!
 //! Every route reaches the *same* SoftHSM instance: the dynamic loader hands out one copy
-//! of a library per process, whether the harness opens it or keytrail (or pkcs11-spy)
-//! does. `C_Initialize` is called once, through keytrail; the harness checks that the
-//! direct table then answers `CKR_CRYPTOKI_ALREADY_INITIALIZED`. Each route then opens its
+//! of a library per process, whether the harness opens it or keytrail (or pkcs11-spy, or
+//! p11-kit) does. `C_Initialize` is called once, through keytrail; the harness checks that
+//! the direct table then answers `CKR_CRYPTOKI_ALREADY_INITIALIZED`, and that every other
+//! route finds the user already logged in (login state is the instance's). Slots are
+//! found by token label, as p11-kit's proxy numbers them its own way. Each route then opens its
 //! own sessions and makes its own keys through its own function table, so both sides do
 //! the same work in the same module and the difference is the route.
 //!
@@ -1161,8 +1170,8 @@ fn main() {
 
     // One C_Initialize of SoftHSM, through keytrail. The direct table and pkcs11-spy then
     // answer CKR_CRYPTOKI_ALREADY_INITIALIZED. p11-kit's proxy initialises itself and
-    // takes SoftHSM's CKR_CRYPTOKI_ALREADY_INITIALIZED as success (and so never
-    // finalises it), so it answers CKR_OK.
+    // takes SoftHSM's CKR_CRYPTOKI_ALREADY_INITIALIZED as success, so it answers CKR_OK;
+    // the login check below shows that it reaches the same instance all the same.
     let mut init_args = CK_C_INITIALIZE_ARGS {
         CreateMutex: None,
         DestroyMutex: None,
@@ -1265,8 +1274,8 @@ fn main() {
         rows.push(row);
     }
     drop(anchor);
-    // Only keytrail finalises SoftHSM; pkcs11-spy would pass C_Finalize on to it, and
-    // p11-kit never finalises a module it found initialised.
+    // Only keytrail finalises SoftHSM: pkcs11-spy would pass C_Finalize on to it, and so
+    // might p11-kit; neither is finalised.
     check(
         ck!(keytrail, C_Finalize(std::ptr::null_mut())),
         "C_Finalize",
