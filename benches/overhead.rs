@@ -311,6 +311,8 @@ fn timed(n: u64, mut op: impl FnMut()) -> Sample {
 /// CPU from the caller, which is the writer's cost, not the caller's). The same bursts and
 /// pauses run on every route.
 const HMAC_BURSTS: &str = "HMAC-SHA256 bursts of 4000, caller CPU";
+/// The same for session open+close (two records each), in bursts of 2000.
+const SESSION_BURSTS: &str = "C_OpenSession+C_CloseSession bursts of 2000, caller CPU";
 const BURST: u64 = 4000;
 const BURST_GAP: Duration = Duration::from_millis(25);
 
@@ -436,6 +438,41 @@ fn workloads() -> Vec<Workload> {
                         );
                         check(ck!(s.route, C_CloseSession(h)), "C_CloseSession");
                     })
+                })
+            },
+        },
+        Workload {
+            name: SESSION_BURSTS,
+            prepare: |route, slot| {
+                let s = Session::open(route, slot);
+                with_session(s, move |s, n| {
+                    let (mut left, mut elapsed) = (n, Duration::ZERO);
+                    while left > 0 {
+                        // As in HMAC_BURSTS; two records per operation.
+                        std::thread::sleep(BURST_GAP);
+                        let b = left.min(BURST / 2);
+                        let start = thread_cpu_time();
+                        for _ in 0..b {
+                            let mut h = 0;
+                            check(
+                                ck!(
+                                    s.route,
+                                    C_OpenSession(
+                                        slot,
+                                        CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                        std::ptr::null_mut(),
+                                        None,
+                                        &mut h,
+                                    )
+                                ),
+                                "C_OpenSession",
+                            );
+                            check(ck!(s.route, C_CloseSession(h)), "C_CloseSession");
+                        }
+                        elapsed += thread_cpu_time() - start;
+                        left -= b;
+                    }
+                    Sample { elapsed, ops: n }
                 })
             },
         },
@@ -880,14 +917,16 @@ fn trail_table(rows: &[Row]) -> String {
 fn caller_cost(rows: &[Row]) -> String {
     let mut out = String::new();
     let find = |name: &str| rows.iter().find(|r| r.workload == name);
-    if let Some(row) = find(HMAC_BURSTS) {
-        let added = row.per_route[KEYTRAIL].median - row.per_route[0].median;
-        let _ = writeln!(
-            out,
-            "calling-thread cost, {HMAC_BURSTS} HMACs (each burst shorter than the queue, drained in between): {} ns added per call, {} ns per record",
-            fmt_added(added),
-            added_per_record(row).map_or_else(|| "-".into(), fmt_added)
-        );
+    for name in [HMAC_BURSTS, SESSION_BURSTS] {
+        if let Some(row) = find(name) {
+            let added = row.per_route[KEYTRAIL].median - row.per_route[0].median;
+            let _ = writeln!(
+                out,
+                "calling-thread cost, {name} (each burst shorter than the queue, drained in between): {} ns added per operation, {} ns per record",
+                fmt_added(added),
+                added_per_record(row).map_or_else(|| "-".into(), fmt_added)
+            );
+        }
     }
     let writer: Vec<f64> = rows
         .iter()
