@@ -11,13 +11,22 @@
 //!   (default `target/release/libkeytrail.so`);
 //! - `BENCH_SPY_SO`: pkcs11-spy, enabled only when set (with `PKCS11SPY` and
 //!   `PKCS11SPY_OUTPUT`);
+//! - `BENCH_P11KIT_SO`: p11-kit's proxy module, enabled only when set, configured (by
+//!   bench.sh) with SoftHSM as its one module and `log-calls: yes`. That log goes to
+//!   stderr, so this process's stderr is sent to `BENCH_P11KIT_OUTPUT` (default
+//!   /dev/null) and the harness reports on a copy of the original;
+//! - `BENCH_TRAIL_FILE`: keytrail's trail; when set, each workload also reports what the
+//!   trail took (records and bytes per operation, ns per record on the calling thread,
+//!   writer-thread CPU per record);
 //! - `BENCH_JSON`: also write the results there; `BENCH_ROUNDS` (20), `BENCH_ROUND_MS`
 //!   (200), `BENCH_WARMUP_MS` (150) tune the run.
 //!
 //! Every route reaches the *same* SoftHSM instance: the dynamic loader hands out one copy
-//! of a library per process, whether the harness opens it or keytrail (or pkcs11-spy)
-//! does. `C_Initialize` is called once, through keytrail; the harness checks that the
-//! direct table then answers `CKR_CRYPTOKI_ALREADY_INITIALIZED`. Each route then opens its
+//! of a library per process, whether the harness opens it or keytrail (or pkcs11-spy, or
+//! p11-kit) does. `C_Initialize` is called once, through keytrail; the harness checks that
+//! the direct table then answers `CKR_CRYPTOKI_ALREADY_INITIALIZED`, and that every other
+//! route finds the user already logged in (login state is the instance's). Slots are
+//! found by token label, as p11-kit's proxy numbers them its own way. Each route then opens its
 //! own sessions and makes its own keys through its own function table, so both sides do
 //! the same work in the same module and the difference is the route.
 //!
@@ -33,7 +42,7 @@ use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 const USER_PIN: &[u8] = b"1234";
@@ -45,6 +54,8 @@ const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x0
 struct Route {
     name: &'static str,
     fns: &'static CK_FUNCTION_LIST,
+    /// The bench token's slot as this route numbers it (p11-kit renumbers slots).
+    slot: CK_SLOT_ID,
 }
 
 /// Calls a function of a route's table: `ck!(route, C_Sign(a, b, c, d, e))`.
@@ -268,6 +279,18 @@ fn with_session(session: Session, mut op: impl FnMut(&Session, u64) -> Sample + 
     Box::new(move |n| op(&session, n))
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    let rv = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rv, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// Times `n` iterations of `op` on the calling thread.
 fn timed(n: u64, mut op: impl FnMut()) -> Sample {
     let start = Instant::now();
@@ -279,6 +302,19 @@ fn timed(n: u64, mut op: impl FnMut()) -> Sample {
         ops: n,
     }
 }
+
+/// The workload that measures keytrail's cost on the calling thread alone: HMACs in
+/// bursts of [`BURST`] operations, each shorter than the writer queue (8192 records by
+/// default; one HMAC makes one record), with a pause of [`BURST_GAP`] before each burst in
+/// which the writer drains the queue. It counts the calling thread's CPU time during the
+/// bursts (not wall time: on a small machine keytrail's writer, draining meanwhile, takes
+/// CPU from the caller, which is the writer's cost, not the caller's). The same bursts and
+/// pauses run on every route.
+const HMAC_BURSTS: &str = "HMAC-SHA256 bursts of 4000, caller CPU";
+/// The same for session open+close (two records each), in bursts of 2000.
+const SESSION_BURSTS: &str = "C_OpenSession+C_CloseSession bursts of 2000, caller CPU";
+const BURST: u64 = 4000;
+const BURST_GAP: Duration = Duration::from_millis(25);
 
 fn workloads() -> Vec<Workload> {
     vec![
@@ -305,6 +341,30 @@ fn workloads() -> Vec<Workload> {
                 with_session(s, move |s, n| {
                     let (mut data, mut mac) = ([0x5a; 64], [0; 32]);
                     timed(n, || hmac_once(s, key, &mut data, &mut mac))
+                })
+            },
+        },
+        Workload {
+            name: HMAC_BURSTS,
+            prepare: |route, slot| {
+                let s = Session::open(route, slot);
+                let key = s.hmac_key();
+                with_session(s, move |s, n| {
+                    let (mut data, mut mac) = ([0x5a; 64], [0; 32]);
+                    let (mut left, mut elapsed) = (n, Duration::ZERO);
+                    while left > 0 {
+                        // Untimed: time for keytrail's writer to empty the queue, so that
+                        // every burst is handed over without waiting for room.
+                        std::thread::sleep(BURST_GAP);
+                        let b = left.min(BURST);
+                        let start = thread_cpu_time();
+                        for _ in 0..b {
+                            hmac_once(s, key, &mut data, &mut mac);
+                        }
+                        elapsed += thread_cpu_time() - start;
+                        left -= b;
+                    }
+                    Sample { elapsed, ops: n }
                 })
             },
         },
@@ -378,6 +438,41 @@ fn workloads() -> Vec<Workload> {
                         );
                         check(ck!(s.route, C_CloseSession(h)), "C_CloseSession");
                     })
+                })
+            },
+        },
+        Workload {
+            name: SESSION_BURSTS,
+            prepare: |route, slot| {
+                let s = Session::open(route, slot);
+                with_session(s, move |s, n| {
+                    let (mut left, mut elapsed) = (n, Duration::ZERO);
+                    while left > 0 {
+                        // As in HMAC_BURSTS; two records per operation.
+                        std::thread::sleep(BURST_GAP);
+                        let b = left.min(BURST / 2);
+                        let start = thread_cpu_time();
+                        for _ in 0..b {
+                            let mut h = 0;
+                            check(
+                                ck!(
+                                    s.route,
+                                    C_OpenSession(
+                                        slot,
+                                        CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                        std::ptr::null_mut(),
+                                        None,
+                                        &mut h,
+                                    )
+                                ),
+                                "C_OpenSession",
+                            );
+                            check(ck!(s.route, C_CloseSession(h)), "C_CloseSession");
+                        }
+                        elapsed += thread_cpu_time() - start;
+                        left -= b;
+                    }
+                    Sample { elapsed, ops: n }
                 })
             },
         },
@@ -526,11 +621,12 @@ fn quantile(v: &[f64], p: f64) -> f64 {
 struct Row {
     workload: &'static str,
     per_route: Vec<Stats>,
+    trail: Option<TrailUse>,
 }
 
 /// Warm-up, then picks the iterations per round so that one round of this route takes
-/// about `settings.round`.
-fn calibrate(runner: &mut Runner, settings: &Settings) -> u64 {
+/// about `settings.round`. Returns them and the operations done while warming up.
+fn calibrate(runner: &mut Runner, settings: &Settings) -> (u64, u64) {
     let mut n = 1;
     let mut spent = Duration::ZERO;
     let mut ops = 0;
@@ -544,24 +640,44 @@ fn calibrate(runner: &mut Runner, settings: &Settings) -> u64 {
         n = (n * 2).min(1 << 24);
     }
     let ns_per_op = spent.as_nanos() as f64 / ops as f64;
-    ((settings.round.as_nanos() as f64 / ns_per_op) as u64).max(1)
+    (
+        ((settings.round.as_nanos() as f64 / ns_per_op) as u64).max(1),
+        ops,
+    )
 }
 
-fn measure(workload: &Workload, routes: &[Route], slot: CK_SLOT_ID, settings: &Settings) -> Row {
+fn measure(
+    workload: &Workload,
+    routes: &[Route],
+    settings: &Settings,
+    meter: Option<&mut TrailMeter>,
+) -> Row {
+    let before = meter.map(|m| (m.settle(), m));
     let mut runners: Vec<Runner> = routes
         .iter()
-        .map(|r| (workload.prepare)(*r, slot))
+        .map(|r| (workload.prepare)(*r, r.slot))
         .collect();
-    let iters: Vec<u64> = runners.iter_mut().map(|r| calibrate(r, settings)).collect();
+    let (iters, mut ops): (Vec<u64>, Vec<u64>) =
+        runners.iter_mut().map(|r| calibrate(r, settings)).unzip();
     let mut samples = vec![Vec::with_capacity(settings.rounds); routes.len()];
     for round in 0..settings.rounds {
         for k in 0..routes.len() {
             let i = (round + k) % routes.len();
             let s = runners[i](iters[i]);
+            ops[i] += s.ops;
             samples[i].push(s.elapsed.as_nanos() as f64 / s.ops as f64);
         }
     }
     drop(runners);
+    let trail = before.map(|(start, m)| {
+        let end = m.settle();
+        TrailUse {
+            ops: ops[KEYTRAIL],
+            records: end.records - start.records,
+            bytes: end.bytes - start.bytes,
+            writer_ns: end.writer_ns.zip(start.writer_ns).map(|(e, s)| e - s),
+        }
+    });
     Row {
         workload: workload.name,
         per_route: iters
@@ -569,7 +685,91 @@ fn measure(workload: &Workload, routes: &[Route], slot: CK_SLOT_ID, settings: &S
             .zip(&samples)
             .map(|(n, s)| Stats::of(*n, s, &samples[0]))
             .collect(),
+        trail,
     }
+}
+
+/// Index of keytrail among the routes.
+const KEYTRAIL: usize = 1;
+
+/// What keytrail wrote while one workload ran (all routes' rounds, only keytrail audits).
+struct TrailUse {
+    /// Operations keytrail's route did (warm-up included).
+    ops: u64,
+    records: u64,
+    bytes: u64,
+    /// CPU time of keytrail's writer thread.
+    writer_ns: Option<u64>,
+}
+
+/// Where the trail stands: records and bytes written so far, writer CPU time.
+#[derive(Clone, Copy)]
+struct TrailPoint {
+    records: u64,
+    bytes: u64,
+    writer_ns: Option<u64>,
+}
+
+/// Follows keytrail's trail file (and its writer thread's CPU time) between workloads.
+struct TrailMeter {
+    path: PathBuf,
+    at: TrailPoint,
+}
+
+impl TrailMeter {
+    fn new(path: PathBuf) -> TrailMeter {
+        TrailMeter {
+            path,
+            at: TrailPoint {
+                records: 0,
+                bytes: 0,
+                writer_ns: None,
+            },
+        }
+    }
+
+    /// Waits until the writer has written everything (the file stops growing), then
+    /// counts the new records.
+    fn settle(&mut self) -> TrailPoint {
+        use std::io::{Read, Seek, SeekFrom};
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = size(&self.path);
+        let mut still = 0;
+        while still < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = size(&self.path);
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+        }
+        if let Ok(mut f) = std::fs::File::open(&self.path) {
+            if f.seek(SeekFrom::Start(self.at.bytes)).is_ok() {
+                let mut buf = vec![0u8; 1 << 20];
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    self.at.records += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+                    self.at.bytes += n as u64;
+                }
+            }
+        }
+        self.at.writer_ns = writer_cpu_ns();
+        self.at
+    }
+}
+
+/// CPU time (ns) of keytrail's writer thread in this process, from
+/// /proc/self/task/*/schedstat.
+fn writer_cpu_ns() -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "keytrail-writer" {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            return stat.split_whitespace().next()?.parse().ok();
+        }
+    }
+    None
 }
 
 fn fmt_ns(ns: f64) -> String {
@@ -611,6 +811,12 @@ fn table(rows: &[Row], routes: &[Route]) -> String {
         }
         lines.push(line);
     }
+    markdown(&lines)
+}
+
+/// Renders rows (the first is the header) as a markdown table, the first column left
+/// aligned and the others right aligned.
+fn markdown(lines: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..lines[0].len())
         .map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0))
         .collect();
@@ -641,6 +847,113 @@ fn table(rows: &[Row], routes: &[Route]) -> String {
                 })
                 .collect();
             let _ = writeln!(out, "| {} |", rule.join(" | "));
+        }
+    }
+    out
+}
+
+impl TrailUse {
+    fn records_per_op(&self) -> f64 {
+        self.records as f64 / self.ops as f64
+    }
+    fn bytes_per_record(&self) -> Option<f64> {
+        (self.records > 0).then(|| self.bytes as f64 / self.records as f64)
+    }
+    fn bytes_per_1000_ops(&self) -> f64 {
+        1000.0 * self.bytes as f64 / self.ops as f64
+    }
+    /// Only for workloads that audit their operations: otherwise the few records of
+    /// setting up would carry the writer's idle wake-ups.
+    fn writer_ns_per_record(&self) -> Option<f64> {
+        self.writer_ns
+            .filter(|_| self.records_per_op() >= 0.5)
+            .map(|ns| ns as f64 / self.records as f64)
+    }
+}
+
+/// keytrail's ns/op over direct's, per record the operation makes.
+fn added_per_record(row: &Row) -> Option<f64> {
+    let t = row.trail.as_ref()?;
+    let rpo = t.records_per_op();
+    (rpo >= 0.5).then(|| (row.per_route[KEYTRAIL].median - row.per_route[0].median) / rpo)
+}
+
+/// What the trail took per workload: records and bytes per operation, the calling
+/// thread's cost per record, and the writer thread's CPU per record.
+fn trail_table(rows: &[Row]) -> String {
+    let mut lines = vec![
+        [
+            "workload",
+            "records/op",
+            "bytes/record",
+            "bytes per 1000 ops",
+            "ns added per record (caller)",
+            "writer CPU ns/record",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let opt = |v: Option<f64>, f: fn(f64) -> String| v.map_or_else(|| "-".into(), f);
+    for row in rows {
+        let Some(t) = &row.trail else { continue };
+        lines.push(vec![
+            row.workload.to_string(),
+            format!("{:.3}", t.records_per_op()),
+            opt(t.bytes_per_record(), |b| format!("{b:.0}")),
+            format!("{:.0}", t.bytes_per_1000_ops()),
+            opt(added_per_record(row), fmt_added),
+            opt(t.writer_ns_per_record(), fmt_ns),
+        ]);
+    }
+    let mut out = markdown(&lines);
+    out.push_str(
+        "records and bytes: keytrail's trail growth over the workload (its sessions, keys and warm-up included) / keytrail's operations\n",
+    );
+    out
+}
+
+/// The calling thread's cost per record (bursts shorter than the queue) beside the rate
+/// the writer thread can sustain.
+fn caller_cost(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let find = |name: &str| rows.iter().find(|r| r.workload == name);
+    for name in [HMAC_BURSTS, SESSION_BURSTS] {
+        if let Some(row) = find(name) {
+            let added = row.per_route[KEYTRAIL].median - row.per_route[0].median;
+            let _ = writeln!(
+                out,
+                "calling-thread cost, {name} (each burst shorter than the queue, drained in between): {} ns added per operation, {} ns per record",
+                fmt_added(added),
+                added_per_record(row).map_or_else(|| "-".into(), fmt_added)
+            );
+        }
+    }
+    let writer: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.trail.as_ref()?.writer_ns_per_record().map(|w| (r, w)))
+        .filter(|(r, _)| r.trail.as_ref().is_some_and(|t| t.records > 10_000))
+        .map(|(_, w)| w)
+        .collect();
+    if !writer.is_empty() {
+        let w = quantile(&sorted(writer), 0.5);
+        let _ = writeln!(
+            out,
+            "writer thread: {} ns of CPU per record (median over workloads): it can write about {:.0} records/s",
+            fmt_ns(w),
+            1e9 / w
+        );
+    }
+    for name in ["HMAC-SHA256 sign 64 B", "HMAC-SHA256 2 threads"] {
+        if let Some(row) = find(name) {
+            let t = row.trail.as_ref();
+            let rpo = t.map_or(1.0, TrailUse::records_per_op);
+            let _ = writeln!(
+                out,
+                "sustained {name}: keytrail {:.0} ops/s = {:.0} records/s (direct {:.0} ops/s)",
+                1e9 / row.per_route[KEYTRAIL].median,
+                rpo * 1e9 / row.per_route[KEYTRAIL].median,
+                1e9 / row.per_route[0].median
+            );
         }
     }
     out
@@ -702,7 +1015,22 @@ fn json(rows: &[Row], routes: &[Route], settings: &Settings) -> String {
                 s.iters
             );
         }
-        out.push_str("\n      }\n    }");
+        out.push_str("\n      }");
+        if let Some(t) = &row.trail {
+            let _ = write!(
+                out,
+                ",\n      \"trail\": {{\"ops\": {}, \"records\": {}, \"bytes\": {}, \"records_per_op\": {:.4}, \"bytes_per_1000_ops\": {:.0}, \"ns_added_per_record\": {}, \"writer_cpu_ns_per_record\": {}}}",
+                t.ops,
+                t.records,
+                t.bytes,
+                t.records_per_op(),
+                t.bytes_per_1000_ops(),
+                added_per_record(row).map_or_else(|| "null".into(), |v| format!("{v:.1}")),
+                t.writer_ns_per_record()
+                    .map_or_else(|| "null".into(), |v| format!("{v:.1}"))
+            );
+        }
+        out.push_str("\n    }");
     }
     out.push_str("\n  ]\n}\n");
     out
@@ -752,6 +1080,79 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// Where the harness reports progress: stderr, or (when the p11-kit route has stderr
+/// diverted to swallow its call log) a copy of the original stderr.
+static REPORT: OnceLock<std::fs::File> = OnceLock::new();
+
+macro_rules! say {
+    ($($t:tt)*) => { report(format_args!($($t)*)) };
+}
+
+fn report(args: std::fmt::Arguments) {
+    use std::io::Write as _;
+    match REPORT.get() {
+        Some(mut f) => {
+            let _ = writeln!(f, "{args}");
+        }
+        None => eprintln!("{args}"),
+    }
+}
+
+/// Sends this process's stderr (fd 2) to `to`, keeping the original for the harness's own
+/// messages and panics. p11-kit's `log-calls` writes every call to stderr, and one process
+/// cannot give one library's stderr a file of its own.
+fn divert_stderr(to: &Path) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let sink = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(to)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", to.display()));
+    // SAFETY: dup of an fd this process has open; the result is checked.
+    let saved = unsafe { libc::dup(2) };
+    assert!(saved >= 0, "dup(2) failed");
+    // SAFETY: `saved` is a fresh descriptor that nothing else owns.
+    let saved = unsafe { std::fs::File::from_raw_fd(saved) };
+    let _ = REPORT.set(saved);
+    std::panic::set_hook(Box::new(|info| report(format_args!("{info}"))));
+    // SAFETY: both descriptors are open; dup2 replaces fd 2 atomically.
+    let rv = unsafe { libc::dup2(sink.as_raw_fd(), 2) };
+    assert!(rv == 2, "dup2 onto stderr failed");
+}
+
+/// The slot holding the token labelled `label`, as `route` numbers slots.
+fn find_slot(route: Route, label: &str) -> CK_SLOT_ID {
+    let mut count: CK_ULONG = 0;
+    check(
+        ck!(
+            route,
+            C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut count)
+        ),
+        "C_GetSlotList",
+    );
+    let mut slots = vec![0 as CK_SLOT_ID; count as usize];
+    check(
+        ck!(
+            route,
+            C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut count)
+        ),
+        "C_GetSlotList",
+    );
+    slots.truncate(count as usize);
+    for slot in slots {
+        let mut info = CK_TOKEN_INFO::default();
+        if ck!(route, C_GetTokenInfo(slot, &mut info)) == CKR_OK
+            && String::from_utf8_lossy(&info.label).trim_end() == label
+        {
+            return slot;
+        }
+    }
+    panic!(
+        "{}: no token labelled {label:?}: check SOFTHSM2_CONF",
+        route.name
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; other words are workload name filters.
     let filters: Vec<String> = std::env::args()
@@ -774,28 +1175,42 @@ fn main() {
     }
     let softhsm = env_path("SOFTHSM2_MODULE", "/usr/lib/softhsm/libsofthsm2.so");
     let keytrail_so = env_path("KEYTRAIL_SO", "target/release/libkeytrail.so");
+    let label = std::env::var("BENCH_TOKEN_LABEL").unwrap_or_else(|_| "keytrail-bench".into());
 
-    // The first route is the baseline the others are compared with.
+    // The first route is the baseline the others are compared with; keytrail is second.
     let mut routes = vec![
         Route {
             name: "direct",
             fns: load_table(&softhsm),
+            slot: 0,
         },
         Route {
             name: "keytrail",
             fns: load_table(&keytrail_so),
+            slot: 0,
         },
     ];
     if let Some(spy) = std::env::var_os("BENCH_SPY_SO").filter(|v| !v.is_empty()) {
         routes.push(Route {
             name: "pkcs11-spy",
             fns: load_table(Path::new(&spy)),
+            slot: 0,
         });
     }
-    let keytrail = routes[1];
+    if let Some(proxy) = std::env::var_os("BENCH_P11KIT_SO").filter(|v| !v.is_empty()) {
+        divert_stderr(&env_path("BENCH_P11KIT_OUTPUT", "/dev/null"));
+        routes.push(Route {
+            name: "p11-kit log-calls",
+            fns: load_table(Path::new(&proxy)),
+            slot: 0,
+        });
+    }
+    let keytrail = routes[KEYTRAIL];
 
-    // One C_Initialize, through keytrail; the others must find the module initialised,
-    // which proves that every route reaches the same SoftHSM instance.
+    // One C_Initialize of SoftHSM, through keytrail. The direct table and pkcs11-spy then
+    // answer CKR_CRYPTOKI_ALREADY_INITIALIZED. p11-kit's proxy initialises itself and
+    // takes SoftHSM's CKR_CRYPTOKI_ALREADY_INITIALIZED as success, so it answers CKR_OK;
+    // the login check below shows that it reaches the same instance all the same.
     let mut init_args = CK_C_INITIALIZE_ARGS {
         CreateMutex: None,
         DestroyMutex: None,
@@ -811,28 +1226,58 @@ fn main() {
     );
     for r in routes.iter().filter(|r| r.name != keytrail.name) {
         let rv = ck!(r, C_Initialize(init_ptr));
+        let expected = if r.name.starts_with("p11-kit") {
+            CKR_OK
+        } else {
+            CKR_CRYPTOKI_ALREADY_INITIALIZED
+        };
         assert_eq!(
-            rv, CKR_CRYPTOKI_ALREADY_INITIALIZED,
+            rv, expected,
             "{}: C_Initialize returned {rv:#x}: this route does not reach the SoftHSM instance keytrail loaded",
             r.name
         );
     }
-
-    let mut slots = [0 as CK_SLOT_ID; 8];
-    let mut count = slots.len() as CK_ULONG;
-    check(
-        ck!(
-            keytrail,
-            C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut count)
-        ),
-        "C_GetSlotList",
-    );
-    assert!(count > 0, "no initialised token: check SOFTHSM2_CONF");
-    let slot = slots[0];
+    for r in routes.iter_mut() {
+        r.slot = find_slot(*r, &label);
+    }
+    let keytrail = routes[KEYTRAIL];
 
     // A session that stays open and logged in for the whole run, so that closing the last
     // session of a route never logs the application out.
-    let anchor = Session::open(keytrail, slot);
+    let anchor = Session::open(keytrail, keytrail.slot);
+    // Login state belongs to the SoftHSM instance: every other route must find the user
+    // logged in already, which proves that it reaches the same instance.
+    for r in routes.iter().filter(|r| r.name != keytrail.name) {
+        let mut h = 0;
+        check(
+            ck!(
+                r,
+                C_OpenSession(
+                    r.slot,
+                    CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                    std::ptr::null_mut(),
+                    None,
+                    &mut h,
+                )
+            ),
+            "C_OpenSession",
+        );
+        let mut pin = USER_PIN.to_vec();
+        let rv = ck!(
+            r,
+            C_Login(h, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG)
+        );
+        assert_eq!(
+            rv, CKR_USER_ALREADY_LOGGED_IN,
+            "{}: C_Login returned {rv:#x}: this route does not reach the SoftHSM instance keytrail loaded",
+            r.name
+        );
+        check(ck!(r, C_CloseSession(h)), "C_CloseSession");
+    }
+
+    let mut meter = std::env::var_os("BENCH_TRAIL_FILE")
+        .filter(|v| !v.is_empty())
+        .map(|p| TrailMeter::new(PathBuf::from(p)));
 
     let selected: Vec<Workload> = workloads()
         .into_iter()
@@ -843,7 +1288,7 @@ fn main() {
                     .any(|f| w.name.to_lowercase().contains(f.as_str()))
         })
         .collect();
-    eprintln!(
+    say!(
         "overhead: {} workload(s) × routes [{}], {} rounds of ~{} ms per route",
         selected.len(),
         routes.iter().map(|r| r.name).collect::<Vec<_>>().join(", "),
@@ -854,8 +1299,8 @@ fn main() {
     let started = Instant::now();
     let mut rows = Vec::new();
     for w in &selected {
-        let row = measure(w, &routes, slot, &settings);
-        eprintln!(
+        let row = measure(w, &routes, &settings, meter.as_mut());
+        say!(
             "  {:<30} {}",
             w.name,
             row.per_route
@@ -868,6 +1313,8 @@ fn main() {
         rows.push(row);
     }
     drop(anchor);
+    // Only keytrail finalises SoftHSM: pkcs11-spy would pass C_Finalize on to it, and so
+    // might p11-kit; neither is finalised.
     check(
         ck!(keytrail, C_Finalize(std::ptr::null_mut())),
         "C_Finalize",
@@ -889,6 +1336,17 @@ fn main() {
         settings.rounds,
         started.elapsed().as_secs_f64()
     );
+    if routes.iter().any(|r| r.name.starts_with("p11-kit")) {
+        println!(
+            "p11-kit log-calls: its call log goes to stderr, sent to {} for the run",
+            env_path("BENCH_P11KIT_OUTPUT", "/dev/null").display()
+        );
+    }
+    if rows.iter().any(|r| r.trail.is_some()) {
+        println!();
+        print!("{}", trail_table(&rows));
+        print!("{}", caller_cost(&rows));
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load_after = load_average();
     if let (Some(before), Some(after)) = (load_before, load_after) {

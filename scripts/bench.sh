@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Overhead benchmark: the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
 # through the built libkeytrail.so ("keytrail"), in one process, against one SoftHSM
-# instance; plus OpenSC's pkcs11-spy as a third column when it is installed.
+# instance; plus OpenSC's pkcs11-spy and p11-kit's proxy with `log-calls: yes` as further
+# columns when they are installed. Also reports what keytrail's trail took per workload
+# (records and bytes per operation, caller and writer cost per record).
 #
 # Builds the release cdylib, makes a scratch SoftHSM2 token in a temp dir, writes the
 # keytrail configuration, runs `cargo bench --bench overhead`, and removes the temp dir.
@@ -10,6 +12,12 @@
 #   BENCH_JSON=<file>     also write the results as JSON to <file>
 #   BENCH_SPY=0           leave out the pkcs11-spy column even when pkcs11-spy.so exists
 #   BENCH_SPY_OUTPUT=<f>  where pkcs11-spy logs (default /dev/null; see below)
+#   BENCH_P11KIT=0        leave out the p11-kit log-calls column even when p11-kit-proxy.so
+#                         exists
+#   BENCH_P11KIT_OUTPUT=<f>  where p11-kit's call log (the process's stderr) goes (default
+#                         /dev/null; see below)
+#   BENCH_TRAIL=<path>    the trail (default: in the temp dir); BENCH_AUDIT: lines for [audit]
+#   BENCH_QUEUE=<n>, BENCH_ON_FULL=wait|drop   the writer queue ([trail] queue, on_full)
 #   BENCH_ROUNDS, BENCH_ROUND_MS, BENCH_WARMUP_MS   tune the run (see benches/overhead.rs)
 #   SOFTHSM2_MODULE       the SoftHSM2 module (default: the usual Debian paths)
 # Extra arguments go to `cargo bench` (e.g. `scripts/bench.sh -- hmac` runs only the
@@ -49,11 +57,14 @@ CONF
 export SOFTHSM2_CONF="$tmp/softhsm2.conf"
 softhsm2-util --init-token --free --label keytrail-bench --pin 1234 --so-pin 5678 >/dev/null
 
+trail="${BENCH_TRAIL:-$tmp/trail/keytrail.jsonl}"
 cat >"$tmp/keytrail.toml" <<CONF
 module = "$module"
 diagnostics = "$tmp/keytrail-diagnostics.log"
 [trail]
-path = "${BENCH_TRAIL:-$tmp/trail/keytrail.jsonl}"
+path = "$trail"
+${BENCH_QUEUE:+queue = $BENCH_QUEUE}
+${BENCH_ON_FULL:+on_full = "$BENCH_ON_FULL"}
 ${BENCH_AUDIT:+[audit]
 $BENCH_AUDIT}
 CONF
@@ -77,12 +88,75 @@ else
   unset BENCH_SPY_SO
 fi
 
-status=0
-cargo bench --bench overhead "$@" || status=$?
+p11kit=""
+for p in /usr/lib/x86_64-linux-gnu/p11-kit-proxy.so /usr/lib/aarch64-linux-gnu/p11-kit-proxy.so \
+         /usr/lib64/p11-kit-proxy.so; do
+  if [ -e "$p" ]; then p11kit="$p"; break; fi
+done
+# Run the bench with this prefix (a private mount namespace for p11-kit's configuration).
+run=()
+if [ -n "$p11kit" ] && [ "${BENCH_P11KIT:-1}" != 0 ]; then
+  # p11-kit's proxy loads the modules configured for p11-kit; the bench gives it a private
+  # configuration with one module, SoftHSM (the same instance), with `log-calls: yes`.
+  # An ordinary user's configuration is ~/.config/pkcs11/modules (~/.config is
+  # XDG_CONFIG_HOME when set), whose softhsm2.module overrides the system one of that name
+  # (Debian's softhsm2 package ships one); other system modules are disabled for the proxy.
+  # p11-kit ignores user configuration in a process running as root: then the bench runs
+  # in a private mount namespace (unshare -m) in which the private module directory is
+  # mounted over the system ones; nothing changes outside the bench process.
+  # log-calls writes each call to stderr: the harness sends its stderr to
+  # BENCH_P11KIT_OUTPUT (default /dev/null) and keeps its own messages on the original.
+  p11conf="$tmp/p11-kit/pkcs11/modules"
+  mkdir -p "$p11conf" "$tmp/p11-kit/empty"
+  printf 'module: %s\nlog-calls: yes\n' "$module" >"$p11conf/softhsm2.module"
+  sysdirs=()
+  for d in /usr/share/p11-kit/modules /etc/pkcs11/modules; do
+    [ -d "$d" ] && sysdirs+=("$d")
+  done
+  ok=1
+  if [ "$(id -u)" -eq 0 ]; then
+    if [ ${#sysdirs[@]} -gt 0 ] && unshare -m true 2>/dev/null; then
+      # shellcheck disable=SC2016
+      run=(unshare -m -- bash -c '
+        set -e; conf=$1; shift
+        mount --bind "$conf" "$1"; shift
+        while [ "$1" != -- ]; do mount --bind "$(dirname "$conf")/../empty" "$1"; shift; done
+        shift; exec "$@"' _ "$p11conf" "${sysdirs[0]}" "${sysdirs[@]:1}" --)
+    else
+      echo "bench.sh: root, and no private mount namespace (unshare -m): no p11-kit column" >&2
+      ok=0
+    fi
+  else
+    for d in "${sysdirs[@]}"; do
+      for m in "$d"/*.module; do
+        [ -e "$m" ] || continue
+        name=$(basename "$m")
+        [ -e "$p11conf/$name" ] && continue
+        { grep -E '^module:' "$m"; echo 'disable-in: p11-kit-proxy'; } >"$p11conf/$name"
+      done
+    done
+    export XDG_CONFIG_HOME="$tmp/p11-kit"
+  fi
+  if [ "$ok" = 1 ]; then
+    export BENCH_P11KIT_SO="$p11kit" BENCH_P11KIT_OUTPUT="${BENCH_P11KIT_OUTPUT:-/dev/null}"
+  else
+    unset BENCH_P11KIT_SO
+  fi
+else
+  unset BENCH_P11KIT_SO
+fi
 
-if [ -s "$tmp/trail/keytrail.jsonl" ]; then
-  records=$(wc -l <"$tmp/trail/keytrail.jsonl")
-  bytes=$(wc -c <"$tmp/trail/keytrail.jsonl")
+case "$trail" in
+  *"{pid}"*) unset BENCH_TRAIL_FILE ;;
+  *) export BENCH_TRAIL_FILE="$trail" ;;
+esac
+
+status=0
+"${run[@]}" cargo bench --bench overhead "$@" || status=$?
+
+if [ -s "$trail" ]; then
+  records=$(wc -l <"$trail")
+  bytes=$(wc -c <"$trail")
   echo "trail: $records records, $bytes bytes, $((bytes / records)) bytes per record (full audit on)"
 fi
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
