@@ -119,14 +119,22 @@ impl Sink {
         match &self.mode {
             Mode::Thread(q) => {
                 let mut record = event;
+                let mut tries = 0u32;
                 loop {
                     match q.records.push(record) {
                         Ok(()) => break,
                         Err(back) if self.on_full == OnFull::Wait => {
-                            // Full: the writer is behind; make sure it is awake, then wait.
+                            // Full: the writer is behind. Wake it, and wait for a slot:
+                            // yield first (a slot frees within microseconds once the writer
+                            // runs), then sleep in short steps.
                             record = back;
                             q.writer.unpark();
-                            std::thread::sleep(Duration::from_micros(50));
+                            tries += 1;
+                            if tries < 64 {
+                                std::thread::yield_now();
+                            } else {
+                                std::thread::sleep(Duration::from_micros(10));
+                            }
                         }
                         Err(_) => {
                             self.count_drop();
