@@ -547,3 +547,30 @@ fn drop_policy_counts_every_dropped_record() {
     );
     assert_gapless(&trail);
 }
+
+#[test]
+fn a_forked_child_that_makes_no_call_leaves_no_stream() {
+    let fx = Fixture::new();
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    // SAFETY (test): the child only exits (running its atexit handlers, as exit() does).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        std::process::exit(0);
+    }
+    let mut status = 0;
+    // SAFETY (test): waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0);
+    drop(s);
+    p.finalize().expect("finalize");
+    let trail = fx.trail();
+    assert!(
+        trail
+            .iter()
+            .all(|r| r["process"]["pid"].as_u64() == Some(std::process::id() as u64)),
+        "no record of the child"
+    );
+    assert_gapless(&trail);
+}

@@ -128,7 +128,9 @@ pub fn refusal(function: &'static str) -> Option<CK_RV> {
 /// Called at process exit (registered with atexit): records the exit and drains the
 /// queue, for applications that never call C_Finalize.
 pub fn at_exit() {
-    if let Some(a) = get() {
+    // A process that never wrote a record (a child after fork that made no PKCS#11 call)
+    // has no stream to end, and must not start one on its way out.
+    if let Some(a) = get().filter(|a| a.sink.started()) {
         a.stop("exit");
         let _ = a.flush();
     }

@@ -510,6 +510,12 @@ impl SinkSlot {
         e
     }
 
+    /// Whether this process has a stream (a child after fork has none until its first
+    /// record).
+    pub fn started(&self) -> bool {
+        !self.current.load(Ordering::Acquire).is_null()
+    }
+
     /// The current sink, starting a stream when there is none. `None` only when no
     /// writer could be started (reported).
     #[inline]
