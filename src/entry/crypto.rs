@@ -56,7 +56,7 @@ init_hooks! {
 
 /// Writes hooks for calls shaped `(session, in, in_len, out, out_len)`.
 macro_rules! in_out_hooks {
-    ($($hook:ident: $function:literal => $kind:expr, $ending:expr;)*) => { $(
+    ($($hook:ident: $function:literal => [$($kind:expr),+], $ending:expr;)*) => { $(
         fn $hook(
             _: &Backend,
             forward: impl FnOnce() -> CK_RV,
@@ -66,21 +66,24 @@ macro_rules! in_out_hooks {
             out: CK_BYTE_PTR,
             out_len: CK_ULONG_PTR,
         ) -> CK_RV {
-            ops::call($function, &[$kind], $ending, forward, session, Some(in_len), Some((out, out_len)))
+            ops::call($function, &[$($kind),+], $ending, forward, session, Some(in_len), Some((out, out_len)))
         }
     )* };
 }
 
 in_out_hooks! {
-    encrypt: "C_Encrypt" => OpKind::Encrypt, Ending::Final;
-    encrypt_update: "C_EncryptUpdate" => OpKind::Encrypt, Ending::Update;
-    decrypt: "C_Decrypt" => OpKind::Decrypt, Ending::Final;
-    decrypt_update: "C_DecryptUpdate" => OpKind::Decrypt, Ending::Update;
-    sign: "C_Sign" => OpKind::Sign, Ending::Final;
-    sign_recover: "C_SignRecover" => OpKind::SignRecover, Ending::Final;
-    verify_recover: "C_VerifyRecover" => OpKind::VerifyRecover, Ending::Final;
-    digest_encrypt_update: "C_DigestEncryptUpdate" => OpKind::Encrypt, Ending::Update;
-    decrypt_digest_update: "C_DecryptDigestUpdate" => OpKind::Decrypt, Ending::Update;
+    encrypt: "C_Encrypt" => [OpKind::Encrypt], Ending::Final;
+    encrypt_update: "C_EncryptUpdate" => [OpKind::Encrypt], Ending::Update;
+    decrypt: "C_Decrypt" => [OpKind::Decrypt], Ending::Final;
+    decrypt_update: "C_DecryptUpdate" => [OpKind::Decrypt], Ending::Update;
+    sign: "C_Sign" => [OpKind::Sign], Ending::Final;
+    sign_recover: "C_SignRecover" => [OpKind::SignRecover], Ending::Final;
+    verify_recover: "C_VerifyRecover" => [OpKind::VerifyRecover], Ending::Final;
+    digest_encrypt_update: "C_DigestEncryptUpdate" => [OpKind::Encrypt], Ending::Update;
+    decrypt_digest_update: "C_DecryptDigestUpdate" => [OpKind::Decrypt], Ending::Update;
+    // The dual-function updates feed two operations at once.
+    sign_encrypt_update: "C_SignEncryptUpdate" => [OpKind::Sign, OpKind::Encrypt], Ending::Update;
+    decrypt_verify_update: "C_DecryptVerifyUpdate" => [OpKind::Decrypt, OpKind::Verify], Ending::Update;
 }
 
 /// Writes hooks for Final calls shaped `(session, out, out_len)`.
@@ -143,48 +146,6 @@ fn verify(
         session,
         Some(data_len),
         None,
-    )
-}
-
-fn sign_encrypt_update(
-    _: &Backend,
-    forward: impl FnOnce() -> CK_RV,
-    session: CK_SESSION_HANDLE,
-    _: CK_BYTE_PTR,
-    in_len: CK_ULONG,
-    out: CK_BYTE_PTR,
-    out_len: CK_ULONG_PTR,
-) -> CK_RV {
-    let kinds = [OpKind::Sign, OpKind::Encrypt];
-    ops::call(
-        "C_SignEncryptUpdate",
-        &kinds,
-        Ending::Update,
-        forward,
-        session,
-        Some(in_len),
-        Some((out, out_len)),
-    )
-}
-
-fn decrypt_verify_update(
-    _: &Backend,
-    forward: impl FnOnce() -> CK_RV,
-    session: CK_SESSION_HANDLE,
-    _: CK_BYTE_PTR,
-    in_len: CK_ULONG,
-    out: CK_BYTE_PTR,
-    out_len: CK_ULONG_PTR,
-) -> CK_RV {
-    let kinds = [OpKind::Decrypt, OpKind::Verify];
-    ops::call(
-        "C_DecryptVerifyUpdate",
-        &kinds,
-        Ending::Update,
-        forward,
-        session,
-        Some(in_len),
-        Some((out, out_len)),
     )
 }
 
