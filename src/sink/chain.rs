@@ -25,7 +25,8 @@
 //! same stream goes on. `checkpoint` records are written every `checkpoint_interval`, even
 //! when idle, carrying the head of the chain (the sequence number and hash of the record
 //! before them), so that a copy kept elsewhere anchors the trail against truncation.
-//! After `fork()` the child calls [`Chain::new_stream`].
+//! After `fork()` the child starts a stream of its own: a new `Chain` (new id, sequence
+//! from 1) whose first record is the child's `trail_start` (see `SinkSlot`).
 
 use super::json::{self, Origin};
 use crate::audit::event::Event;
@@ -232,17 +233,6 @@ impl Chain {
             syslog: false,
             anchors: Vec::new(),
         }
-    }
-
-    /// Starts a new stream (after `fork()` in the child): a new id, sequence from 1. The
-    /// next record written should be a `trail_start`.
-    pub fn new_stream(&mut self) {
-        self.stream = new_stream_id();
-        self.seq = 0;
-        self.prev = None;
-        self.since_checkpoint = 0;
-        self.stopped = false;
-        self.last_checkpoint = Instant::now();
     }
 
     /// Copies the head records written since the last call to the anchor file and to

@@ -162,11 +162,6 @@ impl TrailFile {
         }
     }
 
-    /// Forgets the open file (so the next write reopens it).
-    pub fn close(&mut self) {
-        self.current = None;
-    }
-
     fn open(&self, period: &str, index: u32) -> std::io::Result<Current> {
         let path = self.name(period, index);
         let file = open_trail(&path)?;
