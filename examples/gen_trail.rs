@@ -66,11 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             e.token = Some(token.clone());
             e.session = Some(1 + s as u64);
             e.session_state = Some("rw_user");
-            e.mechanism = Some(Mechanism {
-                type_: 0x1041,
-                name: Some("CKM_ECDSA"),
-                params: Default::default(),
-            });
+            e.mechanism = Some(Mechanism::bare(0x1041));
             e.keys.push(KeyRef {
                 role: "key",
                 handle: 2 + (i % 16),

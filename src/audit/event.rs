@@ -13,15 +13,13 @@ use std::sync::Arc;
 /// source key). Records hold them inline: a record on the hot path allocates nothing, so
 /// the writer thread never frees memory of the caller's malloc arena.
 pub const MAX_KEYS: usize = 2;
-/// Most flags one record carries.
-pub const MAX_FLAGS: usize = 4;
 use std::time::{Instant, SystemTime};
 
-/// When a call started: wall-clock time for the record, monotonic time for its duration.
+/// When a call started, on the monotonic clock. Reading one clock per call start is what
+/// the calling thread pays; the writer turns it into wall-clock time when it formats the
+/// record ([`Started::wall_time`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Started {
-    /// Wall-clock time.
-    pub at: SystemTime,
     /// Monotonic time.
     pub instant: Instant,
 }
@@ -31,8 +29,18 @@ impl Started {
     #[inline]
     pub fn now() -> Started {
         Started {
-            at: SystemTime::now(),
             instant: Instant::now(),
+        }
+    }
+
+    /// The wall-clock time this was, as the system clock says now: the record's time is
+    /// consistent with the clock the writer sees, even if the clock was stepped meanwhile.
+    pub fn wall_time(&self) -> SystemTime {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        match now.checked_duration_since(self.instant) {
+            Some(ago) => wall.checked_sub(ago).unwrap_or(wall),
+            None => wall + self.instant.duration_since(now),
         }
     }
 }
@@ -108,6 +116,83 @@ pub struct OperationInfo {
     pub end: &'static str,
 }
 
+/// Notable facts about a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Flag {
+    /// A session opened read/write.
+    ReadWrite = 1,
+    /// A key was created or unwrapped from plaintext key material in the call.
+    PlaintextKeyMaterial = 2,
+    /// An attribute read returned (or was refused) a secret value.
+    SecretValueRead = 4,
+    /// C_InitToken wiped the token.
+    TokenWiped = 8,
+    /// Written before the call was forwarded (fail-closed policy).
+    Intent = 16,
+}
+
+impl Flag {
+    /// Every flag, in the order the trail lists them.
+    pub const ALL: [Flag; 5] = [
+        Flag::ReadWrite,
+        Flag::PlaintextKeyMaterial,
+        Flag::SecretValueRead,
+        Flag::TokenWiped,
+        Flag::Intent,
+    ];
+
+    /// The name in the trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::ReadWrite => "read_write",
+            Flag::PlaintextKeyMaterial => "plaintext_key_material",
+            Flag::SecretValueRead => "secret_value_read",
+            Flag::TokenWiped => "token_wiped",
+            Flag::Intent => "intent",
+        }
+    }
+}
+
+/// A set of [`Flag`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags(u8);
+
+impl Flags {
+    /// Whether `f` is set.
+    pub fn has(self, f: Flag) -> bool {
+        self.0 & f as u8 != 0
+    }
+
+    /// Whether none is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The flags set, in trail order.
+    pub fn iter(self) -> impl Iterator<Item = Flag> {
+        Flag::ALL.into_iter().filter(move |f| self.has(*f))
+    }
+}
+
+/// The parts of a record that only rarer calls have (creation, export, modification,
+/// logins with a user name, keytrail's own records). Kept out of line so that the
+/// records of frequent calls stay small to build and to queue.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// The user name of a C_LoginUser.
+    pub username: Option<String>,
+    /// Sanitized attribute lists by role: `template` (creation), `public_template` and
+    /// `private_template` (key pairs), `set` (modify), `read` (export).
+    pub attributes: Vec<(&'static str, Vec<Attr>)>,
+    /// Input/output lengths of a single call (wrap, random, …).
+    pub data: Option<(Option<u64>, Option<u64>)>,
+    /// Free text for keytrail's own records.
+    pub message: Option<String>,
+    /// Structured detail for keytrail's own records (`audit` category).
+    pub detail: Option<serde_json::Value>,
+}
+
 /// One audit record.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -124,6 +209,8 @@ pub struct Event {
     pub lifecycle: Lifecycle,
     /// The outcome.
     pub outcome: Outcome,
+    /// Notable facts.
+    pub flags: Flags,
     /// The module's return value (absent on keytrail's own records).
     pub rv: Option<CK_RV>,
     /// Kernel thread id of the caller.
@@ -140,29 +227,19 @@ pub struct Event {
     pub session_state: Option<&'static str>,
     /// The user type of a login.
     pub user_type: Option<CK_USER_TYPE>,
-    /// The user name of a C_LoginUser.
-    pub username: Option<String>,
     /// The mechanism.
     pub mechanism: Option<Mechanism>,
     /// The keys involved.
     pub keys: ArrayVec<KeyRef, MAX_KEYS>,
-    /// Sanitized attribute lists by role: `template` (creation), `public_template` and
-    /// `private_template` (key pairs), `set` (modify), `read` (export).
-    pub attributes: Vec<(&'static str, Vec<Attr>)>,
     /// Operation progress (use records).
     pub operation: Option<OperationInfo>,
-    /// Input/output lengths of a single call (wrap, random, …).
-    pub data: Option<(Option<u64>, Option<u64>)>,
-    /// Notable facts: `plaintext_key_material`, `token_wiped`, `secret_value_read`, …
-    pub flags: ArrayVec<&'static str, MAX_FLAGS>,
-    /// Free text for keytrail's own records.
-    pub message: Option<String>,
-    /// Structured detail for keytrail's own records (`audit` category).
-    pub detail: Option<serde_json::Value>,
+    /// What only rarer records carry.
+    pub extra: Option<Box<Extra>>,
 }
 
 impl Event {
     /// A record of `function` returning `rv`, with everything else empty.
+    #[inline]
     pub fn call(
         started: Started,
         function: &'static str,
@@ -177,6 +254,7 @@ impl Event {
             action,
             lifecycle,
             outcome: Outcome::of(rv),
+            flags: Flags::default(),
             rv: Some(rv),
             thread_id: 0,
             labels: None,
@@ -185,15 +263,10 @@ impl Event {
             session: None,
             session_state: None,
             user_type: None,
-            username: None,
             mechanism: None,
             keys: ArrayVec::new(),
-            attributes: Vec::new(),
             operation: None,
-            data: None,
-            flags: ArrayVec::new(),
-            message: None,
-            detail: None,
+            extra: None,
         }
     }
 
@@ -209,14 +282,25 @@ impl Event {
         let mut e = Event::call(Started::now(), "", action, Lifecycle::Audit, CKR_OK);
         e.rv = None;
         e.duration_ns = None;
-        e.message = Some(message);
-        e.detail = Some(detail);
+        let x = e.extra_mut();
+        x.message = Some(message);
+        x.detail = Some(detail);
         e
     }
 
+    /// The rarer parts, made on first use.
+    pub fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The rarer parts, if any.
+    pub fn extra(&self) -> Option<&Extra> {
+        self.extra.as_deref()
+    }
+
     /// Adds a flag.
-    pub fn flag(&mut self, flag: &'static str) {
-        let _ = self.flags.try_push(flag);
+    pub fn flag(&mut self, flag: Flag) {
+        self.flags.0 |= flag as u8;
     }
 
     /// Adds a key.
@@ -231,5 +315,29 @@ impl Event {
             handle,
             identity,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_time_is_now_minus_the_elapsed_time() {
+        let s = Started::now();
+        let before = SystemTime::now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let w = s.wall_time();
+        let d = before.duration_since(w).unwrap_or_else(|e| e.duration());
+        assert!(d < std::time::Duration::from_millis(5), "{d:?}");
+    }
+
+    #[test]
+    fn flags_are_listed_in_trail_order() {
+        let mut e = Event::call(Started::now(), "C_X", "x", Lifecycle::Use, CKR_OK);
+        e.flag(Flag::Intent);
+        e.flag(Flag::ReadWrite);
+        let names: Vec<&str> = e.flags.iter().map(Flag::as_str).collect();
+        assert_eq!(names, ["read_write", "intent"]);
     }
 }

@@ -1,105 +1,108 @@
-//! Mechanisms as the trail shows them: type, name and non-secret parameters only (hash,
-//! MGF, IV and tag lengths; never IVs, AAD, salts, passwords or shared data).
+//! Mechanisms as the trail shows them: type and non-secret parameters only (hash, MGF,
+//! IV and tag lengths; never IVs, AAD, salts, passwords or shared data).
+//!
+//! Held as numbers: names are looked up by the writer when it formats the record.
 
 use crate::entry::args::Mechanism as RawMechanism;
 use cryptoki_sys::*;
-use serde::Serialize;
 
 /// A mechanism's safe summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mechanism {
     /// The CKM_ number.
-    #[serde(rename = "type")]
-    pub type_: u64,
-    /// Its name, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<&'static str>,
+    pub type_: CK_MECHANISM_TYPE,
     /// Non-secret parameters.
-    #[serde(skip_serializing_if = "Params::is_empty")]
     pub params: Params,
 }
 
-/// Non-secret mechanism parameters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Params {
-    /// Hash mechanism (OAEP, PSS).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hash: Option<&'static str>,
-    /// Mask generation function (OAEP, PSS).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mgf: Option<u64>,
-    /// PSS salt length in bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub salt_len: Option<u64>,
-    /// IV length in bytes (GCM).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub iv_len: Option<u64>,
-    /// AAD length in bytes (GCM); the AAD itself is never logged.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aad_len: Option<u64>,
-    /// Tag length in bits (GCM).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tag_bits: Option<u64>,
-    /// Key derivation function (ECDH).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kdf: Option<u64>,
-    /// Length of the raw parameter block, for mechanisms not decoded above.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub len: Option<u64>,
-}
-
-impl Params {
-    fn is_empty(&self) -> bool {
-        *self == Params::default()
-    }
+/// Non-secret mechanism parameters, by the parameter structure the mechanism takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Params {
+    /// None, or none decoded and none given.
+    #[default]
+    None,
+    /// CK_GCM_PARAMS: IV and AAD lengths in bytes, tag length in bits (the IV and AAD
+    /// themselves are never logged).
+    Gcm {
+        /// ulIvLen.
+        iv_len: CK_ULONG,
+        /// ulAADLen.
+        aad_len: CK_ULONG,
+        /// ulTagBits.
+        tag_bits: CK_ULONG,
+    },
+    /// CK_RSA_PKCS_OAEP_PARAMS: hash mechanism and MGF.
+    Oaep {
+        /// hashAlg.
+        hash: CK_MECHANISM_TYPE,
+        /// mgf.
+        mgf: CK_ULONG,
+    },
+    /// CK_RSA_PKCS_PSS_PARAMS: hash mechanism, MGF and salt length.
+    Pss {
+        /// hashAlg.
+        hash: CK_MECHANISM_TYPE,
+        /// mgf.
+        mgf: CK_ULONG,
+        /// sLen.
+        salt_len: CK_ULONG,
+    },
+    /// CK_ECDH1_DERIVE_PARAMS: the key derivation function.
+    Ecdh {
+        /// kdf.
+        kdf: CK_ULONG,
+    },
+    /// Parameters not decoded: only their length.
+    Raw {
+        /// ulParameterLen.
+        len: CK_ULONG,
+    },
 }
 
 impl Mechanism {
     /// Summarizes a mechanism the module accepted.
     pub fn from_raw(m: &RawMechanism<'_>) -> Mechanism {
         let type_ = m.type_();
-        let mut params = Params::default();
         let decoded = match type_ {
-            CKM_AES_GCM => m.gcm().map(|g| {
-                params.iv_len = Some(g.ulIvLen);
-                params.aad_len = Some(g.ulAADLen);
-                params.tag_bits = Some(g.ulTagBits);
+            CKM_AES_GCM => m.gcm().map(|g| Params::Gcm {
+                iv_len: g.ulIvLen,
+                aad_len: g.ulAADLen,
+                tag_bits: g.ulTagBits,
             }),
-            CKM_RSA_PKCS_OAEP => m.oaep().map(|o| {
-                params.hash = crate::names::mechanism(o.hashAlg);
-                params.mgf = Some(o.mgf);
+            CKM_RSA_PKCS_OAEP => m.oaep().map(|o| Params::Oaep {
+                hash: o.hashAlg,
+                mgf: o.mgf,
             }),
             CKM_RSA_PKCS_PSS
             | CKM_SHA1_RSA_PKCS_PSS
             | CKM_SHA224_RSA_PKCS_PSS
             | CKM_SHA256_RSA_PKCS_PSS
             | CKM_SHA384_RSA_PKCS_PSS
-            | CKM_SHA512_RSA_PKCS_PSS => m.pss().map(|p| {
-                params.hash = crate::names::mechanism(p.hashAlg);
-                params.mgf = Some(p.mgf);
-                params.salt_len = Some(p.sLen);
+            | CKM_SHA512_RSA_PKCS_PSS => m.pss().map(|p| Params::Pss {
+                hash: p.hashAlg,
+                mgf: p.mgf,
+                salt_len: p.sLen,
             }),
-            CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => m.ecdh().map(|e| {
-                params.kdf = Some(e.kdf);
-            }),
+            CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => {
+                m.ecdh().map(|e| Params::Ecdh { kdf: e.kdf })
+            }
             _ => None,
         };
-        if decoded.is_none() && m.parameter_len() > 0 {
-            params.len = Some(m.parameter_len());
-        }
-        Mechanism {
-            type_,
-            name: crate::names::mechanism(type_),
-            params,
-        }
+        let params = match decoded {
+            Some(p) => p,
+            None if m.parameter_len() > 0 => Params::Raw {
+                len: m.parameter_len(),
+            },
+            None => Params::None,
+        };
+        Mechanism { type_, params }
     }
 
     /// A mechanism known only by its type.
     pub fn bare(type_: CK_MECHANISM_TYPE) -> Mechanism {
         Mechanism {
             type_,
-            name: crate::names::mechanism(type_),
-            params: Params::default(),
+            params: Params::None,
         }
     }
 }

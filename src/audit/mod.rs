@@ -11,6 +11,7 @@ pub mod keys;
 pub mod mechanism;
 pub mod sessions;
 
+use crate::audit::event::Flag;
 use crate::backend::Backend;
 use crate::config::{AuditConfig, Lifecycle, UsageDetail};
 use crate::sink::SinkSlot;
@@ -262,7 +263,7 @@ impl Auditor {
         intent.rv = None;
         intent.outcome = Outcome::Unknown;
         intent.duration_ns = None;
-        intent.flag("intent");
+        intent.flag(Flag::Intent);
         self.emit(intent);
         self.flush()
     }

@@ -120,7 +120,8 @@ fn generate_key(
         let (class, key_type) =
             implied(e.mechanism.as_ref().map_or(0, |m| m.type_), CKO_SECRET_KEY);
         new_key(a, &mut e, rv, session, "key", key, &t, class, key_type);
-        e.attributes
+        e.extra_mut()
+            .attributes
             .push(("template", attrs::sanitize(&t, Some(CKO_SECRET_KEY))));
     }
     a.emit(e);
@@ -179,11 +180,11 @@ fn generate_key_pair(
             key_type,
         );
         // A private key's bits come from its public half's template (CKA_MODULUS_BITS).
-        e.attributes.push((
+        e.extra_mut().attributes.push((
             "public_template",
             attrs::sanitize(&public, Some(CKO_PUBLIC_KEY)),
         ));
-        e.attributes.push((
+        e.extra_mut().attributes.push((
             "private_template",
             attrs::sanitize(&private, Some(CKO_PRIVATE_KEY)),
         ));
@@ -231,7 +232,7 @@ fn wrap_key(
     e.key("key", key, a.key(session, key));
     if rv == CKR_OK {
         // SAFETY: on CKR_OK the module wrote the wrapped length.
-        e.data = Some((None, unsafe { args::read_ulong(wrapped_len) }));
+        e.extra_mut().data = Some((None, unsafe { args::read_ulong(wrapped_len) }));
     }
     a.emit(e);
     rv
@@ -258,12 +259,14 @@ fn unwrap_key(
     a.place(&mut e, session);
     e.mechanism = mechanism_of(rv, mechanism);
     e.key("unwrapping", unwrapping_key, a.key(session, unwrapping_key));
-    e.data = Some((Some(wrapped_len), None));
+    e.extra_mut().data = Some((Some(wrapped_len), None));
     if template_parsed(rv) {
         // SAFETY: the module's answer shows it read the template.
         let t = unsafe { Template::new(template, count) };
         new_key(a, &mut e, rv, session, "key", key, &t, None, None);
-        e.attributes.push(("template", attrs::sanitize(&t, None)));
+        e.extra_mut()
+            .attributes
+            .push(("template", attrs::sanitize(&t, None)));
     }
     a.emit(e);
     rv
@@ -308,7 +311,8 @@ fn derive_key(
             Some(CKO_SECRET_KEY),
             None,
         );
-        e.attributes
+        e.extra_mut()
+            .attributes
             .push(("template", attrs::sanitize(&t, Some(CKO_SECRET_KEY))));
     }
     a.emit(e);
@@ -330,7 +334,7 @@ fn random(
     let rv = forward();
     let mut e = Event::call(started, function, action, Lifecycle::Discovery, rv);
     a.place(&mut e, session);
-    e.data = Some((None, Some(len)));
+    e.extra_mut().data = Some((None, Some(len)));
     a.emit(e);
     rv
 }

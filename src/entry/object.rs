@@ -5,6 +5,7 @@
 
 use super::keys::{new_key, template_parsed};
 use super::ops::{self, Where};
+use crate::audit::event::Flag;
 use crate::audit::{self, attrs, event::Event, event::Started, keys::KeyIdentity};
 use crate::backend::Backend;
 use crate::config::Lifecycle;
@@ -51,10 +52,12 @@ fn create_object(
         if t.iter()
             .any(|x| x.bytes().is_some() && attrs::is_key_material(x.type_(), class))
         {
-            e.flag("plaintext_key_material");
+            e.flag(Flag::PlaintextKeyMaterial);
         }
         new_key(a, &mut e, rv, session, "key", object, &t, None, None);
-        e.attributes.push(("template", attrs::sanitize(&t, class)));
+        e.extra_mut()
+            .attributes
+            .push(("template", attrs::sanitize(&t, class)));
     }
     a.emit(e);
     rv
@@ -98,7 +101,9 @@ fn copy_object(
                 e.key("key", h, Some(a.created(session, h, stated)));
             }
         }
-        e.attributes.push(("template", attrs::sanitize(&t, class)));
+        e.extra_mut()
+            .attributes
+            .push(("template", attrs::sanitize(&t, class)));
     }
     a.emit(e);
     rv
@@ -226,9 +231,10 @@ fn get_attribute_value(
     a.place(&mut e, session);
     e.key("key", object, identity);
     if secret_returned {
-        e.flag("secret_value_read");
+        e.flag(Flag::SecretValueRead);
     }
-    e.attributes
+    e.extra_mut()
+        .attributes
         .push(("read", attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY)))));
     a.emit(e);
     rv
@@ -270,7 +276,8 @@ fn set_attribute_value(
         if template_parsed(rv) {
             // SAFETY: the module's answer shows it read the template.
             let t = unsafe { Template::new(template, count) };
-            e.attributes
+            e.extra_mut()
+                .attributes
                 .push(("set", attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY)))));
         }
         a.emit(e);
@@ -301,7 +308,9 @@ fn find_objects_init(
     if rv == CKR_OK {
         // SAFETY: the module accepted the template.
         let t = unsafe { Template::new(template, count) };
-        e.attributes.push(("template", attrs::sanitize(&t, None)));
+        e.extra_mut()
+            .attributes
+            .push(("template", attrs::sanitize(&t, None)));
     }
     a.emit(e);
     rv
@@ -334,7 +343,7 @@ fn find_objects(
     } else {
         None
     };
-    e.data = Some((Some(max_count), found));
+    e.extra_mut().data = Some((Some(max_count), found));
     a.emit(e);
     rv
 }

@@ -2,6 +2,7 @@
 //! `C_LoginUser`. Audited: lifecycle `session` and `auth`.
 
 use super::ops::{self, Where};
+use crate::audit::event::Flag;
 use crate::audit::{self, event::Event, event::Started, sessions::Closing};
 use crate::backend::Backend;
 use crate::config::Lifecycle;
@@ -57,7 +58,7 @@ fn open_session(
             None => a.place_slot(&mut e, slot),
         }
         if flags & CKF_RW_SESSION != 0 {
-            e.flag("read_write");
+            e.flag(Flag::ReadWrite);
         }
         a.emit(e);
     }
@@ -174,7 +175,7 @@ fn record_login(
         let mut e = Event::call(started, function, "login", Lifecycle::Auth, rv);
         a.place(&mut e, session);
         e.user_type = Some(user_type);
-        e.username = username(rv);
+        e.extra_mut().username = username(rv);
         a.emit(e);
     }
     rv

@@ -2,6 +2,7 @@
 //! (C_InitToken wipes the token; C_InitPIN, C_SetPIN) — never a PIN.
 
 use super::ops::{self, Where};
+use crate::audit::event::Flag;
 use crate::audit::{self, event::Event, event::Started};
 use crate::backend::Backend;
 use crate::config::Lifecycle;
@@ -48,9 +49,9 @@ fn init_token(
         );
         a.place_slot(&mut e, slot);
         if rv == CKR_OK {
-            e.flag("token_wiped");
+            e.flag(Flag::TokenWiped);
             if let Some(old) = before {
-                e.detail = Some(serde_json::json!({
+                e.extra_mut().detail = Some(serde_json::json!({
                     "previous_token": {"label": old.label, "serial": old.serial}
                 }));
             }

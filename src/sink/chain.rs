@@ -309,7 +309,7 @@ impl Chain {
     }
 
     fn annotate(&mut self, e: &mut Event) {
-        let mut detail = match e.detail.take() {
+        let mut detail = match e.extra_mut().detail.take() {
             Some(serde_json::Value::Object(m)) => m,
             _ => serde_json::Map::new(),
         };
@@ -353,7 +353,7 @@ impl Chain {
                 }
             }
         }
-        e.detail = Some(serde_json::Value::Object(detail));
+        e.extra_mut().detail = Some(serde_json::Value::Object(detail));
     }
 
     fn encode(&mut self, e: &Event, origin: &Origin, out: &mut Vec<u8>) {

@@ -3,12 +3,12 @@
 //! describes every field.
 
 use crate::audit::attrs::Attr;
-use crate::audit::event::{Event, KeyRef, OperationInfo};
+use crate::audit::event::{Event, KeyRef, MAX_KEYS};
 use crate::audit::keys::KeyIdentity;
-use crate::audit::mechanism::Mechanism;
+use crate::audit::mechanism::{Mechanism, Params};
 use crate::names;
+use arrayvec::ArrayVec;
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// Facts about the process, the same on every record of a stream.
 #[derive(Debug, Clone, Serialize)]
@@ -119,157 +119,368 @@ impl Origin {
     }
 }
 
-#[derive(Serialize)]
-struct Record<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: Timestamp,
-    event: EcsEvent<'a>,
-    pkcs11: Pkcs11<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    labels: Option<BTreeMap<&'a str, &'a str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    keytrail: Option<&'a serde_json::Value>,
+/// Appends one record as a JSON line to `out`.
+///
+/// Written by hand rather than through serde: this runs once per record on the writer
+/// thread, and a direct encoder is several times cheaper than serde's map machinery. Field
+/// order is fixed (docs/events.md); optional fields are left out when absent.
+pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
+    let (category, type_) = ecs_kind(e);
+    out.extend_from_slice(b"{\"@timestamp\":\"");
+    timestamp(e.started.wall_time(), out);
+    out.extend_from_slice(b"\",\"event\":{\"kind\":\"event\",\"action\":");
+    string(e.action, out);
+    out.extend_from_slice(b",\"category\":[\"");
+    out.extend_from_slice(category.as_bytes());
+    out.extend_from_slice(b"\"],\"type\":[\"");
+    out.extend_from_slice(type_.as_bytes());
+    out.extend_from_slice(b"\"],\"outcome\":\"");
+    out.extend_from_slice(e.outcome.as_str().as_bytes());
+    out.push(b'"');
+    if let Some(d) = e.duration_ns {
+        number(out, ",\"duration\":", d);
+    }
+    number(out, ",\"sequence\":", sequence);
+    out.extend_from_slice(b"},\"pkcs11\":{\"lifecycle\":\"");
+    out.extend_from_slice(e.lifecycle.as_str().as_bytes());
+    out.push(b'"');
+    pkcs11(e, out);
+    out.push(b'}');
+    let extra = e.extra();
+    if let Some(labels) = e.labels.as_deref() {
+        let mut sorted: Vec<&(String, String)> = labels.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let entries = sorted.into_iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        object(out, ",\"labels\":{", entries, string);
+    }
+    if let Some(m) = extra.and_then(|x| x.message.as_deref()) {
+        out.extend_from_slice(b",\"message\":");
+        string(m, out);
+    }
+    if let Some(d) = extra.and_then(|x| x.detail.as_ref()) {
+        out.extend_from_slice(b",\"keytrail\":");
+        value(d, out);
+    }
+    // The stream's fixed fields, then the thread, close the object.
+    out.extend_from_slice(origin.prefix());
+    out.extend_from_slice(itoa::Buffer::new().format(e.thread_id).as_bytes());
+    out.extend_from_slice(b"}}}\n");
 }
 
-#[derive(Serialize)]
-struct EcsEvent<'a> {
-    kind: &'static str,
-    action: &'a str,
-    category: [&'static str; 1],
-    #[serde(rename = "type")]
-    type_: [&'static str; 1],
-    outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration: Option<u64>,
-    sequence: u64,
-}
-
-/// An RFC 3339 UTC timestamp with microseconds, written straight into the output.
-struct Timestamp(std::time::SystemTime);
-
-impl Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+/// The `pkcs11` object after its `lifecycle`.
+fn pkcs11(e: &Event, out: &mut Vec<u8>) {
+    let extra = e.extra();
+    if !e.function.is_empty() {
+        out.extend_from_slice(b",\"function\":");
+        string(e.function, out);
+    }
+    if let Some(rv) = e.rv {
+        number(out, ",\"rv\":", rv);
+        out.extend_from_slice(b",\"rv_name\":");
+        named(names::return_value(rv), "CKR_", rv, out);
+    }
+    if let Some(slot) = e.slot_id {
+        number(out, ",\"slot_id\":", slot);
+    }
+    if let Some(t) = e.token.as_deref() {
+        out.extend_from_slice(b",\"token\":{\"label\":");
+        string(&t.label, out);
+        out.extend_from_slice(b",\"serial\":");
+        string(&t.serial, out);
+        out.push(b'}');
+    }
+    if let Some(h) = e.session {
+        number(out, ",\"session\":{\"handle\":", h);
+        if let Some(state) = e.session_state {
+            out.extend_from_slice(b",\"state\":");
+            string(state, out);
+        }
+        out.push(b'}');
+    }
+    if let Some(u) = e.user_type {
+        out.extend_from_slice(b",\"auth\":{\"user_type\":");
+        named(names::user_type(u), "CKU_", u, out);
+        if let Some(name) = extra.and_then(|x| x.username.as_deref()) {
+            out.extend_from_slice(b",\"username\":");
+            string(name, out);
+        }
+        out.push(b'}');
+    }
+    if let Some(m) = &e.mechanism {
+        mechanism(m, out);
+    }
+    if let Some(k) = e.keys.iter().find(|k| k.role == "key") {
+        out.extend_from_slice(b",\"key\":");
+        key(k, out);
+    }
+    let mut others: ArrayVec<&KeyRef, MAX_KEYS> =
+        e.keys.iter().filter(|k| k.role != "key").collect();
+    if !others.is_empty() {
+        others.sort_by_key(|k| k.role);
+        let entries = others.into_iter().map(|k| (k.role, k));
+        object(out, ",\"keys\":{", entries, key);
+    }
+    if let Some(attrs) = extra.map(|x| &x.attributes).filter(|a| !a.is_empty()) {
+        let mut sorted: Vec<&(&str, Vec<Attr>)> = attrs.iter().collect();
+        sorted.sort_by_key(|(role, _)| *role);
+        let entries = sorted.into_iter().map(|(role, list)| (*role, list));
+        object(out, ",\"attributes\":{", entries, value);
+    }
+    let data = match (&e.operation, extra.and_then(|x| x.data)) {
+        (Some(op), _) => {
+            out.extend_from_slice(b",\"operation\":{\"kind\":");
+            string(op.kind, out);
+            out.extend_from_slice(b",\"init\":");
+            string(op.init, out);
+            number(out, ",\"parts\":", op.parts);
+            out.extend_from_slice(b",\"end\":");
+            string(op.end, out);
+            out.push(b'}');
+            Some((Some(op.in_len), Some(op.out_len)))
+        }
+        (None, data) => data,
+    };
+    if let Some((i, o)) = data {
+        let entries = [("in_len", i), ("out_len", o)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)));
+        object(out, ",\"data\":{", entries, |v, out| {
+            out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes())
+        });
+    }
+    if !e.flags.is_empty() {
+        out.extend_from_slice(b",\"flags\":[");
+        for (i, f) in e.flags.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(f.as_str(), out);
+        }
+        out.push(b']');
     }
 }
 
-/// A return value's name, written straight into the output.
-struct RvName(u64);
+fn mechanism(m: &Mechanism, out: &mut Vec<u8>) {
+    number(out, ",\"mechanism\":{\"type\":", m.type_);
+    if let Some(name) = names::mechanism(m.type_) {
+        out.extend_from_slice(b",\"name\":");
+        string(name, out);
+    }
+    let fields: ArrayVec<(&str, u64), 3> = match m.params {
+        Params::None => ArrayVec::new(),
+        Params::Gcm {
+            iv_len,
+            aad_len,
+            tag_bits,
+        } => [
+            ("iv_len", iv_len),
+            ("aad_len", aad_len),
+            ("tag_bits", tag_bits),
+        ]
+        .into(),
+        Params::Oaep { mgf, .. } => [("mgf", mgf)].into_iter().collect(),
+        Params::Pss { mgf, salt_len, .. } => {
+            [("mgf", mgf), ("salt_len", salt_len)].into_iter().collect()
+        }
+        Params::Ecdh { kdf } => [("kdf", kdf)].into_iter().collect(),
+        Params::Raw { len } => [("len", len)].into_iter().collect(),
+    };
+    let hash = match m.params {
+        Params::Oaep { hash, .. } | Params::Pss { hash, .. } => Some(hash),
+        _ => None,
+    };
+    if hash.is_some() || !fields.is_empty() {
+        out.extend_from_slice(b",\"params\":{");
+        let mut first = true;
+        if let Some(h) = hash {
+            out.extend_from_slice(b"\"hash\":");
+            named(names::mechanism(h), "CKM_", h, out);
+            first = false;
+        }
+        for (name, v) in fields {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            string(name, out);
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
 
-impl Serialize for RvName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match names::return_value(self.0) {
-            Some(n) => s.serialize_str(n),
-            None => s.collect_str(&format_args!("CKR_{:#x}", self.0)),
+fn key(k: &KeyRef, out: &mut Vec<u8>) {
+    number(out, "{\"handle\":", k.handle);
+    if let Some(id) = k.identity.as_deref() {
+        let KeyIdentity {
+            class,
+            key_type,
+            bits,
+            id_hex,
+            label,
+            unique_id,
+            token,
+            public_sha256,
+            ..
+        } = id;
+        let texts = [("class", *class), ("key_type", *key_type)];
+        for (name, v) in texts {
+            if let Some(v) = v {
+                field_str(out, name, v);
+            }
+        }
+        if let Some(b) = bits {
+            number(out, ",\"bits\":", *b);
+        }
+        for (name, v) in [
+            ("id_hex", id_hex),
+            ("label", label),
+            ("unique_id", unique_id),
+        ] {
+            if let Some(v) = v {
+                field_str(out, name, v);
+            }
+        }
+        if let Some(t) = token {
+            out.extend_from_slice(if *t {
+                b",\"token\":true"
+            } else {
+                b",\"token\":false"
+            });
+        }
+        if let Some(h) = public_sha256 {
+            field_str(out, "public_sha256", h);
+        }
+    }
+    out.push(b'}');
+}
+
+/// `open` (which ends with `{`), then `"name":value` for each entry, then `}`.
+fn object<'a, V>(
+    out: &mut Vec<u8>,
+    open: &str,
+    entries: impl IntoIterator<Item = (&'a str, V)>,
+    write: impl Fn(V, &mut Vec<u8>),
+) {
+    out.extend_from_slice(open.as_bytes());
+    for (i, (name, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(name, out);
+        out.push(b':');
+        write(v, out);
+    }
+    out.push(b'}');
+}
+
+/// `,"name":"value"`
+fn field_str(out: &mut Vec<u8>, name: &str, v: &str) {
+    out.push(b',');
+    string(name, out);
+    out.push(b':');
+    string(v, out);
+}
+
+/// `prefix` then a number.
+fn number(out: &mut Vec<u8>, prefix: &str, n: u64) {
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// A constant's name, or `PREFIX0x…` when it has none.
+fn named(name: Option<&str>, prefix: &str, n: u64, out: &mut Vec<u8>) {
+    match name {
+        Some(name) => string(name, out),
+        None => {
+            out.push(b'"');
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(format!("{n:#x}").as_bytes());
+            out.push(b'"');
         }
     }
 }
 
-#[derive(Serialize)]
-struct Pkcs11<'a> {
-    lifecycle: &'static str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    function: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rv: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rv_name: Option<RvName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    slot_id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<Token<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session: Option<Session>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    auth: Option<Auth<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mechanism: Option<&'a Mechanism>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<Key<'a>>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    keys: BTreeMap<&'static str, Key<'a>>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    attributes: BTreeMap<&'static str, &'a [Attr]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    operation: Option<Operation<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Data>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    flags: &'a [&'static str],
-}
-
-#[derive(Serialize)]
-struct Token<'a> {
-    label: &'a str,
-    serial: &'a str,
-}
-
-#[derive(Serialize)]
-struct Session {
-    handle: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct Auth<'a> {
-    user_type: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Key<'a> {
-    handle: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    class: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bits: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id_hex: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    label: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unique_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    public_sha256: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Operation<'a> {
-    kind: &'a str,
-    init: &'a str,
-    parts: u64,
-    end: &'a str,
-}
-
-#[derive(Serialize)]
-struct Data {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    in_len: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    out_len: Option<u64>,
-}
-
-fn key(k: &KeyRef) -> Key<'_> {
-    let id: Option<&KeyIdentity> = k.identity.as_deref();
-    Key {
-        handle: k.handle,
-        class: id.and_then(|i| i.class),
-        key_type: id.and_then(|i| i.key_type),
-        bits: id.and_then(|i| i.bits),
-        id_hex: id.and_then(|i| i.id_hex.as_deref()),
-        label: id.and_then(|i| i.label.as_deref()),
-        unique_id: id.and_then(|i| i.unique_id.as_deref()),
-        token: id.and_then(|i| i.token),
-        public_sha256: id.and_then(|i| i.public_sha256.as_deref()),
+/// A rarely written structure (attribute lists, keytrail's own details), through serde.
+fn value<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.truncate(start);
+        out.extend_from_slice(b"null");
     }
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[from..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        from = i + 1;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    out.push(b'"');
+}
+
+/// RFC 3339 UTC with microseconds: `2026-11-28T18:13:40.297833Z` (what
+/// `humantime::format_rfc3339_micros` writes).
+fn timestamp(t: std::time::SystemTime, out: &mut Vec<u8>) {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let put = |b: &mut [u8], at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(&mut b, 0, 4, y as u64);
+    put(&mut b, 5, 2, m as u64);
+    put(&mut b, 8, 2, day as u64);
+    put(&mut b, 11, 2, rem / 3600);
+    put(&mut b, 14, 2, rem % 3600 / 60);
+    put(&mut b, 17, 2, rem % 60);
+    put(&mut b, 20, 6, u64::from(d.subsec_micros()));
+    out.extend_from_slice(&b);
+}
+
+/// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// ECS `event.category` and `event.type` for a record.
@@ -297,105 +508,43 @@ fn ecs_kind(e: &Event) -> (&'static str, &'static str) {
     }
 }
 
-/// Appends one record as a JSON line to `out`.
-pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
-    let (category, type_) = ecs_kind(e);
-    let main_key = e.keys.iter().find(|k| k.role == "key").map(key);
-    let keys = e
-        .keys
-        .iter()
-        .filter(|k| k.role != "key")
-        .map(|k| (k.role, key(k)))
-        .collect();
-    let (op, data) = match (&e.operation, e.data) {
-        (
-            Some(OperationInfo {
-                kind,
-                init,
-                parts,
-                in_len,
-                out_len,
-                end,
-            }),
-            _,
-        ) => (
-            Some(Operation {
-                kind,
-                init,
-                parts: *parts,
-                end,
-            }),
-            Some(Data {
-                in_len: Some(*in_len),
-                out_len: Some(*out_len),
-            }),
-        ),
-        (None, Some((i, o))) => (
-            None,
-            Some(Data {
-                in_len: i,
-                out_len: o,
-            }),
-        ),
-        (None, None) => (None, None),
-    };
-    let record = Record {
-        timestamp: Timestamp(e.started.at),
-        event: EcsEvent {
-            kind: "event",
-            action: e.action,
-            category: [category],
-            type_: [type_],
-            outcome: e.outcome.as_str(),
-            duration: e.duration_ns,
-            sequence,
-        },
-        pkcs11: Pkcs11 {
-            lifecycle: e.lifecycle.as_str(),
-            function: e.function,
-            rv: e.rv,
-            rv_name: e.rv.map(RvName),
-            slot_id: e.slot_id,
-            token: e.token.as_deref().map(|t| Token {
-                label: &t.label,
-                serial: &t.serial,
-            }),
-            session: e.session.map(|h| Session {
-                handle: h,
-                state: e.session_state,
-            }),
-            auth: e.user_type.map(|u| Auth {
-                user_type: names::user_type(u)
-                    .map_or_else(|| format!("CKU_{u:#x}"), str::to_string),
-                username: e.username.as_deref(),
-            }),
-            mechanism: e.mechanism.as_ref(),
-            key: main_key,
-            keys,
-            attributes: e
-                .attributes
-                .iter()
-                .map(|(k, v)| (*k, v.as_slice()))
-                .collect(),
-            operation: op,
-            data,
-            flags: &e.flags,
-        },
-        labels: e
-            .labels
-            .as_deref()
-            .map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
-        message: e.message.as_deref(),
-        keytrail: e.detail.as_ref(),
-    };
-    // Serializing plain structs of strings and numbers into a Vec cannot fail.
-    let start = out.len();
-    if serde_json::to_writer(&mut *out, &record).is_err() || out.pop() != Some(b'}') {
-        out.truncate(start);
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        for s in [
+            "plain",
+            "quote \" backslash \\ slash /",
+            "ctl \n\r\t\u{8}\u{c}\u{1}\u{1f} del \u{7f}",
+            "unicode é ✓ \u{202e}",
+            "",
+        ] {
+            let mut out = Vec::new();
+            string(s, &mut out);
+            assert_eq!(out, serde_json::to_vec(s).expect("json"), "{s:?}");
+        }
     }
-    // The stream's fixed fields, then the thread, close the object.
-    out.extend_from_slice(origin.prefix());
-    out.extend_from_slice(itoa::Buffer::new().format(e.thread_id).as_bytes());
-    out.extend_from_slice(b"}}}\n");
+
+    #[test]
+    fn timestamps_match_rfc3339_micros() {
+        for secs in [
+            0u64,
+            951_782_400,
+            1_709_164_799,
+            1_798_761_599,
+            4_102_444_800,
+        ] {
+            for micros in [0u32, 1, 999_999] {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000 + 999);
+                let mut out = Vec::new();
+                timestamp(t, &mut out);
+                assert_eq!(
+                    String::from_utf8(out).expect("utf8"),
+                    humantime::format_rfc3339_micros(t).to_string()
+                );
+            }
+        }
+    }
 }
