@@ -10,8 +10,8 @@ use crate::backend::Backend;
 use crate::entry::args::Template;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// A key's non-secret identity.

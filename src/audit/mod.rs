@@ -20,8 +20,8 @@ use event::{Event, KeyRef, OperationInfo, Outcome, Started, TokenRef};
 use keys::{KeyCache, KeyIdentity};
 use mechanism::Mechanism;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap as HashMap;
 use sessions::{Closing, OpKind, Operation, Sessions};
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// The audit state of the process.
@@ -75,7 +75,7 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
             backend,
             keys: KeyCache::default(),
             sessions: Sessions::default(),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::default()),
             sink: SinkSlot::new(
                 config.trail.clone(),
                 config.integrity.clone(),
@@ -291,17 +291,28 @@ impl Auditor {
     /// Fills in where a session call happened: slot, token, session and its state. A
     /// session keytrail did not see opened is asked of the module.
     pub fn place(&self, e: &mut Event, session: CK_SESSION_HANDLE) {
-        e.session = Some(session);
         let place = self.sessions.place(session).or_else(|| {
             let (slot, rw) = self.backend.session_slot(session)?;
             self.sessions.opened(session, slot, rw);
             self.sessions.place(session)
         });
         if let Some(p) = place {
-            e.slot_id = Some(p.slot);
-            e.session_state = Some(p.state);
-            e.token = self.token(p.slot);
+            self.place_at(e, session, p);
+        } else {
+            e.session = Some(session);
         }
+    }
+
+    /// Fills in a session call's place as the session table gave it.
+    fn place_at(&self, e: &mut Event, session: CK_SESSION_HANDLE, p: sessions::Place) {
+        e.session = Some(session);
+        e.slot_id = Some(p.slot);
+        e.session_state = Some(p.state);
+        e.token = p.token.or_else(|| {
+            let t = self.token(p.slot)?;
+            self.sessions.set_token(session, t.clone());
+            Some(t)
+        });
     }
 
     /// A slot (and its token) for calls that name a slot.
@@ -370,11 +381,6 @@ impl Auditor {
             }
             return;
         }
-        if self.sessions.place(session).is_none() {
-            if let Some((slot, rw)) = self.backend.session_slot(session) {
-                self.sessions.opened(session, slot, rw);
-            }
-        }
         let op = Operation {
             started,
             mechanism,
@@ -389,7 +395,10 @@ impl Auditor {
                 ..OperationInfo::default()
             },
         };
-        if let Some(old) = self.sessions.start(session, kind, op) {
+        // A session keytrail did not see opened is asked of the module (under the session
+        // lock; this happens once per such session).
+        let learn = || self.backend.session_slot(session);
+        if let Some(old) = self.sessions.start(session, kind, op, learn) {
             self.end_op(session, kind, old, function, None, "abandoned");
         }
     }
@@ -426,9 +435,9 @@ impl Auditor {
             }
             (ends, ())
         });
-        if let Some(((), Some(op))) = done {
+        if let Some(((), Some((op, place)))) = done {
             let end = if rv == CKR_OK { "completed" } else { "failed" };
-            self.end_op(session, kind, op, function, Some(rv), end);
+            self.end_op_at(session, Some(place), kind, op, function, Some(rv), end);
         }
     }
 
@@ -477,12 +486,7 @@ impl Auditor {
         e.rv = rv;
         e.outcome = outcome;
         match place {
-            Some(p) => {
-                e.session = Some(session);
-                e.slot_id = Some(p.slot);
-                e.session_state = Some(p.state);
-                e.token = self.token(p.slot);
-            }
+            Some(p) => self.place_at(&mut e, session, p),
             None => self.place(&mut e, session),
         }
         e.mechanism = op.mechanism;

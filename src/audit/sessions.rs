@@ -2,11 +2,13 @@
 //! state, and the cryptographic operations under way in each, so that one record can
 //! cover an operation from its *Init to the call that ends it.
 
-use super::event::{KeyRef, OperationInfo, Started};
+use super::event::{KeyRef, OperationInfo, Started, TokenRef};
 use super::mechanism::Mechanism;
 use cryptoki_sys::*;
 use parking_lot::{Mutex, MutexGuard};
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 /// A kind of cryptographic operation that can be under way in a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,6 +89,9 @@ pub struct SessionState {
     pub slot: CK_SLOT_ID,
     /// Opened read/write.
     pub rw: bool,
+    /// The token in its slot, once looked up (C_InitToken, which relabels a token,
+    /// cannot run while the token has sessions).
+    token: Option<Arc<TokenRef>>,
     ops: Vec<(OpKind, Operation)>,
 }
 
@@ -104,12 +109,24 @@ pub struct Sessions {
 }
 
 /// Where a session stands, for a record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Place {
     /// The slot.
     pub slot: CK_SLOT_ID,
     /// ro_public, rw_public, ro_user, rw_user or rw_so.
     pub state: &'static str,
+    /// The token in the slot, when already known.
+    pub token: Option<Arc<TokenRef>>,
+}
+
+impl SessionState {
+    fn place(&self, logins: &HashMap<CK_SLOT_ID, CK_USER_TYPE>) -> Place {
+        Place {
+            slot: self.slot,
+            state: state_name(self.rw, logins.get(&self.slot).copied()),
+            token: self.token.clone(),
+        }
+    }
 }
 
 impl Sessions {
@@ -138,6 +155,7 @@ impl Sessions {
             SessionState {
                 slot,
                 rw,
+                token: None,
                 ops: Vec::new(),
             },
         );
@@ -147,10 +165,14 @@ impl Sessions {
     pub fn place(&self, session: CK_SESSION_HANDLE) -> Option<Place> {
         let inner = self.lock();
         let s = inner.sessions.get(&session)?;
-        Some(Place {
-            slot: s.slot,
-            state: state_name(s.rw, inner.logins.get(&s.slot).copied()),
-        })
+        Some(s.place(&inner.logins))
+    }
+
+    /// Remembers the token of a session's slot.
+    pub fn set_token(&self, session: CK_SESSION_HANDLE, token: Arc<TokenRef>) {
+        if let Some(s) = self.lock().sessions.get_mut(&session) {
+            s.token = Some(token);
+        }
     }
 
     /// A login succeeded.
@@ -185,15 +207,12 @@ impl Sessions {
             .map(|(h, _)| *h)
             .collect();
         let mut ops = Vec::new();
-        let mut slots = HashSet::new();
+        let mut slots = HashSet::default();
         for h in &closed {
             if let Some(s) = inner.sessions.remove(h) {
                 slots.insert(s.slot);
-                let place = Place {
-                    slot: s.slot,
-                    state: state_name(s.rw, inner.logins.get(&s.slot).copied()),
-                };
-                ops.extend(s.ops.into_iter().map(|(k, o)| (*h, k, o, place)));
+                let place = s.place(&inner.logins);
+                ops.extend(s.ops.into_iter().map(|(k, o)| (*h, k, o, place.clone())));
             }
         }
         // Closing a slot's last session logs the application out of that token.
@@ -208,32 +227,48 @@ impl Sessions {
         (closed, ops)
     }
 
-    /// Starts an operation, returning one of the same kind it displaces.
+    /// Starts an operation, returning one of the same kind it displaces. A session not
+    /// seen opened is added with what `learn` finds out (slot, read/write), or the
+    /// operation is not tracked.
     pub fn start(
         &self,
         session: CK_SESSION_HANDLE,
         kind: OpKind,
         op: Operation,
+        learn: impl FnOnce() -> Option<(CK_SLOT_ID, bool)>,
     ) -> Option<Operation> {
         let mut inner = self.lock();
-        let s = inner.sessions.get_mut(&session)?;
+        let s = match inner.sessions.entry(session) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let (slot, rw) = learn()?;
+                v.insert(SessionState {
+                    slot,
+                    rw,
+                    token: None,
+                    ops: Vec::new(),
+                })
+            }
+        };
         let old = take(&mut s.ops, kind);
         s.ops.push((kind, op));
         old
     }
 
-    /// Updates an operation under way; `end` removes and returns it.
+    /// Updates an operation under way; when `f` says it ends, removes it and returns it
+    /// with where its session stands.
     pub fn with_op<R>(
         &self,
         session: CK_SESSION_HANDLE,
         kind: OpKind,
         f: impl FnOnce(&mut Operation) -> (bool, R),
-    ) -> Option<(R, Option<Operation>)> {
+    ) -> Option<(R, Option<(Operation, Place)>)> {
         let mut inner = self.lock();
-        let s = inner.sessions.get_mut(&session)?;
+        let Inner { sessions, logins } = &mut *inner;
+        let s = sessions.get_mut(&session)?;
         let i = s.ops.iter().position(|(k, _)| *k == kind)?;
         let (end, r) = f(&mut s.ops[i].1);
-        let ended = end.then(|| s.ops.remove(i).1);
+        let ended = end.then(|| (s.ops.remove(i).1, s.place(logins)));
         Some((r, ended))
     }
 
