@@ -9,13 +9,14 @@ use crate::entry::args::Template;
 use cryptoki_sys::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// A sanitized attribute, safe to write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attr {
     /// The attribute type's name (`CKA_…`, or `CKA_0x…` when unknown).
     #[serde(rename = "type")]
-    pub type_name: String,
+    pub type_name: Cow<'static, str>,
     /// What may be said of its value.
     #[serde(flatten)]
     pub value: AttrValue,
@@ -138,11 +139,11 @@ pub fn is_key_material(type_: CK_ATTRIBUTE_TYPE, class: Option<CK_OBJECT_CLASS>)
     }
 }
 
-/// The name of an attribute type.
-pub fn type_name(type_: CK_ATTRIBUTE_TYPE) -> String {
+/// The name of an attribute type (allocated only for types without a name).
+pub fn type_name(type_: CK_ATTRIBUTE_TYPE) -> Cow<'static, str> {
     match crate::names::attribute(type_) {
-        Some(n) => n.to_string(),
-        None => format!("CKA_{type_:#x}"),
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(format!("CKA_{type_:#x}")),
     }
 }
 
