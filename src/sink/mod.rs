@@ -2,10 +2,11 @@
 //! batches and writes the trail — or, when the application forbids threads
 //! (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`), the same work done synchronously.
 //!
-//! The calling thread only moves an [`Event`] (plain data, by value) into the queue. What cannot be written
-//! is never lost silently: records dropped on a full queue (policy `drop`) and records
-//! lost while the trail could not be written are counted, reported on stderr and in the
-//! diagnostics file, and the trail itself carries a record saying how many and since when.
+//! The calling thread only moves an [`Event`] (plain data, by value) into the queue. What
+//! cannot be written is never lost silently: records dropped on a full queue (policy
+//! `drop`) and records lost while the trail could not be written are counted, reported on
+//! stderr and in the diagnostics file, and the trail itself carries a record saying how
+//! many and since when.
 
 pub mod chain;
 pub mod file;
