@@ -175,7 +175,9 @@ fn record_login(
         let mut e = Event::call(started, function, "login", Lifecycle::Auth, rv);
         a.place(&mut e, session);
         e.user_type = Some(user_type);
-        e.extra_mut().username = username(rv);
+        if let Some(name) = username(rv) {
+            e.extra_mut().username = Some(name);
+        }
         a.emit(e);
     }
     rv

@@ -266,47 +266,44 @@ fn mechanism(m: &Mechanism, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"name\":");
         string(name, out);
     }
-    let fields: ArrayVec<(&str, u64), 3> = match m.params {
+    // (name, value, whether the value is a mechanism to be named)
+    let params: ArrayVec<(&str, u64, bool), 3> = match m.params {
         Params::None => ArrayVec::new(),
         Params::Gcm {
             iv_len,
             aad_len,
             tag_bits,
         } => [
-            ("iv_len", iv_len),
-            ("aad_len", aad_len),
-            ("tag_bits", tag_bits),
+            ("iv_len", iv_len, false),
+            ("aad_len", aad_len, false),
+            ("tag_bits", tag_bits, false),
         ]
         .into(),
-        Params::Oaep { mgf, .. } => [("mgf", mgf)].into_iter().collect(),
-        Params::Pss { mgf, salt_len, .. } => {
-            [("mgf", mgf), ("salt_len", salt_len)].into_iter().collect()
-        }
-        Params::Ecdh { kdf } => [("kdf", kdf)].into_iter().collect(),
-        Params::Raw { len } => [("len", len)].into_iter().collect(),
+        Params::Oaep { hash, mgf } => [("hash", hash, true), ("mgf", mgf, false)]
+            .into_iter()
+            .collect(),
+        Params::Pss {
+            hash,
+            mgf,
+            salt_len,
+        } => [
+            ("hash", hash, true),
+            ("mgf", mgf, false),
+            ("salt_len", salt_len, false),
+        ]
+        .into(),
+        Params::Ecdh { kdf } => [("kdf", kdf, false)].into_iter().collect(),
+        Params::Raw { len } => [("len", len, false)].into_iter().collect(),
     };
-    let hash = match m.params {
-        Params::Oaep { hash, .. } | Params::Pss { hash, .. } => Some(hash),
-        _ => None,
-    };
-    if hash.is_some() || !fields.is_empty() {
-        out.extend_from_slice(b",\"params\":{");
-        let mut first = true;
-        if let Some(h) = hash {
-            out.extend_from_slice(b"\"hash\":");
-            named(names::mechanism(h), "CKM_", h, out);
-            first = false;
-        }
-        for (name, v) in fields {
-            if !first {
-                out.push(b',');
+    if !params.is_empty() {
+        let entries = params.into_iter().map(|(k, v, is_mech)| (k, (v, is_mech)));
+        object(out, ",\"params\":{", entries, |(v, is_mech), out| {
+            if is_mech {
+                named(names::mechanism(v), "CKM_", v, out);
+            } else {
+                out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
             }
-            first = false;
-            string(name, out);
-            out.push(b':');
-            out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-        }
-        out.push(b'}');
+        });
     }
     out.push(b'}');
 }
