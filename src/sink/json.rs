@@ -525,6 +525,37 @@ mod tests {
     }
 
     #[test]
+    fn mechanism_params_name_the_hash_and_keep_their_order() {
+        use cryptoki_sys::*;
+        let json = |params| {
+            let mut out = Vec::new();
+            mechanism(
+                &Mechanism {
+                    type_: CKM_RSA_PKCS_PSS,
+                    params,
+                },
+                &mut out,
+            );
+            String::from_utf8(out).expect("utf8")
+        };
+        let pss = Params::Pss {
+            hash: CKM_SHA256,
+            mgf: 2,
+            salt_len: 32,
+        };
+        assert_eq!(
+            json(pss),
+            r#","mechanism":{"type":13,"name":"CKM_RSA_PKCS_PSS","params":{"hash":"CKM_SHA256","mgf":2,"salt_len":32}}"#
+        );
+        let unknown_hash = Params::Oaep {
+            hash: 0x8000_0001,
+            mgf: 1,
+        };
+        assert!(json(unknown_hash).ends_with(r#""params":{"hash":"CKM_0x80000001","mgf":1}}"#));
+        assert!(json(Params::None).ends_with(r#""name":"CKM_RSA_PKCS_PSS"}"#));
+    }
+
+    #[test]
     fn timestamps_match_rfc3339_micros() {
         for secs in [
             0u64,
