@@ -18,12 +18,21 @@ const SO_PIN: &[u8] = b"fuzz-so-5678";
 const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What one child did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// `exit N`, `signal N` or `killed after …`.
     pub status: String,
     /// What it reported: the call it made, what came back, its C_Finalize.
     pub report: String,
+    /// Its process id.
+    pub pid: libc::pid_t,
+}
+
+impl PartialEq for Outcome {
+    /// The same behaviour (the process ids differ, of course).
+    fn eq(&self, other: &Outcome) -> bool {
+        self.status == other.status && self.report == other.report
+    }
 }
 
 /// A case whose two runs differ.
@@ -59,7 +68,7 @@ impl Harness {
                 "module = \"{}\"\ndiagnostics = \"{}\"\n[audit]\n{audit}\n[trail]\npath = \"{}\"\n",
                 softhsm.display(),
                 dir.join("diagnostics.log").display(),
-                dir.join("trail").join("keytrail.jsonl").display(),
+                dir.join("trail").join("keytrail-{pid}.jsonl").display(),
             ),
         )
         .expect("write keytrail.toml");
@@ -92,9 +101,21 @@ impl Harness {
         }
     }
 
-    /// The trail file.
-    pub fn trail(&self) -> PathBuf {
-        self.dir.join("trail").join("keytrail.jsonl")
+    /// The trail files: each process (the parent, every keytrail child) writes its own,
+    /// `keytrail-PID.jsonl`.
+    pub fn trails(&self) -> Vec<(libc::pid_t, PathBuf)> {
+        let mut files: Vec<(libc::pid_t, PathBuf)> = std::fs::read_dir(self.dir.join("trail"))
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let pid = name.strip_prefix("keytrail-")?.strip_suffix(".jsonl")?;
+                Some((pid.parse().ok()?, p))
+            })
+            .collect();
+        files.sort();
+        files
     }
 
     /// keytrail's diagnostics file.
@@ -104,13 +125,14 @@ impl Harness {
 
     /// Runs one case (its choices from a fresh `make()`) directly and through keytrail,
     /// each in a child forked from this starting state, and compares what they did.
+    /// Returns keytrail's outcome when they match.
     pub fn compare(&mut self, make: &dyn Fn() -> Box<dyn Source>) -> Result<Outcome, Difference> {
         let a = self.spawn(self.direct, make);
         let b = self.spawn(self.keytrail, make);
         let direct = a.finish();
         let keytrail = b.finish();
         if direct == keytrail {
-            Ok(direct)
+            Ok(keytrail)
         } else {
             Err(Difference { direct, keytrail })
         }
@@ -199,6 +221,7 @@ impl Child {
         Outcome {
             status,
             report: String::from_utf8_lossy(&report).into_owned(),
+            pid: self.pid,
         }
     }
 }
