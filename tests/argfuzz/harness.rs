@@ -118,6 +118,11 @@ impl Harness {
         files
     }
 
+    /// The trail file of one process.
+    pub fn trail_of(&self, pid: libc::pid_t) -> PathBuf {
+        self.dir.join("trail").join(format!("keytrail-{pid}.jsonl"))
+    }
+
     /// keytrail's diagnostics file.
     pub fn diagnostics(&self) -> PathBuf {
         self.dir.join("diagnostics.log")
@@ -152,8 +157,20 @@ impl Harness {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork");
         if pid == 0 {
-            // SAFETY (test): the read end belongs to the parent.
-            unsafe { libc::close(fds[0]) };
+            // SAFETY (test): the read end belongs to the parent; a fault must kill the child
+            // as it would any process (a fuzzer's own handlers would report it instead).
+            unsafe {
+                libc::close(fds[0]);
+                for sig in [
+                    libc::SIGSEGV,
+                    libc::SIGBUS,
+                    libc::SIGABRT,
+                    libc::SIGILL,
+                    libc::SIGFPE,
+                ] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
             let out = fds[1];
             let mut source = make();
             let mut case = Case::new(&mut *source, &mut self.arena, &self.env);

@@ -18,6 +18,7 @@
 pub mod arena;
 pub mod call;
 pub mod harness;
+pub mod trail;
 
 /// Where a case's random choices come from.
 pub trait Source {
