@@ -53,7 +53,7 @@ pub fn encodings(secret: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// Every (secret, encoding) found in every source.
