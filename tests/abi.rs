@@ -875,4 +875,20 @@ fn garbage_mechanism_pointer_with_bad_session() {
     ] {
         assert_eq!(outcome(call), (None, Some(11), None), "{call}");
     }
+    // Where the call returned, its record says so without a mechanism: an invalid session
+    // proves nothing of the mechanism pointer, and keytrail did not read it.
+    let trail = fx.trail();
+    for call in [
+        "C_SignRecoverInit",
+        "C_GenerateKey",
+        "C_DeriveKey",
+        "C_WrapKey",
+    ] {
+        let r = trail
+            .iter()
+            .find(|r| r["pkcs11"]["function"] == call)
+            .unwrap_or_else(|| panic!("no {call} record"));
+        assert!(r["pkcs11"]["rv"] != 0, "{r}");
+        assert!(r["pkcs11"]["mechanism"].is_null(), "{r}");
+    }
 }

@@ -912,10 +912,9 @@ fn discovery_is_recorded_only_at_level_trace() {
         .iter()
         .find(|r| s(r, "pkcs11.function") == "C_FindObjectsInit")
         .expect("find init");
-    assert_eq!(
-        at(init, "pkcs11.attributes.template"),
-        &json!([{"type": "CKA_LABEL", "text": "findme"}])
-    );
+    // Not even success proves a search template's values readable: only its size.
+    assert_eq!(at(init, "pkcs11.attribute_count"), &json!({"template": 1}));
+    assert!(at(init, "pkcs11.attributes").is_null(), "{init}");
     let find = d
         .iter()
         .find(|r| s(r, "pkcs11.function") == "C_FindObjects")

@@ -271,6 +271,7 @@ fn documented_name(path: &str) -> String {
     match parts.as_slice() {
         ["pkcs11", "keys", ..] => "pkcs11.keys.<role>".into(),
         ["pkcs11", "attributes", ..] => "pkcs11.attributes.<list>".into(),
+        ["pkcs11", "attribute_count", ..] => "pkcs11.attribute_count.<list>".into(),
         ["labels", ..] => "labels.<key>".into(),
         ["keytrail", ..] => "keytrail".into(),
         _ => path.to_string(),

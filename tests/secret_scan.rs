@@ -9,7 +9,7 @@ mod common;
 mod support;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use common::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
@@ -19,6 +19,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::scan::*;
 use support::*;
 
 const ENV_CHILD: &str = "KEYTRAIL_SECRET_SCAN_OUT";
@@ -41,81 +42,6 @@ const GCM_AAD: &[u8] = b"gcm additional data: tenant=blue-9931";
 const GCM_IV: &[u8; 12] = b"iv-3f9e21c07";
 const CBC_IV: &[u8; 16] = b"cbc-iv-6d2a91f0e";
 const SIGNED_MESSAGE: &[u8] = b"signed message: release build 2026.11 approved";
-
-/// Writes a secret in some encoding.
-type Encoder = fn(&[u8]) -> Vec<u8>;
-
-/// One secret to look for.
-struct Secret {
-    name: String,
-    bytes: Vec<u8>,
-}
-
-/// A place a secret was found.
-#[derive(Debug, PartialEq, Eq)]
-struct Hit {
-    secret: String,
-    encoding: &'static str,
-    source: String,
-}
-
-/// The encodings of a secret searched for. Base64 of a secret embedded in a longer
-/// buffer depends on its offset modulo 3, so each alignment contributes the characters
-/// that depend on the secret alone.
-fn encodings(secret: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
-    let mut out = vec![
-        ("raw", secret.to_vec()),
-        ("hex", hex::encode(secret).into_bytes()),
-        ("HEX", hex::encode_upper(secret).into_bytes()),
-        ("base64", STANDARD.encode(secret).into_bytes()),
-        ("base64_nopad", STANDARD_NO_PAD.encode(secret).into_bytes()),
-        ("base64url", URL_SAFE_NO_PAD.encode(secret).into_bytes()),
-    ];
-    for (name, engine) in [
-        ("base64_aligned", &STANDARD_NO_PAD),
-        ("base64url_aligned", &URL_SAFE_NO_PAD),
-    ] {
-        for k in 0..3usize {
-            let mut padded = vec![0u8; k];
-            padded.extend_from_slice(secret);
-            let enc = engine.encode(&padded);
-            let start = (8 * k).div_ceil(6);
-            let end = (8 * (k + secret.len())) / 6;
-            if end > start + 8 {
-                out.push((name, enc.as_bytes()[start..end].to_vec()));
-            }
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Every (secret, encoding) found in every source.
-fn scan(secrets: &[Secret], sources: &[(String, Vec<u8>)]) -> Vec<Hit> {
-    let mut hits = Vec::new();
-    for secret in secrets {
-        assert!(
-            secret.bytes.len() >= 8,
-            "{} too short to scan for",
-            secret.name
-        );
-        for (encoding, needle) in encodings(&secret.bytes) {
-            for (source, data) in sources {
-                if contains(data, &needle) {
-                    hits.push(Hit {
-                        secret: secret.name.clone(),
-                        encoding,
-                        source: source.clone(),
-                    });
-                }
-            }
-        }
-    }
-    hits
-}
 
 /// The workload, run in the child. Writes the secrets it can only learn at run time
 /// (outputs of the module) to `out/captured.txt` as `name hex` lines.

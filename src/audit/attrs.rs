@@ -126,11 +126,14 @@ pub fn policy(type_: CK_ATTRIBUTE_TYPE, class: Option<CK_OBJECT_CLASS>) -> Polic
     }
 }
 
-/// Whether an attribute's value is key material (for the plaintext-import flag and for
-/// export records).
+/// Whether an attribute's value is — or, with the object's class unknown, may be — key
+/// material (for the plaintext-import flag and for export records).
 pub fn is_key_material(type_: CK_ATTRIBUTE_TYPE, class: Option<CK_OBJECT_CLASS>) -> bool {
     match type_ {
-        CKA_VALUE => matches!(class, Some(CKO_SECRET_KEY) | Some(CKO_PRIVATE_KEY)),
+        CKA_VALUE => matches!(
+            class,
+            None | Some(CKO_SECRET_KEY) | Some(CKO_PRIVATE_KEY) | Some(CKO_OTP_KEY)
+        ),
         CKA_PRIVATE_EXPONENT | CKA_PRIME_1 | CKA_PRIME_2 | CKA_EXPONENT_1 | CKA_EXPONENT_2
         | CKA_COEFFICIENT | CKA_PRIME | CKA_SUBPRIME | CKA_BASE => {
             class != Some(CKO_PUBLIC_KEY) && class != Some(CKO_DOMAIN_PARAMETERS)
@@ -147,37 +150,75 @@ pub fn type_name(type_: CK_ATTRIBUTE_TYPE) -> Cow<'static, str> {
     }
 }
 
-/// Sanitizes a whole template. `class` comes from the template itself when absent.
+/// Sanitizes a whole template the module accepted. `class` is the object's class as the
+/// module has it; when `None`, the template's own CKA_CLASS counts only if every entry of
+/// it agrees (a module may take the first or the last of two; keytrail cannot tell which).
 pub fn sanitize(template: &Template<'_>, class: Option<CK_OBJECT_CLASS>) -> Vec<Attr> {
-    let class = class.or_else(|| template.find(CKA_CLASS).and_then(|a| a.ulong()));
+    sanitize_with(template, class, true)
+}
+
+/// Sanitizes a template C_GetAttributeValue filled. Nested templates are not followed:
+/// what a module writes into an attribute array is its own affair.
+pub fn sanitize_read(template: &Template<'_>, class: Option<CK_OBJECT_CLASS>) -> Vec<Attr> {
+    sanitize_with(template, class, false)
+}
+
+fn sanitize_with(
+    template: &Template<'_>,
+    class: Option<CK_OBJECT_CLASS>,
+    nested: bool,
+) -> Vec<Attr> {
+    let class = class.or_else(|| template.agreed_ulong(CKA_CLASS));
     template
         .iter()
         .map(|a| {
-            let value = match (policy(a.type_(), class), a.bytes()) {
-                (Policy::Redact, _) => AttrValue::Redacted(true),
-                (_, None) => AttrValue::Unavailable(true),
-                (Policy::Bool, Some(_)) => {
-                    a.bool().map_or(AttrValue::Redacted(true), AttrValue::Bool)
-                }
-                (Policy::Ulong, Some(_)) => match a.ulong() {
+            // A fixed-size value is read only at its exact size: a module reads no more.
+            let value = match policy(a.type_(), class) {
+                Policy::Redact => AttrValue::Redacted(true),
+                _ if a.is_size_query() => AttrValue::Unavailable(true),
+                Policy::Bool => a.bool().map_or(AttrValue::Redacted(true), AttrValue::Bool),
+                Policy::Ulong => match a.ulong() {
                     Some(v) => AttrValue::Ulong {
                         value: v,
                         name: ulong_name(a.type_(), v),
                     },
                     None => AttrValue::Redacted(true),
                 },
-                (Policy::Hex, Some(b)) => AttrValue::Hex(hex::encode(b)),
-                (Policy::Text, Some(b)) => AttrValue::Text(String::from_utf8_lossy(b).into()),
-                (Policy::Fingerprint, Some(b)) => AttrValue::Sha256(fingerprint(b)),
-                (Policy::Nested, Some(_)) => match a.nested() {
-                    Some(inner) => AttrValue::Template(sanitize(&inner, None)),
+                Policy::Nested if !nested => AttrValue::Redacted(true),
+                Policy::Nested => match a.nested() {
+                    Some(inner) => AttrValue::Template(sanitize_with(&inner, None, nested)),
                     None => AttrValue::Redacted(true),
+                },
+                policy => match a.bytes() {
+                    None => AttrValue::Unavailable(true),
+                    Some(b) => match policy {
+                        Policy::Hex => AttrValue::Hex(hex::encode(b)),
+                        Policy::Text => AttrValue::Text(String::from_utf8_lossy(b).into()),
+                        _ => AttrValue::Sha256(fingerprint(b)),
+                    },
                 },
             };
             Attr {
                 type_name: type_name(a.type_()),
                 value,
             }
+        })
+        .collect()
+}
+
+/// The attributes of a template whose values keytrail does not read (a C_GetAttributeValue
+/// that failed): each type, `unavailable` where the module says it returned no value,
+/// `redacted` where it may have returned one.
+pub fn returned(template: &Template<'_>) -> Vec<Attr> {
+    template
+        .iter()
+        .map(|a| Attr {
+            type_name: type_name(a.type_()),
+            value: if a.is_size_query() || a.value_len() == CK_UNAVAILABLE_INFORMATION {
+                AttrValue::Unavailable(true)
+            } else {
+                AttrValue::Redacted(true)
+            },
         })
         .collect()
 }
@@ -243,5 +284,65 @@ mod tests {
         assert_eq!(policy(CKA_PRIME_1, None), Policy::Redact);
         assert!(is_key_material(CKA_VALUE, Some(CKO_SECRET_KEY)));
         assert!(!is_key_material(CKA_VALUE, Some(CKO_PUBLIC_KEY)));
+    }
+
+    #[test]
+    fn a_class_stated_twice_leaves_the_value_secret() {
+        let (mut public, mut secret) = (CKO_PUBLIC_KEY.to_ne_bytes(), CKO_SECRET_KEY.to_ne_bytes());
+        let mut value = [b'a'; 24];
+        let raw = [
+            attr(CKA_CLASS, &mut public),
+            attr(CKA_CLASS, &mut secret),
+            attr(CKA_VALUE, &mut value),
+        ];
+        // SAFETY: raw and its values live through this test.
+        let t = unsafe { Template::new(raw.as_ptr(), raw.len() as CK_ULONG) };
+        let s = sanitize(&t, None);
+        assert_eq!(s[2].value, AttrValue::Redacted(true));
+        assert!(
+            !serde_json::to_string(&s)
+                .expect("json")
+                .contains(&fingerprint(&value))
+        );
+        // Stated once, the same value is a public key's.
+        // SAFETY: as above.
+        let once = unsafe { Template::new(raw[..1].as_ptr(), 1) };
+        assert_eq!(once.agreed_ulong(CKA_CLASS), Some(CKO_PUBLIC_KEY));
+        assert_eq!(t.agreed_ulong(CKA_CLASS), None);
+    }
+
+    #[test]
+    fn a_fixed_size_value_is_read_only_at_its_size() {
+        let mut one = [1u8];
+        // A CK_BBOOL whose length says 5: the four bytes after it are not the value's.
+        let wrong = CK_ATTRIBUTE {
+            type_: CKA_TOKEN,
+            pValue: one.as_mut_ptr() as *mut _,
+            ulValueLen: 5,
+        };
+        let raw = [attr(CKA_SIGN, &mut one), wrong];
+        // SAFETY: only the first byte is ever read, as the test shows.
+        let t = unsafe { Template::new(raw.as_ptr(), 2) };
+        let s = sanitize(&t, None);
+        assert_eq!(s[0].value, AttrValue::Bool(true));
+        assert_eq!(s[1].value, AttrValue::Redacted(true));
+    }
+
+    #[test]
+    fn a_misaligned_template_is_read() {
+        let mut label = *b"odd";
+        let raw = [attr(CKA_LABEL, &mut label)];
+        let mut bytes = vec![0u8; std::mem::size_of_val(&raw) + 1];
+        // SAFETY: copies the array's bytes into a buffer one byte longer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr() as *const u8,
+                bytes.as_mut_ptr().add(1),
+                std::mem::size_of_val(&raw),
+            )
+        };
+        // SAFETY: one attribute at an odd address, its value alive.
+        let t = unsafe { Template::new(bytes.as_ptr().add(1) as *const CK_ATTRIBUTE, 1) };
+        assert_eq!(sanitize(&t, None)[0].value, AttrValue::Text("odd".into()));
     }
 }

@@ -130,14 +130,18 @@ pub enum Flag {
     TokenWiped = 8,
     /// Written before the call was forwarded (fail-closed policy).
     Intent = 16,
+    /// An attribute read may have returned a secret value: keytrail could not tell the
+    /// object's class, or the module's answer did not say which values it returned.
+    PossibleSecretRead = 32,
 }
 
 impl Flag {
     /// Every flag, in the order the trail lists them.
-    pub const ALL: [Flag; 5] = [
+    pub const ALL: [Flag; 6] = [
         Flag::ReadWrite,
         Flag::PlaintextKeyMaterial,
         Flag::SecretValueRead,
+        Flag::PossibleSecretRead,
         Flag::TokenWiped,
         Flag::Intent,
     ];
@@ -150,6 +154,7 @@ impl Flag {
             Flag::SecretValueRead => "secret_value_read",
             Flag::TokenWiped => "token_wiped",
             Flag::Intent => "intent",
+            Flag::PossibleSecretRead => "possible_secret_read",
         }
     }
 }
@@ -185,6 +190,9 @@ pub struct Extra {
     /// Sanitized attribute lists by role: `template` (creation), `public_template` and
     /// `private_template` (key pairs), `set` (modify), `read` (export).
     pub attributes: Vec<(&'static str, Vec<Attr>)>,
+    /// How many attributes the application passed in each list (its `ulCount`): on
+    /// record whether or not the list itself could be read.
+    pub attribute_counts: Vec<(&'static str, u64)>,
     /// Input/output lengths of a single call (wrap, random, …).
     pub data: Option<(Option<u64>, Option<u64>)>,
     /// Free text for keytrail's own records.
@@ -296,6 +304,17 @@ impl Event {
     /// The rarer parts, if any.
     pub fn extra(&self) -> Option<&Extra> {
         self.extra.as_deref()
+    }
+
+    /// Records an attribute list of the call: how many attributes the application passed
+    /// (`count`, always safe to keep: a number it gave) and, when the module's answer
+    /// proved them readable, the sanitized attributes.
+    pub fn attributes(&mut self, role: &'static str, count: CK_ULONG, list: Option<Vec<Attr>>) {
+        let x = self.extra_mut();
+        x.attribute_counts.push((role, count));
+        if let Some(list) = list {
+            x.attributes.push((role, list));
+        }
     }
 
     /// Adds a flag.

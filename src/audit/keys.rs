@@ -56,26 +56,27 @@ impl KeyIdentity {
         self.class = crate::names::object_class(class);
     }
 
-    /// The identity stated by a creation template, completed with what the mechanism
-    /// implies (`default_class`, `default_type`).
+    /// The identity stated by a creation template the module accepted, completed with
+    /// what the mechanism implies (`default_class`, `default_type`). The class and key
+    /// type count only when every entry of them agrees; of other attributes given twice,
+    /// the last counts, as a module applying the template in order keeps it.
     pub fn from_template(
         t: &Template<'_>,
         default_class: Option<CK_OBJECT_CLASS>,
         default_type: Option<CK_KEY_TYPE>,
     ) -> KeyIdentity {
         let mut k = KeyIdentity::default();
-        if let Some(c) = t.find(CKA_CLASS).and_then(|a| a.ulong()).or(default_class) {
+        if let Some(c) = t.agreed_ulong(CKA_CLASS).or(default_class) {
             k.set_class(c);
         }
         k.key_type = t
-            .find(CKA_KEY_TYPE)
-            .and_then(|a| a.ulong())
+            .agreed_ulong(CKA_KEY_TYPE)
             .or(default_type)
             .and_then(crate::names::key_type);
         k.bits = t
             .find(CKA_VALUE_LEN)
             .and_then(|a| a.ulong())
-            .map(|n| n * 8)
+            .map(|n| n.saturating_mul(8))
             .or_else(|| t.find(CKA_MODULUS_BITS).and_then(|a| a.ulong()))
             // A secret key imported by value: its size is its value's length (the value
             // itself is never kept).
@@ -83,7 +84,7 @@ impl KeyIdentity {
                 (k.class_raw == Some(CKO_SECRET_KEY))
                     .then(|| t.find(CKA_VALUE).and_then(|a| a.bytes()))
                     .flatten()
-                    .map(|v| v.len() as u64 * 8)
+                    .map(|v| (v.len() as u64).saturating_mul(8))
             });
         k.id_hex = t.find(CKA_ID).and_then(|a| a.bytes()).map(hex::encode);
         k.label = t
@@ -91,6 +92,12 @@ impl KeyIdentity {
             .and_then(|a| a.bytes())
             .map(|b| String::from_utf8_lossy(b).into_owned());
         k.token = t.find(CKA_TOKEN).and_then(|a| a.bool());
+        if k.class_raw == Some(CKO_PUBLIC_KEY) {
+            k.public_sha256 = [CKA_EC_POINT, CKA_MODULUS]
+                .into_iter()
+                .find_map(|type_| t.find(type_).and_then(|a| a.bytes()))
+                .map(super::attrs::fingerprint);
+        }
         k
     }
 
@@ -151,7 +158,7 @@ pub fn lookup(
     k.id_hex = v[2].as_deref().map(hex::encode);
     k.label = text(3);
     k.token = v[4].as_deref().map(|b| b.first().is_some_and(|x| *x != 0));
-    k.bits = ulong(5).map(|n| n * 8).or(ulong(6));
+    k.bits = ulong(5).map(|n| n.saturating_mul(8)).or(ulong(6));
     k.unique_id = text(7);
     if class == CKO_PUBLIC_KEY {
         let public = backend.read_attributes(
@@ -209,22 +216,25 @@ impl KeyCache {
         Some(found)
     }
 
-    /// Records a key keytrail saw created, completing the template's identity with a
-    /// look-up when enabled.
+    /// Records a key keytrail saw created. With `lookups`, its identity is what the module
+    /// says of it — the same fields every later look-up gives — completed with what the
+    /// template stated; without, the template's.
     pub fn created(
         &self,
         backend: &Backend,
         session: CK_SESSION_HANDLE,
         handle: CK_OBJECT_HANDLE,
-        mut stated: KeyIdentity,
+        stated: KeyIdentity,
         lookups: bool,
     ) -> Arc<KeyIdentity> {
-        if lookups {
-            if let Some(found) = lookup(backend, session, handle) {
-                stated.merge_missing(found);
+        let identity = match lookups.then(|| lookup(backend, session, handle)).flatten() {
+            Some(mut found) => {
+                found.merge_missing(stated);
+                found
             }
-        }
-        let id = Arc::new(stated);
+            None => stated,
+        };
+        let id = Arc::new(identity);
         let owner = (id.token != Some(true)).then_some(session);
         self.lock().insert(
             handle,

@@ -88,21 +88,70 @@ impl Mechanism {
             }
             _ => None,
         };
-        let params = match decoded {
-            Some(p) => p,
-            None if m.parameter_len() > 0 => Params::Raw {
-                len: m.parameter_len(),
-            },
-            None => Params::None,
+        let params = match (decoded, m.parameter_len()) {
+            (Some(p), _) => p,
+            (None, Some(len)) if len > 0 => Params::Raw { len },
+            _ => Params::None,
         };
         Mechanism { type_, params }
     }
 
-    /// A mechanism known only by its type.
+    /// A mechanism known only by its type (its parameter unread).
     pub fn bare(type_: CK_MECHANISM_TYPE) -> Mechanism {
         Mechanism {
             type_,
             params: Params::None,
         }
     }
+}
+
+/// Whether a mechanism cannot work without a parameter: a module that accepts it has read
+/// the parameter's pointer and length, and the parameter. Mechanisms whose parameter is
+/// optional (CKM_AES_KEY_WRAP's IV) or absent are not listed, nor are unknown ones: for
+/// them keytrail reads nothing past the type.
+pub fn takes_parameter(type_: CK_MECHANISM_TYPE) -> bool {
+    matches!(
+        type_,
+        CKM_AES_CBC
+            | CKM_AES_CBC_PAD
+            | CKM_AES_CTR
+            | CKM_AES_GCM
+            | CKM_AES_CCM
+            | CKM_AES_CTS
+            | CKM_AES_OFB
+            | CKM_AES_CFB8
+            | CKM_AES_CFB64
+            | CKM_AES_CFB128
+            | CKM_DES_CBC
+            | CKM_DES_CBC_PAD
+            | CKM_DES3_CBC
+            | CKM_DES3_CBC_PAD
+            | CKM_RSA_PKCS_OAEP
+            | CKM_RSA_PKCS_PSS
+            | CKM_SHA1_RSA_PKCS_PSS
+            | CKM_SHA224_RSA_PKCS_PSS
+            | CKM_SHA256_RSA_PKCS_PSS
+            | CKM_SHA384_RSA_PKCS_PSS
+            | CKM_SHA512_RSA_PKCS_PSS
+            | CKM_ECDH1_DERIVE
+            | CKM_ECDH1_COFACTOR_DERIVE
+            | CKM_DH_PKCS_DERIVE
+            | CKM_AES_ECB_ENCRYPT_DATA
+            | CKM_AES_CBC_ENCRYPT_DATA
+            | CKM_DES_ECB_ENCRYPT_DATA
+            | CKM_DES_CBC_ENCRYPT_DATA
+            | CKM_DES3_ECB_ENCRYPT_DATA
+            | CKM_DES3_CBC_ENCRYPT_DATA
+            | CKM_CONCATENATE_BASE_AND_KEY
+            | CKM_CONCATENATE_BASE_AND_DATA
+            | CKM_CONCATENATE_DATA_AND_BASE
+            | CKM_XOR_BASE_AND_DATA
+            | CKM_EXTRACT_KEY_FROM_KEY
+            | CKM_SHA_1_HMAC_GENERAL
+            | CKM_SHA256_HMAC_GENERAL
+            | CKM_SHA384_HMAC_GENERAL
+            | CKM_SHA512_HMAC_GENERAL
+            | CKM_AES_MAC_GENERAL
+            | CKM_AES_CMAC_GENERAL
+    )
 }

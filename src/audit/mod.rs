@@ -338,12 +338,16 @@ impl Auditor {
         handle: CK_OBJECT_HANDLE,
         stated: KeyIdentity,
     ) -> Arc<KeyIdentity> {
-        // A look-up costs a module call; make it only when the template and mechanism left
-        // the essentials unknown, or when a 3.0 module may assign a CKA_UNIQUE_ID.
-        let incomplete = stated.class.is_none() || stated.key_type.is_none();
-        let lookups = self.config.key_lookups && (incomplete || self.backend.v3_flags.is_some());
-        self.keys
-            .created(self.backend, session, handle, stated, lookups)
+        // A creation record names the key as every later record will: by what the module
+        // says of it (a look-up, which also gives a public key's fingerprint, the token
+        // flag and CKA_UNIQUE_ID the template may not state).
+        self.keys.created(
+            self.backend,
+            session,
+            handle,
+            stated,
+            self.config.key_lookups,
+        )
     }
 
     /// A *Init call returned.

@@ -2,9 +2,8 @@
 //! functions. Audited: `generate` (C_GenerateKey, C_GenerateKeyPair, C_DeriveKey),
 //! `import` (C_UnwrapKey), `export` (C_WrapKey), and at level `trace`, random lengths.
 
-use crate::audit::{
-    self, Auditor, attrs, event::Event, event::Started, keys::KeyIdentity, mechanism::Mechanism,
-};
+use super::proof;
+use crate::audit::{self, Auditor, attrs, event::Event, event::Started, keys::KeyIdentity};
 use crate::backend::Backend;
 use crate::config::Lifecycle;
 use crate::entry::args::{self, Template};
@@ -20,21 +19,6 @@ forward! {
     fn C_GenerateRandom(session: CK_SESSION_HANDLE, out: CK_BYTE_PTR, out_len: CK_ULONG) => generate_random;
     fn C_GetFunctionStatus(session: CK_SESSION_HANDLE);
     fn C_CancelFunction(session: CK_SESSION_HANDLE);
-}
-
-/// Whether a return value shows the module read the template (so it may be inspected):
-/// success, or a complaint about the template's contents.
-pub(crate) fn template_parsed(rv: CK_RV) -> bool {
-    matches!(
-        rv,
-        CKR_OK
-            | CKR_ATTRIBUTE_READ_ONLY
-            | CKR_ATTRIBUTE_TYPE_INVALID
-            | CKR_ATTRIBUTE_VALUE_INVALID
-            | CKR_TEMPLATE_INCOMPLETE
-            | CKR_TEMPLATE_INCONSISTENT
-            | CKR_ACTION_PROHIBITED
-    )
 }
 
 /// The class and key type a key-making mechanism implies, for templates that leave them
@@ -60,7 +44,7 @@ fn implied(
 }
 
 /// Records a key the call made: reads its handle (on CKR_OK only) and its identity from
-/// the template, completed with what the mechanism implies.
+/// the template, completed with what the mechanism implies and PKCS#11's defaults.
 pub(crate) fn new_key(
     a: &Auditor,
     e: &mut Event,
@@ -77,18 +61,11 @@ pub(crate) fn new_key(
     }
     // SAFETY: on CKR_OK the module wrote the new handle.
     if let Some(h) = unsafe { args::read_ulong(handle) } {
-        let stated = KeyIdentity::from_template(template, class, key_type);
+        let mut stated = KeyIdentity::from_template(template, class, key_type);
+        // CKA_TOKEN defaults to CK_FALSE: a template without it makes a session object.
+        stated.token.get_or_insert(false);
         e.key(role, h, Some(a.created(session, h, stated)));
     }
-}
-
-/// The mechanism of an accepted call.
-fn mechanism_of(rv: CK_RV, mechanism: CK_MECHANISM_PTR) -> Option<Mechanism> {
-    if rv != CKR_OK {
-        return None;
-    }
-    // SAFETY: the module accepted the mechanism, so it is NULL or valid.
-    unsafe { args::Mechanism::new(mechanism) }.map(|m| Mechanism::from_raw(&m))
 }
 
 fn generate_key(
@@ -113,17 +90,17 @@ fn generate_key(
         rv,
     );
     a.place(&mut e, session);
-    e.mechanism = mechanism_of(rv, mechanism);
-    if template_parsed(rv) {
-        // SAFETY: the module's answer shows it read the template.
+    e.mechanism = proof::mechanism(rv, mechanism);
+    let mut list = None;
+    if proof::template_read(rv) {
+        // SAFETY: the module accepted the template, so it read all of it.
         let t = unsafe { Template::new(template, count) };
         let (class, key_type) =
             implied(e.mechanism.as_ref().map_or(0, |m| m.type_), CKO_SECRET_KEY);
         new_key(a, &mut e, rv, session, "key", key, &t, class, key_type);
-        e.extra_mut()
-            .attributes
-            .push(("template", attrs::sanitize(&t, Some(CKO_SECRET_KEY))));
+        list = Some(attrs::sanitize(&t, Some(CKO_SECRET_KEY)));
     }
+    e.attributes("template", count, list);
     a.emit(e);
     rv
 }
@@ -153,10 +130,11 @@ fn generate_key_pair(
         rv,
     );
     a.place(&mut e, session);
-    e.mechanism = mechanism_of(rv, mechanism);
-    if template_parsed(rv) {
+    e.mechanism = proof::mechanism(rv, mechanism);
+    let (mut public_list, mut private_list) = (None, None);
+    if proof::template_read(rv) {
         let m = e.mechanism.as_ref().map_or(0, |m| m.type_);
-        // SAFETY: the module's answer shows it read both templates.
+        // SAFETY: the module accepted both templates, so it read all of them.
         let (public, private) = unsafe {
             (
                 Template::new(public_template, public_count),
@@ -179,16 +157,11 @@ fn generate_key_pair(
             class,
             key_type,
         );
-        // A private key's bits come from its public half's template (CKA_MODULUS_BITS).
-        e.extra_mut().attributes.push((
-            "public_template",
-            attrs::sanitize(&public, Some(CKO_PUBLIC_KEY)),
-        ));
-        e.extra_mut().attributes.push((
-            "private_template",
-            attrs::sanitize(&private, Some(CKO_PRIVATE_KEY)),
-        ));
+        public_list = Some(attrs::sanitize(&public, Some(CKO_PUBLIC_KEY)));
+        private_list = Some(attrs::sanitize(&private, Some(CKO_PRIVATE_KEY)));
     }
+    e.attributes("public_template", public_count, public_list);
+    e.attributes("private_template", private_count, private_list);
     a.emit(e);
     rv
 }
@@ -227,7 +200,7 @@ fn wrap_key(
     }
     let mut e = Event::call(started, "C_WrapKey", "key_wrap", Lifecycle::Export, rv);
     a.place(&mut e, session);
-    e.mechanism = mechanism_of(rv, mechanism);
+    e.mechanism = proof::mechanism(rv, mechanism);
     e.key("wrapping", wrapping_key, a.key(session, wrapping_key));
     e.key("key", key, a.key(session, key));
     if rv == CKR_OK {
@@ -257,17 +230,17 @@ fn unwrap_key(
     let rv = forward();
     let mut e = Event::call(started, "C_UnwrapKey", "key_unwrap", Lifecycle::Import, rv);
     a.place(&mut e, session);
-    e.mechanism = mechanism_of(rv, mechanism);
+    e.mechanism = proof::mechanism(rv, mechanism);
     e.key("unwrapping", unwrapping_key, a.key(session, unwrapping_key));
     e.extra_mut().data = Some((Some(wrapped_len), None));
-    if template_parsed(rv) {
-        // SAFETY: the module's answer shows it read the template.
+    let mut list = None;
+    if proof::template_read(rv) {
+        // SAFETY: the module accepted the template, so it read all of it.
         let t = unsafe { Template::new(template, count) };
         new_key(a, &mut e, rv, session, "key", key, &t, None, None);
-        e.extra_mut()
-            .attributes
-            .push(("template", attrs::sanitize(&t, None)));
+        list = Some(attrs::sanitize(&t, None));
     }
+    e.attributes("template", count, list);
     a.emit(e);
     rv
 }
@@ -295,10 +268,11 @@ fn derive_key(
         rv,
     );
     a.place(&mut e, session);
-    e.mechanism = mechanism_of(rv, mechanism);
+    e.mechanism = proof::mechanism(rv, mechanism);
     e.key("base", base_key, a.key(session, base_key));
-    if template_parsed(rv) {
-        // SAFETY: the module's answer shows it read the template.
+    let mut list = None;
+    if proof::template_read(rv) {
+        // SAFETY: the module accepted the template, so it read all of it.
         let t = unsafe { Template::new(template, count) };
         new_key(
             a,
@@ -311,10 +285,9 @@ fn derive_key(
             Some(CKO_SECRET_KEY),
             None,
         );
-        e.extra_mut()
-            .attributes
-            .push(("template", attrs::sanitize(&t, Some(CKO_SECRET_KEY))));
+        list = Some(attrs::sanitize(&t, Some(CKO_SECRET_KEY)));
     }
+    e.attributes("template", count, list);
     a.emit(e);
     rv
 }

@@ -76,6 +76,7 @@ mod keys;
 mod message;
 mod object;
 mod ops;
+mod proof;
 mod session;
 mod slot;
 mod tables;

@@ -3,8 +3,9 @@
 //! secret key material), and at level `trace`, discovery (C_FindObjects*, other attribute
 //! reads).
 
-use super::keys::{new_key, template_parsed};
+use super::keys::new_key;
 use super::ops::{self, Where};
+use super::proof;
 use crate::audit::event::Flag;
 use crate::audit::{self, attrs, event::Event, event::Started, keys::KeyIdentity};
 use crate::backend::Backend;
@@ -45,20 +46,20 @@ fn create_object(
         rv,
     );
     a.place(&mut e, session);
-    if template_parsed(rv) {
-        // SAFETY: the module's answer shows it read the template.
+    let mut list = None;
+    if proof::template_read(rv) {
+        // SAFETY: the module accepted the template, so it read all of it.
         let t = unsafe { Template::new(template, count) };
-        let class = t.find(CKA_CLASS).and_then(|x| x.ulong());
+        let class = t.agreed_ulong(CKA_CLASS);
         if t.iter()
             .any(|x| x.bytes().is_some() && attrs::is_key_material(x.type_(), class))
         {
             e.flag(Flag::PlaintextKeyMaterial);
         }
         new_key(a, &mut e, rv, session, "key", object, &t, None, None);
-        e.extra_mut()
-            .attributes
-            .push(("template", attrs::sanitize(&t, class)));
+        list = Some(attrs::sanitize(&t, class));
     }
+    e.attributes("template", count, list);
     a.emit(e);
     rv
 }
@@ -87,24 +88,23 @@ fn copy_object(
     a.place(&mut e, session);
     let source_id = a.key(session, source);
     e.key("source", source, source_id.clone());
-    if template_parsed(rv) {
-        // SAFETY: the module's answer shows it read the template.
+    let mut list = None;
+    if proof::template_read(rv) {
+        // SAFETY: the module accepted the template, so it read all of it.
         let t = unsafe { Template::new(template, count) };
+        // A copy has its source's class; without it, CKA_VALUE stays redacted.
         let class = source_id.as_ref().and_then(|s| s.class_raw());
-        if rv == CKR_OK {
-            // SAFETY: on CKR_OK the module wrote the new handle.
-            if let Some(h) = unsafe { args::read_ulong(new_object) } {
-                let mut stated = KeyIdentity::from_template(&t, class, None);
-                if let Some(s) = &source_id {
-                    stated.inherit(s);
-                }
-                e.key("key", h, Some(a.created(session, h, stated)));
+        // SAFETY: on CKR_OK the module wrote the new handle.
+        if let Some(h) = unsafe { args::read_ulong(new_object) } {
+            let mut stated = KeyIdentity::from_template(&t, class, None);
+            if let Some(s) = &source_id {
+                stated.inherit(s);
             }
+            e.key("key", h, Some(a.created(session, h, stated)));
         }
-        e.extra_mut()
-            .attributes
-            .push(("template", attrs::sanitize(&t, class)));
+        list = Some(attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY))));
     }
+    e.attributes("template", count, list);
     a.emit(e);
     rv
 }
@@ -160,15 +160,6 @@ fn destroy_object(
     rv
 }
 
-/// Whether C_GetAttributeValue's answer shows the template was read and values returned
-/// where they could be.
-fn attributes_returned(rv: CK_RV) -> bool {
-    matches!(
-        rv,
-        CKR_OK | CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID | CKR_BUFFER_TOO_SMALL
-    )
-}
-
 fn get_attribute_value(
     _: &Backend,
     forward: impl FnOnce() -> CK_RV,
@@ -187,7 +178,8 @@ fn get_attribute_value(
     }
     let started = Started::now();
     let rv = forward();
-    if !attributes_returned(rv) {
+    let returned = rv == CKR_OK || proof::some_attributes_returned(rv);
+    if !returned {
         if trace {
             let mut e = Event::call(
                 started,
@@ -198,28 +190,33 @@ fn get_attribute_value(
             );
             a.place(&mut e, session);
             e.key("key", object, None);
+            e.attributes("read", count, None);
             a.emit(e);
         }
         return rv;
     }
-    // SAFETY: the module's answer shows it read the template and wrote what it could.
+    // SAFETY: after CKR_OK the module filled every attribute; after the codes of
+    // `some_attributes_returned` it processed every one (PKCS#11 §5.7), setting each
+    // ulValueLen, and wrote the values it returned. Values are read only after CKR_OK.
     let t = unsafe { Template::new(template, count) };
-    // Only a secret attribute asked for with a buffer can be an export; knowing whether
-    // CKA_VALUE is secret takes the object's class.
-    let candidate = t
-        .iter()
-        .any(|x| !x.is_size_query() && attrs::is_key_material(x.type_(), Some(CKO_SECRET_KEY)));
+    // Only a secret attribute asked for with a buffer can be an export; whether CKA_VALUE
+    // is secret depends on the object's class.
+    let candidate = rv == CKR_ATTRIBUTE_SENSITIVE
+        || t.iter()
+            .any(|x| !x.is_size_query() && attrs::is_key_material(x.type_(), None));
     let identity = (candidate || trace)
         .then(|| a.key(session, object))
         .flatten();
-    let class = identity.as_ref().and_then(|i| i.class_raw());
+    let class = identity.as_ref().and_then(|i| i.class_raw()).or_else(|| {
+        // The object's class as the module just returned it.
+        (rv == CKR_OK).then(|| t.agreed_ulong(CKA_CLASS)).flatten()
+    });
+    let value_returned =
+        |x: &args::Attribute<'_>| !x.is_size_query() && x.value_len() != CK_UNAVAILABLE_INFORMATION;
     let secret_returned = t
         .iter()
-        .any(|x| x.bytes().is_some() && attrs::is_key_material(x.type_(), class));
-    let secret_refused = rv == CKR_ATTRIBUTE_SENSITIVE
-        && t.iter()
-            .any(|x| !x.is_size_query() && attrs::is_key_material(x.type_(), class));
-    let (lifecycle, action) = if secret_returned || secret_refused {
+        .any(|x| value_returned(&x) && attrs::is_key_material(x.type_(), class));
+    let (lifecycle, action) = if secret_returned || rv == CKR_ATTRIBUTE_SENSITIVE {
         (Lifecycle::Export, "attribute_read_secret")
     } else {
         (Lifecycle::Discovery, "attribute_read")
@@ -231,11 +228,19 @@ fn get_attribute_value(
     a.place(&mut e, session);
     e.key("key", object, identity);
     if secret_returned {
-        e.flag(Flag::SecretValueRead);
+        // Known only when the class is, and the module said which values it returned.
+        e.flag(if class.is_some() && rv == CKR_OK {
+            Flag::SecretValueRead
+        } else {
+            Flag::PossibleSecretRead
+        });
     }
-    e.extra_mut()
-        .attributes
-        .push(("read", attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY)))));
+    let list = if rv == CKR_OK {
+        attrs::sanitize_read(&t, class.or(Some(CKO_SECRET_KEY)))
+    } else {
+        attrs::returned(&t)
+    };
+    e.attributes("read", count, Some(list));
     a.emit(e);
     rv
 }
@@ -273,23 +278,26 @@ fn set_attribute_value(
         a.place(&mut e, session);
         let class = identity.as_ref().and_then(|i| i.class_raw());
         e.key("key", object, identity);
-        if template_parsed(rv) {
-            // SAFETY: the module's answer shows it read the template.
+        let list = proof::template_read(rv).then(|| {
+            // SAFETY: the module accepted the template, so it read all of it.
             let t = unsafe { Template::new(template, count) };
-            e.extra_mut()
-                .attributes
-                .push(("set", attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY)))));
-        }
+            attrs::sanitize(&t, class.or(Some(CKO_SECRET_KEY)))
+        });
+        e.attributes("set", count, list);
         a.emit(e);
     }
     rv
 }
 
+/// Discovery: the search template is never read. A module answers CKR_OK without
+/// reading a value no object could match (SoftHSM2 reads none when no object has the
+/// attribute), so not even success proves the values readable; the record keeps the
+/// number of attributes.
 fn find_objects_init(
     _: &Backend,
     forward: impl FnOnce() -> CK_RV,
     session: CK_SESSION_HANDLE,
-    template: CK_ATTRIBUTE_PTR,
+    _: CK_ATTRIBUTE_PTR,
     count: CK_ULONG,
 ) -> CK_RV {
     let Some(a) = audit::active(Lifecycle::Discovery) else {
@@ -305,13 +313,7 @@ fn find_objects_init(
         rv,
     );
     a.place(&mut e, session);
-    if rv == CKR_OK {
-        // SAFETY: the module accepted the template.
-        let t = unsafe { Template::new(template, count) };
-        e.extra_mut()
-            .attributes
-            .push(("template", attrs::sanitize(&t, None)));
-    }
+    e.attributes("template", count, None);
     a.emit(e);
     rv
 }

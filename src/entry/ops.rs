@@ -1,13 +1,14 @@
 //! The shared audit path of operation calls: *Init, data-carrying calls and Finals, for
 //! both the classic (§5.8–5.13) and the message-based (3.0 §5.19–5.22) functions.
 
-use crate::audit::{self, event::Started, mechanism::Mechanism, sessions::OpKind};
+use crate::audit::{self, event::Started, sessions::OpKind};
 pub use crate::audit::{Ending, Output};
 use crate::config::Lifecycle;
 use crate::entry::args;
 use cryptoki_sys::*;
 
-/// An *Init call: the mechanism is read only after the module accepted it.
+/// An *Init call: the mechanism is read whole only after the module accepted it, its type
+/// alone after the module rejected it (see [`super::proof::mechanism`]).
 pub fn init(
     function: &'static str,
     kind: OpKind,
@@ -21,12 +22,7 @@ pub fn init(
     };
     let started = Started::now();
     let rv = forward();
-    let summary = if rv == CKR_OK {
-        // SAFETY: the module accepted the mechanism, so it is NULL or valid.
-        unsafe { args::Mechanism::new(mechanism) }.map(|m| Mechanism::from_raw(&m))
-    } else {
-        None
-    };
+    let summary = super::proof::mechanism(rv, mechanism);
     a.op_init(
         started,
         function,

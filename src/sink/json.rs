@@ -226,6 +226,13 @@ fn pkcs11(e: &Event, out: &mut Vec<u8>) {
         let entries = sorted.into_iter().map(|(role, list)| (*role, list));
         object(out, ",\"attributes\":{", entries, value);
     }
+    if let Some(counts) = extra.map(|x| &x.attribute_counts).filter(|c| !c.is_empty()) {
+        let mut sorted: Vec<(&str, u64)> = counts.to_vec();
+        sorted.sort_by_key(|(role, _)| *role);
+        object(out, ",\"attribute_count\":{", sorted, |n, out| {
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
+        });
+    }
     let data = match (&e.operation, extra.and_then(|x| x.data)) {
         (Some(op), _) => {
             out.extend_from_slice(b",\"operation\":{\"kind\":");

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod scan;
+
 use crate::common::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
