@@ -102,6 +102,12 @@ impl Side {
         }
     }
 
+    /// The keytrail side alone, on the fixture's own store: for tests that need no
+    /// comparison.
+    pub fn new_single(fx: &Fixture) -> Side {
+        Side::new("keytrail", keytrail_module(), fx.softhsm_conf.clone(), fx)
+    }
+
     /// A command for this side: run in its working directory, with its token store, the
     /// fixture's keytrail configuration, and `MODULE` naming the module it loads.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
@@ -261,7 +267,7 @@ pub fn report(trail: &Path) -> Value {
     v
 }
 
-/// The report's keys as `CLASS label` lines (`-` for no label), sorted, one per key.
+/// The report's keys as `CLASS label` lines (`-` for no label), sorted, each once.
 pub fn report_keys(report: &Value) -> Vec<String> {
     let mut keys: Vec<String> = report["keys"]
         .as_array()
@@ -276,6 +282,7 @@ pub fn report_keys(report: &Value) -> Vec<String> {
         })
         .collect();
     keys.sort();
+    keys.dedup();
     keys
 }
 
