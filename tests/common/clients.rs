@@ -28,14 +28,14 @@ impl Run {
 
 /// What differs between two fresh token stores and two runs a second apart: patterns and
 /// their replacements, applied in order after the side's own serial number and slot ID.
-pub struct Mask(Vec<(Regex, String)>);
+pub struct Mask(Vec<(Regex, String)>, Option<fn(&str) -> String>);
 
 impl Mask {
     /// Masks every client needs: PEM bodies, hex dumps (a line of their own each, in
     /// blocks whose length varies with leading zeros) and digests (random keys and
     /// signatures), dates, 0x numbers of five or more digits (SoftHSM slot IDs).
     pub fn standard() -> Mask {
-        Mask(Vec::new())
+        Mask(Vec::new(), None)
             .with(r"(?s)-----BEGIN [^-]+-----.*?-----END [^-]+-----", "<pem>")
             .with(
                 r"(?m)(^[ \t]*[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})*:?[ \t]*\n)+",
@@ -58,6 +58,13 @@ impl Mask {
         self
     }
 
+    /// Adds a last step after the patterns (sorting lines a client prints in an order
+    /// that depends on the token store, say).
+    pub fn then(mut self, f: fn(&str) -> String) -> Mask {
+        self.1 = Some(f);
+        self
+    }
+
     fn apply(&self, side: &Side, text: &str) -> String {
         let mut t = text.replace(&side.serial, "<serial>");
         for (re, with) in &self.0 {
@@ -66,7 +73,11 @@ impl Mask {
         // The slot ID is the low bits of the serial number, printed in decimal by some
         // clients; masked last, as a whole number, so no other number is touched.
         let slot = Regex::new(&format!(r"\b{}\b", side.slot)).expect("slot pattern");
-        slot.replace_all(&t, "<slot>").into_owned()
+        let t = slot.replace_all(&t, "<slot>").into_owned();
+        match self.1 {
+            Some(f) => f(&t),
+            None => t,
+        }
     }
 }
 
