@@ -8,56 +8,6 @@
 
 mod common;
 use common::clients::*;
-use common::*;
-
-use std::path::PathBuf;
-use std::process::Command;
-
-fn flow_source() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JavaFlow.java")
-}
-
-/// keytool's configuration: the module alone. JavaFlow's adds attributes, so the keys it
-/// generates are token objects with labels and IDs.
-fn write_configs(side: &Side) {
-    std::fs::write(
-        side.work.join("keytool.cfg"),
-        format!("name = keytrail\nlibrary = {}\n", side.module.display()),
-    )
-    .expect("keytool.cfg");
-    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
-    std::fs::write(
-        side.work.join("flow.cfg"),
-        format!(
-            "name = keytrail\nlibrary = {}\n\
-             attributes(generate, *, *) = {{\n  CKA_TOKEN = true\n}}\n\
-             attributes(generate, CKO_PRIVATE_KEY, CKK_EC) = {{\n  CKA_LABEL = 0h{ec}\n  CKA_ID = 0h0b\n}}\n\
-             attributes(generate, CKO_PUBLIC_KEY, CKK_EC) = {{\n  CKA_LABEL = 0h{ec}\n  CKA_ID = 0h0b\n}}\n\
-             attributes(generate, CKO_SECRET_KEY, CKK_AES) = {{\n  CKA_LABEL = 0h{aes}\n  CKA_ID = 0h0c\n}}\n",
-            side.module.display(),
-            ec = hex("java-ec-gen"),
-            aes = hex("java-aes"),
-        ),
-    )
-    .expect("flow.cfg");
-}
-
-fn keytool(side: &Side, args: &[&str]) -> Command {
-    let mut c = side.command(need("keytool", "default-jdk-headless"));
-    c.args(args).args([
-        "-keystore",
-        "NONE",
-        "-storetype",
-        "PKCS11",
-        "-providerClass",
-        "sun.security.pkcs11.SunPKCS11",
-        "-providerArg",
-        "keytool.cfg",
-        "-storepass",
-        USER_PIN,
-    ]);
-    c
-}
 
 /// Runs the key store part: keytool -genkeypair then -list.
 fn keytool_steps(m: &Matrix, mask: &Mask) {
@@ -99,15 +49,10 @@ fn java_sunpkcs11_keystore_ec_signatures_and_aes_gcm() {
     let m = Matrix::new();
     let mask = Mask::standard();
     for side in [&m.direct, &m.keytrail] {
-        write_configs(side);
+        java_configs(side);
     }
     keytool_steps(&m, &mask);
-    let flow = m.step(&mask, |s| {
-        let mut c = s.command(need("java", "default-jdk-headless"));
-        c.arg(flow_source())
-            .args(["flow.cfg", USER_PIN, &ROUNDS.to_string()]);
-        c
-    });
+    let flow = m.step(&mask, |s| java_flow(s, ROUNDS, true));
     assert_eq!(flow.code, Some(0), "{flow:?}");
     assert_eq!(
         flow.stdout,

@@ -1,7 +1,8 @@
 // A SunPKCS11 application, run by tests/clients_java.rs as a single-file source program
-// (`java JavaFlow.java CONFIG PIN ROUNDS`): it loads the token's key store, generates an
-// EC key pair and an AES key on the token, signs and verifies with SHA256withECDSA, and
-// encrypts and decrypts with AES-GCM. It prints only what is the same on every fresh token
+// (`java JavaFlow.java CONFIG PIN ROUNDS [--no-keygen]`): it loads the token's key store,
+// signs ROUNDS times with the stored key, then (unless --no-keygen) generates an EC key
+// pair and an AES key on the token, signs and verifies with SHA256withECDSA, and encrypts
+// and decrypts with AES-GCM. It prints only what is the same on every fresh token
 // (names, lengths, results), so a direct run and a run through keytrail can be compared.
 
 import java.security.KeyPair;
@@ -25,6 +26,7 @@ public class JavaFlow {
         String config = args[0];
         char[] pin = args[1].toCharArray();
         int rounds = Integer.parseInt(args[2]);
+        boolean keygen = !(args.length > 3 && args[3].equals("--no-keygen"));
         Provider p = Security.getProvider("SunPKCS11").configure(config);
         Security.addProvider(p);
         System.out.println("provider: " + p.getName());
@@ -46,6 +48,9 @@ public class JavaFlow {
             v.initVerify(cert);
             v.update(data);
             System.out.println("stored key signature verifies: " + v.verify(sig));
+        }
+        if (!keygen) {
+            return;
         }
 
         // A new EC key pair (token objects: the configuration's attributes say so).

@@ -448,3 +448,77 @@ pub fn find_lib(candidates: &[&str]) -> Option<PathBuf> {
     }
     None
 }
+
+/// tests/clients/JavaFlow.java.
+pub fn java_flow_source() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JavaFlow.java")
+}
+
+/// keytool's configuration: the module alone. JavaFlow's adds attributes, so the keys it
+/// generates are token objects with labels and IDs.
+pub fn java_configs(side: &Side) {
+    std::fs::write(
+        side.work.join("keytool.cfg"),
+        format!("name = keytrail\nlibrary = {}\n", side.module.display()),
+    )
+    .expect("keytool.cfg");
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    std::fs::write(
+        side.work.join("flow.cfg"),
+        format!(
+            "name = keytrail\nlibrary = {}\n\
+             attributes(generate, *, *) = {{\n  CKA_TOKEN = true\n}}\n\
+             attributes(generate, CKO_PRIVATE_KEY, CKK_EC) = {{\n  CKA_LABEL = 0h{ec}\n  CKA_ID = 0h0b\n}}\n\
+             attributes(generate, CKO_PUBLIC_KEY, CKK_EC) = {{\n  CKA_LABEL = 0h{ec}\n  CKA_ID = 0h0b\n}}\n\
+             attributes(generate, CKO_SECRET_KEY, CKK_AES) = {{\n  CKA_LABEL = 0h{aes}\n  CKA_ID = 0h0c\n}}\n",
+            side.module.display(),
+            ec = hex("java-ec-gen"),
+            aes = hex("java-aes"),
+        ),
+    )
+    .expect("flow.cfg");
+}
+
+/// keytool on the token, through `keytool.cfg`.
+pub fn keytool(side: &Side, args: &[&str]) -> Command {
+    let mut c = side.command(need("keytool", "default-jdk-headless"));
+    c.args(args).args([
+        "-keystore",
+        "NONE",
+        "-storetype",
+        "PKCS11",
+        "-providerClass",
+        "sun.security.pkcs11.SunPKCS11",
+        "-providerArg",
+        "keytool.cfg",
+        "-storepass",
+        USER_PIN,
+    ]);
+    c
+}
+
+/// `java JavaFlow.java flow.cfg PIN ROUNDS [--no-keygen]`.
+pub fn java_flow(side: &Side, rounds: u64, keygen: bool) -> Command {
+    let mut c = side.command(need("java", "default-jdk-headless"));
+    c.arg(java_flow_source())
+        .args(["flow.cfg", USER_PIN, &rounds.to_string()]);
+    if !keygen {
+        c.arg("--no-keygen");
+    }
+    c
+}
+
+/// A command running tests/clients/python_flow.py with python-pkcs11.
+pub fn python_flow(side: &Side, rounds: u64, keygen: bool) -> Command {
+    let python = std::env::var_os("KEYTRAIL_PYTHON").unwrap_or_else(|| {
+        panic!("KEYTRAIL_PYTHON is not set: run scripts/test.sh, which installs python-pkcs11 and sets it")
+    });
+    let mut c = side.command(python);
+    c.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_flow.py"))
+        .arg(&side.module)
+        .args([USER_PIN, &rounds.to_string()]);
+    if !keygen {
+        c.arg("--no-keygen");
+    }
+    c
+}
