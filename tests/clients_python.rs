@@ -9,7 +9,6 @@
 
 mod common;
 use common::clients::*;
-use common::*;
 
 #[test]
 fn python_pkcs11_keys_aes_gcm_signatures_and_destroy() {
