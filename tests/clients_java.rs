@@ -11,24 +11,7 @@ use common::clients::*;
 
 /// Runs the key store part: keytool -genkeypair then -list.
 fn keytool_steps(m: &Matrix, mask: &Mask) {
-    let keygen = m.step(mask, |s| {
-        keytool(
-            s,
-            &[
-                "-genkeypair",
-                "-alias",
-                "java-ec",
-                "-keyalg",
-                "EC",
-                "-groupname",
-                "secp256r1",
-                "-dname",
-                "CN=keytrail-java",
-                "-validity",
-                "30",
-            ],
-        )
-    });
+    let keygen = m.step(mask, |s| keytool_genkeypair(s, "java-ec"));
     assert_eq!(keygen.code, Some(0), "{keygen:?}");
     let list = m.step(mask, |s| keytool(s, &["-list"]));
     assert_eq!(list.code, Some(0), "{list:?}");

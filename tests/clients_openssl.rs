@@ -49,21 +49,6 @@ fn check_signature_and_certificate(m: &Matrix, mask: &Mask) {
     assert_eq!(v.stdout, "cert.pem: OK\n");
 }
 
-fn engine_conf(side: &Side) -> String {
-    let engine = find_lib(&["engines-3/pkcs11.so", "engines-3/libpkcs11.so"]).unwrap_or_else(|| {
-        panic!("libp11's engine is not installed (Debian package libengine-pkcs11-openssl): run scripts/test.sh")
-    });
-    format!(
-        "openssl_conf = openssl_init\n\
-         [openssl_init]\nengines = engine_section\n\
-         [engine_section]\npkcs11 = pkcs11_section\n\
-         [pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\nPIN = {USER_PIN}\ninit = 0\n\
-         [req]\ndistinguished_name = dn\n[dn]\n",
-        engine.display(),
-        side.module.display()
-    )
-}
-
 #[test]
 fn openssl_with_the_libp11_engine_signs_and_makes_a_certificate() {
     let m = Matrix::new();
@@ -196,6 +181,21 @@ fn openssl_with_the_libp11_engine_signs_and_makes_a_certificate() {
     );
 }
 
+/// An EC key pair generated on the token by pkcs11-provider; key.pem gets its URI.
+const GENPKEY: &[&str] = &[
+    "genpkey",
+    "-propquery",
+    "?provider=pkcs11",
+    "-algorithm",
+    "EC",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-pkeyopt",
+    "pkcs11_uri:pkcs11:object=prov-ec;id=%04",
+    "-out",
+    "key.pem",
+];
+
 /// pkcs11-provider's module, where the distribution has it.
 fn pkcs11_provider() -> Option<std::path::PathBuf> {
     find_lib(&["ossl-modules/pkcs11.so"])
@@ -237,25 +237,7 @@ fn openssl_3_with_pkcs11_provider_generates_signs_and_makes_a_certificate() {
         .expect("conf");
         std::fs::write(side.work.join("digest"), DIGEST).expect("digest");
     }
-    let keygen = m.step(&mask, |s| {
-        openssl(
-            s,
-            "provider.cnf",
-            &[
-                "genpkey",
-                "-propquery",
-                "?provider=pkcs11",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-pkeyopt",
-                "pkcs11_uri:pkcs11:object=prov-ec;id=%04",
-                "-out",
-                "key.pem",
-            ],
-        )
-    });
+    let keygen = m.step(&mask, |s| openssl(s, "provider.cnf", GENPKEY));
     assert_eq!(keygen.code, Some(0), "{keygen:?}");
     // key.pem holds the key's URI (it names the token's serial), not the key.
     for side in [&m.direct, &m.keytrail] {
@@ -403,19 +385,7 @@ fn report_tells_the_provider_s_token_key_from_its_session_copies() {
     std::fs::write(side.work.join("digest"), DIGEST).expect("digest");
     let mask = Mask::standard();
     for args in [
-        &[
-            "genpkey",
-            "-propquery",
-            "?provider=pkcs11",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-pkeyopt",
-            "pkcs11_uri:pkcs11:object=prov-ec;id=%04",
-            "-out",
-            "key.pem",
-        ][..],
+        GENPKEY,
         &[
             "pkeyutl", "-sign", "-inkey", "key.pem", "-in", "digest", "-out", "sig",
         ],

@@ -29,53 +29,14 @@ fn several_clients_at_once_on_one_shared_trail() {
     let side = Side::new_single(&fx);
     let mask = Mask::standard();
     java_configs(&side);
-    let engine = find_lib(&["engines-3/pkcs11.so", "engines-3/libpkcs11.so"]).unwrap_or_else(|| {
-        panic!("libp11's engine is not installed (Debian package libengine-pkcs11-openssl): run scripts/test.sh")
-    });
-    std::fs::write(
-        side.work.join("engine.cnf"),
-        format!(
-            "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n\
-             [engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\n\
-             dynamic_path = {}\nMODULE_PATH = {}\nPIN = {USER_PIN}\ninit = 0\n",
-            engine.display(),
-            side.module.display()
-        ),
-    )
-    .expect("engine.cnf");
+    std::fs::write(side.work.join("engine.cnf"), engine_conf(&side)).expect("engine.cnf");
     std::fs::write(side.work.join("digest"), "0123456789abcdef0123456789abcdef").expect("digest");
 
     // The keys, one process after another: python-pkcs11's (py-ec), keytool's (java-ec),
     // pkcs11-tool's (shared-ec).
     let mut setup = vec![python_flow(&side, 1, true)];
-    setup.push(keytool(
-        &side,
-        &[
-            "-genkeypair",
-            "-alias",
-            "java-ec",
-            "-keyalg",
-            "EC",
-            "-groupname",
-            "secp256r1",
-            "-dname",
-            "CN=keytrail-shared",
-        ],
-    ));
-    let mut tool = side.command(need("pkcs11-tool", "opensc"));
-    tool.arg("--module").arg(&side.module).args([
-        "--login",
-        "--pin",
-        USER_PIN,
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--id",
-        "51",
-        "--label",
-        "shared-ec",
-    ]);
-    setup.push(tool);
+    setup.push(keytool_genkeypair(&side, "java-ec"));
+    setup.push(pkcs11_tool_ec_keypair(&side, "51", "shared-ec"));
     for c in setup {
         let r = side.run(c, &mask);
         assert_eq!(r.code, Some(0), "{r:?}");

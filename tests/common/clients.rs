@@ -226,18 +226,8 @@ impl Matrix {
     }
 }
 
-/// The built `keytrail` binary, next to libkeytrail.so.
-pub fn keytrail_cli() -> PathBuf {
-    let bin = keytrail_module()
-        .parent()
-        .expect("target dir")
-        .join("keytrail");
-    assert!(bin.exists(), "{} not built", bin.display());
-    bin
-}
-
 fn keytrail_json(args: &[&OsStr]) -> (Option<i32>, Value) {
-    let o = Command::new(keytrail_cli())
+    let o = Command::new(super::kryoptic::keytrail_bin())
         .args(args)
         .output()
         .expect("run keytrail");
@@ -520,5 +510,59 @@ pub fn python_flow(side: &Side, rounds: u64, keygen: bool) -> Command {
     if !keygen {
         c.arg("--no-keygen");
     }
+    c
+}
+
+/// An OpenSSL configuration that loads libp11's engine with the side's module.
+pub fn engine_conf(side: &Side) -> String {
+    let engine = find_lib(&["engines-3/pkcs11.so", "engines-3/libpkcs11.so"]).unwrap_or_else(|| {
+        panic!("libp11's engine is not installed (Debian package libengine-pkcs11-openssl): run scripts/test.sh")
+    });
+    format!(
+        "openssl_conf = openssl_init\n\
+         [openssl_init]\nengines = engine_section\n\
+         [engine_section]\npkcs11 = pkcs11_section\n\
+         [pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\nPIN = {USER_PIN}\ninit = 0\n\
+         [req]\ndistinguished_name = dn\n[dn]\n",
+        engine.display(),
+        side.module.display()
+    )
+}
+
+/// `keytool -genkeypair`: an EC P-256 key under `alias`, with a self-signed certificate.
+pub fn keytool_genkeypair(side: &Side, alias: &str) -> Command {
+    keytool(
+        side,
+        &[
+            "-genkeypair",
+            "-alias",
+            alias,
+            "-keyalg",
+            "EC",
+            "-groupname",
+            "secp256r1",
+            "-dname",
+            "CN=keytrail-java",
+            "-validity",
+            "30",
+        ],
+    )
+}
+
+/// pkcs11-tool logged in as the user, generating an EC P-256 key pair.
+pub fn pkcs11_tool_ec_keypair(side: &Side, id: &str, label: &str) -> Command {
+    let mut c = side.command(need("pkcs11-tool", "opensc"));
+    c.arg("--module").arg(&side.module).args([
+        "--login",
+        "--pin",
+        USER_PIN,
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        id,
+        "--label",
+        label,
+    ]);
     c
 }
