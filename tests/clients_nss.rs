@@ -12,6 +12,26 @@ use std::process::Command;
 
 const TOKEN: &str = "keytrail-test";
 
+/// `certutil -S`: a self-signed CA certificate, serial 7, with an EC key made for it.
+const SELF_SIGNED: &[&str] = &[
+    "-S",
+    "-n",
+    "nss-ca",
+    "-s",
+    "CN=keytrail-nss",
+    "-x",
+    "-t",
+    "CT,,",
+    "-k",
+    "ec",
+    "-q",
+    "nistp256",
+    "-v",
+    "1",
+    "-m",
+    "7",
+];
+
 fn certutil(side: &Side, args: &[&str]) -> Command {
     let mut c = side.command(need("certutil", "libnss3-tools"));
     c.args(["-d", "sql:db"]).args(args);
@@ -105,27 +125,7 @@ fn nss_modutil_and_certutil_request_self_signed_certificate_and_listings() {
     });
     assert_eq!(req.code, Some(0), "{req:?}");
     let selfsigned = m.step(&mask, |s| {
-        let mut c = certutil(
-            s,
-            &[
-                "-S",
-                "-n",
-                "nss-ca",
-                "-s",
-                "CN=keytrail-nss",
-                "-x",
-                "-t",
-                "CT,,",
-                "-k",
-                "ec",
-                "-q",
-                "nistp256",
-                "-v",
-                "1",
-                "-m",
-                "7",
-            ],
-        );
+        let mut c = certutil(s, SELF_SIGNED);
         c.args(token_args);
         c
     });
@@ -216,33 +216,9 @@ fn report_follows_the_cka_id_nss_sets_after_generation() {
     let mask = Mask::standard();
     let m = nss_matrix(&mask);
     let selfsigned = m.step(&mask, |s| {
-        certutil(
-            s,
-            &[
-                "-S",
-                "-n",
-                "nss-ca",
-                "-s",
-                "CN=keytrail-nss",
-                "-x",
-                "-t",
-                "CT,,",
-                "-k",
-                "ec",
-                "-q",
-                "nistp256",
-                "-v",
-                "1",
-                "-m",
-                "7",
-                "-h",
-                TOKEN,
-                "-f",
-                "pin.txt",
-                "-z",
-                "noise",
-            ],
-        )
+        let mut c = certutil(s, SELF_SIGNED);
+        c.args(["-h", TOKEN, "-f", "pin.txt", "-z", "noise"]);
+        c
     });
     assert_eq!(selfsigned.code, Some(0), "{selfsigned:?}");
     let r = report(&m.fx.trail_path());
