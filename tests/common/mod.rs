@@ -199,6 +199,7 @@ pub fn user_session(p: &Pkcs11) -> Session {
     s
 }
 
+pub mod clients;
 pub mod kryoptic;
 pub mod raw;
 pub mod transcript;

@@ -1,0 +1,236 @@
+//! NSS's tools against SoftHSM directly and through keytrail, each on a fresh token and a
+//! fresh NSS database: `modutil -add` registers the module, `certutil -R` makes a
+//! certificate request and `certutil -S` a self-signed certificate, both with keys
+//! generated on the token, `certutil -K` and `-L` list them. Then the trail: records per
+//! process, `keytrail verify`, `keytrail report`.
+
+mod common;
+use common::clients::*;
+use common::*;
+
+use std::process::Command;
+
+const TOKEN: &str = "keytrail-test";
+
+/// `certutil -S`: a self-signed CA certificate, serial 7, with an EC key made for it.
+const SELF_SIGNED: &[&str] = &[
+    "-S",
+    "-n",
+    "nss-ca",
+    "-s",
+    "CN=keytrail-nss",
+    "-x",
+    "-t",
+    "CT,,",
+    "-k",
+    "ec",
+    "-q",
+    "nistp256",
+    "-v",
+    "1",
+    "-m",
+    "7",
+];
+
+fn certutil(side: &Side, args: &[&str]) -> Command {
+    let mut c = side.command(need("certutil", "libnss3-tools"));
+    c.args(["-d", "sql:db"]).args(args);
+    c
+}
+
+/// The token's listings, whose order follows SoftHSM's file names (random): lines sorted,
+/// `certutil -K`'s running index masked.
+fn sorted_lines(text: &str) -> String {
+    let index = regex::Regex::new(r"^< *\d+> ").expect("pattern");
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|l| index.replace(l, "<n> ").into_owned())
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// Sets up both sides: a fresh NSS database with the module (SoftHSM or keytrail) added.
+fn nss_matrix(mask: &Mask) -> Matrix {
+    let m = Matrix::new();
+    for side in [&m.direct, &m.keytrail] {
+        std::fs::create_dir_all(side.work.join("db")).expect("db dir");
+        std::fs::write(side.work.join("pin.txt"), format!("{USER_PIN}\n")).expect("pin file");
+        std::fs::write(side.work.join("noise"), [7u8; 64]).expect("noise");
+    }
+    let db = m.step(mask, |s| certutil(s, &["-N", "--empty-password"]));
+    assert_eq!(db.code, Some(0), "{db:?}");
+    let add = m.step(&mask_module_path(), |s| {
+        let mut c = s.command(need("modutil", "libnss3-tools"));
+        c.args([
+            "-force",
+            "-dbdir",
+            "sql:db",
+            "-add",
+            "keytrail-test-module",
+            "-libfile",
+        ])
+        .arg(&s.module);
+        c
+    });
+    assert_eq!(add.code, Some(0), "{add:?}");
+    assert!(
+        add.stdout
+            .contains("Module \"keytrail-test-module\" added to database."),
+        "{add:?}"
+    );
+    m
+}
+
+/// The standard masks and the module's path, which `modutil -list` prints.
+fn mask_module_path() -> Mask {
+    Mask::standard().with(r"library name: \S+", "library name: <module>")
+}
+
+#[test]
+fn nss_modutil_and_certutil_request_self_signed_certificate_and_listings() {
+    let mask = Mask::standard();
+    let m = nss_matrix(&mask);
+    let list = m.step(&mask_module_path(), |s| {
+        let mut c = s.command("modutil");
+        c.args(["-dbdir", "sql:db", "-list"]);
+        c
+    });
+    assert_eq!(list.code, Some(0), "{list:?}");
+    assert!(list.stdout.contains("2. keytrail-test-module"), "{list:?}");
+    assert!(list.stdout.contains("token: keytrail-test"), "{list:?}");
+    assert!(
+        list.stdout.contains(
+            "uri: pkcs11:library-manufacturer=SoftHSM;library-description=Implementation%20of%20PKCS11;library-version=2.6"
+        ),
+        "keytrail shows the real module's information: {list:?}"
+    );
+
+    let token_args = ["-h", TOKEN, "-f", "pin.txt", "-z", "noise"];
+    let req = m.step(&mask, |s| {
+        let mut c = certutil(
+            s,
+            &[
+                "-R",
+                "-k",
+                "ec",
+                "-q",
+                "nistp256",
+                "-s",
+                "CN=keytrail-nss-request",
+            ],
+        );
+        c.args(token_args).args(["-o", "req.der"]);
+        c
+    });
+    assert_eq!(req.code, Some(0), "{req:?}");
+    let selfsigned = m.step(&mask, |s| {
+        let mut c = certutil(s, SELF_SIGNED);
+        c.args(token_args);
+        c
+    });
+    assert_eq!(selfsigned.code, Some(0), "{selfsigned:?}");
+
+    let sorted = Mask::standard().then(sorted_lines);
+    let keys = m.step(&sorted, |s| {
+        certutil(s, &["-K", "-h", TOKEN, "-f", "pin.txt"])
+    });
+    assert_eq!(keys.code, Some(0), "{keys:?}");
+    assert!(
+        keys.stdout.contains("<n> ec       <hex>   (orphan)"),
+        "the request's key: {keys:?}"
+    );
+    assert!(
+        keys.stdout
+            .contains("<n> ec       <hex>   keytrail-test:nss-ca"),
+        "{keys:?}"
+    );
+    let certs = m.step(&sorted, |s| {
+        certutil(s, &["-L", "-h", TOKEN, "-f", "pin.txt"])
+    });
+    assert_eq!(certs.code, Some(0), "{certs:?}");
+    assert!(certs.stdout.contains("keytrail-test:nss-ca"), "{certs:?}");
+    assert!(certs.stdout.contains("CTu,u,u"), "{certs:?}");
+
+    let trail = m.trail();
+    let procs = processes(&trail);
+    let names: Vec<&str> = procs.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "modutil", "modutil", "certutil", "certutil", "certutil", "certutil"
+        ],
+        "modutil -add and -list, certutil -R, -S, -K, -L (certutil -N loads no module)"
+    );
+    assert_verifies(&m.fx.trail_path(), procs.len());
+    assert_key_events(&tally_of(&trail, "modutil"), &[]);
+    // -R: a key pair, NSS setting its CKA_ID (and the public key's) after generation, the
+    // request signed.
+    assert_key_events(
+        &tally(&trail, procs[2].0),
+        &[
+            ("generate/key_pair_generate/success", 1),
+            ("modify/attribute_set/success", 2),
+            ("use/sign/success", 1),
+        ],
+    );
+    // -S: the same, two signatures, the certificate stored; NSS's trust object (a
+    // vendor class) is refused by SoftHSM with CKR_ATTRIBUTE_VALUE_INVALID, on both sides.
+    assert_key_events(
+        &tally(&trail, procs[3].0),
+        &[
+            ("generate/key_pair_generate/success", 1),
+            ("modify/attribute_set/success", 2),
+            ("use/sign/success", 2),
+            ("import/object_create/success", 1),
+            ("import/object_create/failure", 1),
+        ],
+    );
+    for (pid, _) in &procs[4..] {
+        assert_key_events(&tally(&trail, *pid), &[]);
+    }
+    // Every signing key is the EC key generated in the same process, named by the CKA_ID
+    // NSS gave it (a hash of the public key: 20 bytes).
+    for r in trail.iter().filter(|r| r["event"]["action"] == "sign") {
+        let k = &r["pkcs11"]["key"];
+        assert_eq!(k["class"], "CKO_PRIVATE_KEY", "{k:#}");
+        assert_eq!(k["key_type"], "CKK_EC", "{k:#}");
+        assert_eq!(k["id_hex"].as_str().map(str::len), Some(40), "{k:#}");
+    }
+    assert_eq!(labels(&trail, "import", "object_create"), ["nss-ca"]);
+    let r = report(&m.fx.trail_path());
+    let keys = report_keys(&r);
+    assert!(
+        keys.contains(&"CKO_CERTIFICATE nss-ca".to_string()),
+        "{keys:#?}"
+    );
+    assert!(keys.contains(&"CKO_PRIVATE_KEY -".to_string()), "{keys:#?}");
+}
+
+/// Once `keytrail report` follows a CKA_ID set after generation, each key certutil made
+/// is one entry: created by C_GenerateKeyPair, changed once, with its signatures.
+#[test]
+#[ignore = "keytrail report splits a key whose CKA_ID is set after generation into two: \
+            un-ignore once report identity follows C_SetAttributeValue"]
+fn report_follows_the_cka_id_nss_sets_after_generation() {
+    let mask = Mask::standard();
+    let m = nss_matrix(&mask);
+    let selfsigned = m.step(&mask, |s| {
+        let mut c = certutil(s, SELF_SIGNED);
+        c.args(["-h", TOKEN, "-f", "pin.txt", "-z", "noise"]);
+        c
+    });
+    assert_eq!(selfsigned.code, Some(0), "{selfsigned:?}");
+    let r = report(&m.fx.trail_path());
+    let private: Vec<&serde_json::Value> = r["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| k["class"] == "CKO_PRIVATE_KEY")
+        .collect();
+    assert_eq!(private.len(), 1, "one private key: {:#}", r["keys"]);
+    let k = private[0];
+    assert_eq!(k["created"]["function"], "C_GenerateKeyPair", "{k:#}");
+    assert_eq!(k["changes"]["success"], 1, "{k:#}");
+    assert_eq!(uses(k).get("sign / CKM_ECDSA"), Some(&2), "{k:#}");
+}
