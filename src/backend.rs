@@ -13,7 +13,7 @@ use crate::diag;
 use cryptoki_sys::*;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 /// The name of the standard PKCS#11 interface, NUL-terminated.
@@ -44,6 +44,9 @@ pub enum LoadError {
     Open { path: PathBuf, reason: String },
     /// The library opened but is not a usable PKCS#11 module.
     NotPkcs11 { path: PathBuf, reason: String },
+    /// The module file could be changed by someone other than root and this process's
+    /// user, so loading it would run their code here.
+    Untrusted(crate::trust::Untrusted),
 }
 
 impl fmt::Display for LoadError {
@@ -60,6 +63,7 @@ impl fmt::Display for LoadError {
                 "{} is not a usable PKCS#11 module: {reason}",
                 path.display()
             ),
+            LoadError::Untrusted(u) => write!(f, "the real PKCS#11 module {u}"),
         }
     }
 }
@@ -89,6 +93,20 @@ pub fn load() -> Result<&'static Backend, LoadError> {
     }
     let config = Config::load().map_err(LoadError::Config)?;
     diag::set_file(config.diagnostics.clone());
+    if !config.env_ignored.is_empty() {
+        let env = crate::config::EnvOverrides {
+            ignored: config.env_ignored.clone(),
+            ..Default::default()
+        };
+        diag::report(&format!(
+            "{}; using the configuration file {}",
+            env.ignored_note(),
+            config.source.as_ref().map_or_else(
+                || format!("{} (absent)", crate::config::DEFAULT_CONFIG_PATH),
+                |p| p.display().to_string()
+            )
+        ));
+    }
     let backend = open(config)?;
     Ok(BACKEND.get_or_init(|| backend))
 }
@@ -99,14 +117,17 @@ fn open(config: Config) -> Result<Backend, LoadError> {
         path: path.clone(),
         reason,
     };
+    let load_path = trusted_module(&path)?;
     // SAFETY: loading a library runs its initialisers; that is what naming it as the
-    // module asks for. RTLD_LOCAL keeps its symbols from shadowing keytrail's own C_*.
-    let library = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
-        LoadError::Open {
-            path: path.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+    // module asks for, and only root or this process's user can have written it.
+    // RTLD_LOCAL keeps its symbols from shadowing keytrail's own C_*.
+    let library =
+        unsafe { Library::open(Some(&load_path), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
+            LoadError::Open {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
     // SAFETY: the symbol types are those the PKCS#11 specification gives these names.
     let get_function_list = unsafe { library.get::<CK_C_GetFunctionList>(b"C_GetFunctionList\0") }
         .ok()
@@ -180,6 +201,22 @@ fn open(config: Config) -> Result<Backend, LoadError> {
         config,
         _library: library,
     })
+}
+
+/// The path to load the module from, once it has passed [`crate::trust::check`]: the
+/// resolved path, so that the file checked is the file loaded. A bare name (no `/`) is
+/// left to the dynamic loader's search of the system's library directories.
+pub fn trusted_module(path: &Path) -> Result<PathBuf, LoadError> {
+    use std::os::unix::ffi::OsStrExt;
+    if !path.as_os_str().as_bytes().contains(&b'/') {
+        return Ok(path.to_path_buf());
+    }
+    match crate::trust::check(path, crate::os::euid()) {
+        Ok(resolved) => Ok(resolved),
+        // Let the loader word a missing or unreadable file, as before.
+        Err(crate::trust::TrustError::Io(_)) => Ok(path.to_path_buf()),
+        Err(crate::trust::TrustError::Untrusted(u)) => Err(LoadError::Untrusted(u)),
+    }
 }
 
 /// Asks the module's `C_GetInterface` for "PKCS 11" at one version; returns its function

@@ -36,6 +36,106 @@ pub struct Config {
     /// SHA-256 (hex) of the configuration file's bytes as read, for the trail's start
     /// record.
     pub source_sha256: Option<String>,
+    /// Environment overrides that were set but ignored because the process runs in
+    /// secure-execution mode, for the diagnostics to say so.
+    pub env_ignored: Vec<&'static str>,
+}
+
+/// Every environment variable keytrail reads.
+pub const ENV_VARS: [&str; 3] = [ENV_CONFIG, ENV_MODULE, ENV_LOG];
+
+/// The environment overrides. Every variable keytrail reads is read here, once, and
+/// nowhere else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvOverrides {
+    /// `KEYTRAIL_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// `KEYTRAIL_MODULE`.
+    pub module: Option<PathBuf>,
+    /// `KEYTRAIL_LOG`.
+    pub log: Option<PathBuf>,
+    /// Variables that were set but are ignored (secure execution).
+    pub ignored: Vec<&'static str>,
+}
+
+impl EnvOverrides {
+    /// This process's overrides. A process in secure-execution mode (setuid, setgid or
+    /// with capabilities gained on exec: the kernel's `AT_SECURE`) ignores all of them,
+    /// as glibc's `secure_getenv` would: its environment was chosen by a less privileged
+    /// user, who must not pick the code it loads or the files it writes.
+    pub fn from_process() -> EnvOverrides {
+        Self::from_lookup(|k| std::env::var_os(k), crate::os::secure_execution())
+    }
+
+    /// The overrides an environment gives a process, `secure` telling whether that
+    /// process runs in secure-execution mode.
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<std::ffi::OsString>,
+        secure: bool,
+    ) -> EnvOverrides {
+        let mut o = EnvOverrides::default();
+        for name in ENV_VARS {
+            let Some(value) = get(name).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            if secure {
+                o.ignored.push(name);
+                continue;
+            }
+            let slot = match name {
+                ENV_CONFIG => &mut o.config,
+                ENV_MODULE => &mut o.module,
+                _ => &mut o.log,
+            };
+            *slot = Some(PathBuf::from(value));
+        }
+        o
+    }
+
+    /// Says which variables were ignored and why.
+    pub fn ignored_note(&self) -> String {
+        format!(
+            "{} in the environment ignored: the process runs setuid, setgid or with added \
+             capabilities (AT_SECURE), so its environment is not trusted",
+            self.ignored.join(", ")
+        )
+    }
+}
+
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+enum ReadError {
+    Io(std::io::Error),
+    Refused(String),
+}
+
+/// Reads the configuration file after checking that only root or this process's own
+/// user can change it (see [`crate::trust`]): its owner and mode as opened, and every
+/// directory above it.
+fn read_trusted(path: &Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    let resolved = std::fs::canonicalize(path).map_err(ReadError::Io)?;
+    let mut file = std::fs::File::open(&resolved).map_err(ReadError::Io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    match crate::trust::check_opened(path, &resolved, &meta, crate::os::euid()) {
+        Ok(()) => {}
+        Err(crate::trust::TrustError::Io(e)) => return Err(ReadError::Io(e)),
+        Err(crate::trust::TrustError::Untrusted(u)) => {
+            return Err(ReadError::Refused(format!("refused: {}", u.reason())));
+        }
+    }
+    let mut text = String::new();
+    (&mut file)
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(ReadError::Io)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ReadError::Refused(format!(
+            "is larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    Ok(text)
 }
 
 /// Environment variable naming the trail file; overrides `trail.path`.
@@ -345,19 +445,29 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads the configuration the way the library does: the file named by
     /// `KEYTRAIL_CONFIG` (which must then exist), else the default path if it exists, then
-    /// the environment overrides.
+    /// the environment overrides — all of which a process in secure-execution mode ignores
+    /// (see [`EnvOverrides::from_process`]).
     pub fn load() -> Result<Config, ConfigError> {
-        let explicit = std::env::var_os(ENV_CONFIG).filter(|v| !v.is_empty());
-        let module_env = std::env::var_os(ENV_MODULE).filter(|v| !v.is_empty());
-        let log_env = std::env::var_os(ENV_LOG).filter(|v| !v.is_empty());
-        let (path, must_exist) = match explicit {
-            Some(p) => (PathBuf::from(p), true),
+        Self::load_with(&EnvOverrides::from_process())
+    }
+
+    /// Reads the configuration with the given environment overrides.
+    pub fn load_with(env: &EnvOverrides) -> Result<Config, ConfigError> {
+        let (path, must_exist) = match &env.config {
+            Some(p) => (p.clone(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
         };
-        let mut config = Self::resolve(&path, must_exist, module_env.map(PathBuf::from))?;
-        if let Some(log) = log_env {
-            config.trail.path = PathBuf::from(log);
+        let mut config =
+            Self::resolve(&path, must_exist, env.module.clone()).map_err(|mut e| {
+                if !env.ignored.is_empty() {
+                    e.problem.push_str(&format!(" ({})", env.ignored_note()));
+                }
+                e
+            })?;
+        if let Some(log) = &env.log {
+            config.trail.path = log.clone();
         }
+        config.env_ignored = env.ignored.clone();
         Ok(config)
     }
 
@@ -368,7 +478,7 @@ impl Config {
         must_exist: bool,
         module_override: Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
-        let (file, source, source_sha256) = match std::fs::read_to_string(path) {
+        let (file, source, source_sha256) = match read_trusted(path) {
             Ok(text) => {
                 use sha2::Digest;
                 let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
@@ -378,14 +488,21 @@ impl Config {
                     Some(digest),
                 )
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
                 (FileConfig::default(), None, None)
             }
-            Err(e) => {
+            Err(ReadError::Io(e)) => {
                 return Err(ConfigError {
                     file: Some(path.to_path_buf()),
                     key: None,
                     problem: format!("cannot be read: {e}"),
+                });
+            }
+            Err(ReadError::Refused(problem)) => {
+                return Err(ConfigError {
+                    file: Some(path.to_path_buf()),
+                    key: None,
+                    problem,
                 });
             }
         };
@@ -444,6 +561,7 @@ impl Config {
             trail: file.trail,
             integrity: file.integrity,
             source_sha256,
+            env_ignored: Vec::new(),
         })
     }
 
@@ -628,5 +746,48 @@ mod tests {
             .expect("chmod");
         let c = Config::resolve(f.path(), true, None).expect("private key file");
         assert_eq!(c.integrity.key_file.as_deref(), Some(key.path()));
+    }
+
+    #[test]
+    fn secure_execution_ignores_every_environment_override() {
+        let env = |k: &str| {
+            Some(std::ffi::OsString::from(match k {
+                ENV_CONFIG => "/home/u/evil.toml",
+                ENV_MODULE => "/home/u/evil.so",
+                ENV_LOG => "/root/only.log",
+                _ => return None,
+            }))
+        };
+        let plain = EnvOverrides::from_lookup(env, false);
+        assert_eq!(plain.module.as_deref(), Some(Path::new("/home/u/evil.so")));
+        assert_eq!(plain.log.as_deref(), Some(Path::new("/root/only.log")));
+        assert!(plain.ignored.is_empty());
+        let secure = EnvOverrides::from_lookup(env, true);
+        assert_eq!(
+            (secure.config, secure.module, secure.log),
+            (None, None, None)
+        );
+        assert_eq!(secure.ignored, ENV_VARS.to_vec());
+        // The default file is absent here: the error says the variables were ignored.
+        let secure = EnvOverrides::from_lookup(env, true);
+        if !Path::new(DEFAULT_CONFIG_PATH).exists() {
+            let e = Config::load_with(&secure).expect_err("no module without the variables");
+            assert!(e.problem.contains("KEYTRAIL_MODULE"), "{e}");
+            assert!(e.problem.contains("AT_SECURE"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_file_others_can_write_is_refused_with_owner_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = write("module = \"/m.so\"\n");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let e = Config::resolve(f.path(), true, None).expect_err("world-writable");
+        let msg = e.to_string();
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        assert!(msg.contains("mode 0666"), "{msg}");
+        assert!(msg.contains("owner "), "{msg}");
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        Config::resolve(f.path(), true, None).expect("private again");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`backend`]: loading the real module and holding its function table.
 //! - [`config`]: the configuration file and its environment overrides.
 //! - [`diag`]: keytrail's own diagnostics (never the audit trail itself).
+//! - [`trust`]: which configuration and module files may steer the process.
 
 pub mod audit;
 pub mod backend;
@@ -19,3 +20,4 @@ pub mod names;
 pub mod os;
 pub mod probe;
 pub mod sink;
+pub mod trust;

@@ -52,8 +52,11 @@ fn text(field: &[u8]) -> String {
 /// C_GetSlotInfo, C_GetTokenInfo and C_Finalize, and keeps it loaded (modules such as
 /// SoftHSM must not be unloaded before exit).
 pub fn probe(path: &Path) -> Result<ModuleInfo, String> {
-    // SAFETY: loading a library runs its initialisers; the operator named it as the module.
-    let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+    // The same check as the library's: never run code someone else could have written.
+    let path = crate::backend::trusted_module(path).map_err(|e| e.to_string())?;
+    // SAFETY: loading a library runs its initialisers; the operator named it as the
+    // module, and only root or this process's user can have written it.
+    let library = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL) }
         .map_err(|e| format!("cannot be loaded: {e}"))?;
     // SAFETY: the symbol has the type the PKCS#11 specification gives this name.
     let gfl = unsafe { library.get::<CK_C_GetFunctionList>(b"C_GetFunctionList\0") }

@@ -1,15 +1,18 @@
 //! `keytrail doctor`: checks the setup the library would use, and says in plain words
 //! where the trail goes.
 
+use super::text::{self, outln};
+use super::verify;
 use anyhow::Result;
 use keytrail::audit::event::Event;
-use keytrail::config::{self, Config};
+use keytrail::config::{self, Config, EnvOverrides};
+use keytrail::os;
 use keytrail::sink::chain::{self, Chain, Hasher, Key};
 use keytrail::sink::json::Origin;
-use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Options of `keytrail doctor`.
 #[derive(clap::Args, Debug)]
@@ -17,7 +20,8 @@ use std::path::{Path, PathBuf};
 Exit status: 0 when every check passed (warnings allowed), 1 when one failed.")]
 pub struct DoctorArgs {
     /// Read the configuration as this running process sees it (its KEYTRAIL_CONFIG,
-    /// KEYTRAIL_MODULE and KEYTRAIL_LOG, from /proc/PID/environ).
+    /// KEYTRAIL_MODULE and KEYTRAIL_LOG, from /proc/PID/environ). For a process of
+    /// another user, the checks run as that user.
     #[arg(long)]
     pub pid: Option<u32>,
     /// Do not write the self-test records to the trail.
@@ -31,18 +35,20 @@ struct Checks {
 
 impl Checks {
     fn ok(&self, what: &str) {
-        println!("  ok    {what}");
+        outln!("  ok    {what}");
     }
     fn warn(&self, what: &str) {
-        println!("  warn  {what}");
+        outln!("  warn  {what}");
     }
     fn fail(&mut self, what: &str) {
         self.failed += 1;
-        println!("  FAIL  {what}");
+        outln!("  FAIL  {what}");
     }
 }
 
-fn environ(pid: u32) -> Result<HashMap<String, String>> {
+/// The environment of process `pid`, as it is (names and values are bytes).
+fn environ(pid: u32) -> Result<Vec<(OsString, OsString)>> {
+    use std::os::unix::ffi::OsStrExt;
     let raw = std::fs::read(format!("/proc/{pid}/environ")).map_err(|e| {
         anyhow::anyhow!(
             "cannot read the environment of process {pid}: {e} (run as its user or root)"
@@ -51,57 +57,99 @@ fn environ(pid: u32) -> Result<HashMap<String, String>> {
     Ok(raw
         .split(|b| *b == 0)
         .filter_map(|kv| {
-            let s = String::from_utf8_lossy(kv);
-            let (k, v) = s.split_once('=')?;
-            Some((k.to_string(), v.to_string()))
+            let eq = kv.iter().position(|b| *b == b'=')?;
+            Some((
+                OsStr::from_bytes(&kv[..eq]).to_os_string(),
+                OsStr::from_bytes(&kv[eq + 1..]).to_os_string(),
+            ))
         })
         .collect())
 }
 
-fn load_config(pid: Option<u32>) -> Result<(Result<Config, config::ConfigError>, String)> {
-    let Some(pid) = pid else {
-        let how = match std::env::var_os(config::ENV_CONFIG) {
-            Some(p) => format!("{} = {}", config::ENV_CONFIG, PathBuf::from(p).display()),
-            None => format!(
-                "{} is not set, so the default {}",
-                config::ENV_CONFIG,
-                config::DEFAULT_CONFIG_PATH
-            ),
-        };
-        return Ok((Config::load(), how));
-    };
-    let env = environ(pid)?;
-    let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-    let (path, must, how) = match var(config::ENV_CONFIG) {
-        Some(p) => (
-            PathBuf::from(&p),
-            true,
-            format!("process {pid} has {} = {p}", config::ENV_CONFIG),
+/// Where the configuration comes from, in words.
+fn how(env: &EnvOverrides, whose: &str) -> String {
+    match &env.config {
+        Some(p) => format!("{whose} {} = {}", config::ENV_CONFIG, p.display()),
+        None => format!(
+            "{whose} no {}, so the default {}",
+            config::ENV_CONFIG,
+            config::DEFAULT_CONFIG_PATH
         ),
-        None => (
-            PathBuf::from(config::DEFAULT_CONFIG_PATH),
-            false,
-            format!(
-                "process {pid} has no {}, so the default {}",
-                config::ENV_CONFIG,
-                config::DEFAULT_CONFIG_PATH
-            ),
-        ),
-    };
-    let mut c = Config::resolve(&path, must, var(config::ENV_MODULE).map(PathBuf::from));
-    if let (Ok(c), Some(log)) = (&mut c, var(config::ENV_LOG)) {
-        c.trail.path = PathBuf::from(log);
     }
-    Ok((c, how))
 }
 
+/// Largest output relayed from a child running as another user.
+const RELAY_LIMIT: usize = 1 << 20;
+
 /// Runs `keytrail doctor`; returns the exit status.
+///
+/// With `--pid` of a process of another user, nothing that process's environment or
+/// configuration names — the configuration file, the module, the trail, the key file —
+/// is touched with this command's privileges: the checks run in a child process that
+/// holds exactly that process's user and groups (see [`keytrail::os::run_as`]), and its
+/// output is relayed here, escaped.
 pub fn run(args: &DoctorArgs) -> Result<u8> {
+    let Some(pid) = args.pid else {
+        let env = EnvOverrides::from_process();
+        return Ok(checks(args, &env, &how(&env, "this process has")));
+    };
+    let creds = os::credentials_of(pid)
+        .map_err(|e| anyhow::anyhow!("cannot read the credentials of process {pid}: {e}"))?;
+    let environ = environ(pid)?;
+    let secure = os::secure_execution_of(pid).unwrap_or(false);
+    let env = EnvOverrides::from_lookup(
+        |k| {
+            environ
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        },
+        secure,
+    );
+    let how = how(&env, &format!("process {pid} has"));
+    if creds.uid == os::euid() {
+        return Ok(checks(args, &env, &how));
+    }
+    let user = os::user_name(creds.uid).unwrap_or_else(|| creds.uid.to_string());
+    outln!(
+        "process {pid} runs as {user} (uid {}, gid {}): the checks run as that user, in a \
+         child process, so that nothing its environment or configuration names runs with \
+         more privileges than the process itself has",
+        creds.uid,
+        creds.gid
+    );
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let out = os::run_as(&creds, &environ, cwd.as_deref(), RELAY_LIMIT, || {
+        checks(args, &env, &how)
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the checks as uid {}: {e}", creds.uid))?;
+    let text = out.output.strip_suffix(b"\n").unwrap_or(&out.output);
+    for line in text.split(|b| *b == b'\n') {
+        println!("{}", text::escape_bytes(line));
+    }
+    if out.truncated {
+        outln!("… output cut after {RELAY_LIMIT} bytes");
+    }
+    Ok(match out.status {
+        0 => 0,
+        1 => 1,
+        os::RUN_AS_FAILED => verify::EXIT_ERROR,
+        _ => {
+            outln!("the checks ended abnormally (status {})", out.status);
+            1
+        }
+    })
+}
+
+/// The checks, with the configuration these overrides give; returns the exit status.
+fn checks(args: &DoctorArgs, env: &EnvOverrides, how: &str) -> u8 {
     let mut c = Checks { failed: 0 };
-    println!("configuration");
-    let (loaded, how) = load_config(args.pid)?;
-    println!("  {how}");
-    let config = match loaded {
+    outln!("configuration");
+    outln!("  {how}");
+    if !env.ignored.is_empty() {
+        c.warn(&env.ignored_note());
+    }
+    let config = match Config::load_with(env) {
         Ok(cfg) => {
             match &cfg.source {
                 Some(p) => c.ok(&format!("read {}", p.display())),
@@ -111,12 +159,13 @@ pub fn run(args: &DoctorArgs) -> Result<u8> {
         }
         Err(e) => {
             c.fail(&e.to_string());
-            println!("\nresult: the library would refuse C_Initialize (CKR_GENERAL_ERROR)");
-            return Ok(1);
+            outln!();
+            outln!("result: the library would refuse C_Initialize (CKR_GENERAL_ERROR)");
+            return 1;
         }
     };
 
-    println!("real module");
+    outln!("real module");
     let module = &config.module;
     match chain::sha256_file(module) {
         Ok(d) => c.ok(&format!("{} (sha256 {d})", module.display())),
@@ -137,7 +186,7 @@ pub fn run(args: &DoctorArgs) -> Result<u8> {
                 }
                 for s in &info.slots {
                     match &s.token {
-                        Some(t) => println!(
+                        Some(t) => outln!(
                             "        slot {}: token \"{}\" serial {} model {}{}",
                             s.id,
                             t.label,
@@ -149,7 +198,7 @@ pub fn run(args: &DoctorArgs) -> Result<u8> {
                                 " (not initialised)"
                             }
                         ),
-                        None => println!("        slot {}: {} (no token)", s.id, s.description),
+                        None => outln!("        slot {}: {} (no token)", s.id, s.description),
                     }
                 }
             }
@@ -157,7 +206,7 @@ pub fn run(args: &DoctorArgs) -> Result<u8> {
         }
     }
 
-    println!("integrity");
+    outln!("integrity");
     match config.integrity.checkpoint_interval.0 {
         Some(d) => c.ok(&format!(
             "checkpoints every {}",
@@ -177,38 +226,40 @@ pub fn run(args: &DoctorArgs) -> Result<u8> {
         None => c.ok("unkeyed mode: SHA-256 chain (anyone can recompute it; set [integrity] key_file for HMAC)"),
     }
 
-    println!("trail");
+    outln!("trail");
     let trail = &config.trail.path;
     check_dir(&mut c, trail);
     if !args.no_write {
         self_test(&mut c, &config);
     }
 
-    println!();
-    println!(
-        "An application that loads libkeytrail.so with this configuration writes its trail to\n  {}\n\
-         as user {} — that user must be able to create and append to it (files are created 0600,\n\
-         a missing directory 0700). keytrail's own diagnostics go to stderr{}.",
-        trail.display(),
-        keytrail::os::user_name(keytrail::os::uid())
-            .unwrap_or_else(|| keytrail::os::uid().to_string()),
+    outln!();
+    outln!("An application that loads libkeytrail.so with this configuration writes its trail to");
+    outln!("  {}", trail.display());
+    outln!(
+        "as user {} — that user must be able to create and append to it (files are created 0600,",
+        os::user_name(os::uid()).unwrap_or_else(|| os::uid().to_string())
+    );
+    outln!(
+        "a missing directory 0700). keytrail's own diagnostics go to stderr{}.",
         config
             .diagnostics
             .as_ref()
             .map(|d| format!(" and {}", d.display()))
             .unwrap_or_default()
     );
-    println!(
-        "Remember: sudo, systemd and Java may strip {} / {}; the configuration file is what they all read.",
+    outln!(
+        "Remember: sudo, systemd and Java may strip {} / {}, and a setuid program ignores them; the configuration file is what they all read.",
         config::ENV_CONFIG,
         config::ENV_LOG
     );
+    outln!();
     if c.failed > 0 {
-        println!("\nresult: {} check(s) FAILED", c.failed);
-        Ok(1)
+        outln!("result: {} check(s) FAILED", c.failed);
+        1
     } else {
-        println!("\nresult: all checks passed");
-        Ok(0)
+        outln!("result: all checks passed");
+        0
     }
 }
 

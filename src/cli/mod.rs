@@ -3,10 +3,13 @@
 //! Compiled into the `keytrail` binary only (the library does not link clap).
 
 pub mod doctor;
+#[cfg(test)]
+mod fuzz;
 pub mod input;
 pub mod record;
 pub mod report;
 pub mod show;
+pub mod text;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -47,7 +50,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("keytrail: error: {e:#}");
+            text::errln!("keytrail: error: {e:#}");
             ExitCode::from(verify::EXIT_ERROR)
         }
     }

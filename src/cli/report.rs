@@ -3,6 +3,7 @@
 
 use super::input::{self, Progress};
 use super::record::{FilterArgs, Filters, KeyRec, Rec};
+use super::text::{self, errln, outln};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -375,10 +376,14 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
         |_, e| errors.push(e),
         |l| {
             agg.report.summary.lines += 1;
-            if l.bytes.is_empty() {
+            if l.bytes.is_empty() && l.overlong.is_none() {
                 return;
             }
-            match serde_json::from_slice::<Rec<'_>>(l.bytes) {
+            let parsed = match l.overlong_reason() {
+                Some(reason) => Err(reason),
+                None => serde_json::from_slice::<Rec<'_>>(l.bytes).map_err(|e| e.to_string()),
+            };
+            match parsed {
                 Ok(r) => {
                     agg.report.summary.records += 1;
                     if !filters.selects(&r) {
@@ -406,7 +411,7 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
         },
     );
     for e in &errors {
-        eprintln!("keytrail: {e}");
+        errln!("keytrail: {e}");
     }
     let mut report = agg.report;
     report.summary.processes = agg.pids.len() as u64;
@@ -420,13 +425,13 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
     logins.sort_by(|a, b| b.count.cmp(&a.count).then(a.actor.cmp(&b.actor)));
     report.failed_logins = logins;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        text::print_json(&report)?;
     } else {
         print_text(&report);
     }
     if !report.damaged.is_empty() {
         for d in &report.damaged {
-            eprintln!("keytrail: {d}");
+            errln!("keytrail: {d}");
         }
     }
     Ok(if errors.is_empty() { 0 } else { 2 })
@@ -443,7 +448,7 @@ fn actor(a: &Actor) -> String {
 
 fn print_text(r: &Report) {
     let s = &r.summary;
-    println!(
+    outln!(
         "{} records ({} selected) from {} file(s), {} processes, {} .. {}",
         s.records,
         s.selected,
@@ -453,7 +458,7 @@ fn print_text(r: &Report) {
         s.last.as_deref().unwrap_or("-")
     );
     if s.damaged_lines > 0 {
-        println!(
+        outln!(
             "{} damaged lines skipped (listed on stderr)",
             s.damaged_lines
         );
@@ -463,59 +468,67 @@ fn print_text(r: &Report) {
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!("by category: {}", cats.join(", "));
-    println!();
-    println!("KEYS ({})", r.keys.len());
+    outln!("by category: {}", cats.join(", "));
+    outln!();
+    outln!("KEYS ({})", r.keys.len());
     for k in &r.keys {
-        println!("  {}", k.identity);
+        outln!("  {}", k.identity);
         match &k.created {
-            Some(c) => println!(
+            Some(c) => outln!(
                 "    created   {} by {} ({})",
                 c.time.as_deref().unwrap_or("?"),
                 actor(&c.actor),
                 c.function.as_deref().unwrap_or(&c.action)
             ),
-            None => println!("    created   (not in this trail)"),
+            None => outln!("    created   (not in this trail)"),
         }
         if !k.uses.is_empty() {
-            println!(
+            outln!(
                 "    {:<44} {:>9} {:>9} {:>9}",
-                "use / mechanism", "success", "failure", "other"
+                "use / mechanism",
+                "success",
+                "failure",
+                "other"
             );
             for (what, c) in &k.uses {
-                println!(
+                outln!(
                     "    {:<44} {:>9} {:>9} {:>9}",
-                    what, c.success, c.failure, c.other
+                    what,
+                    c.success,
+                    c.failure,
+                    c.other
                 );
             }
         }
         let e = &k.exports;
         if e.success + e.failure + e.other > 0 {
-            println!(
+            outln!(
                 "    exports   {} succeeded, {} failed",
-                e.success, e.failure
+                e.success,
+                e.failure
             );
         }
         let c = &k.changes;
         if c.success + c.failure + c.other > 0 {
-            println!(
+            outln!(
                 "    changes   {} succeeded, {} failed",
-                c.success, c.failure
+                c.success,
+                c.failure
             );
         }
         if let Some(d) = &k.destroyed {
-            println!(
+            outln!(
                 "    destroyed {} by {}",
                 d.time.as_deref().unwrap_or("?"),
                 actor(&d.actor)
             );
         }
         if k.destroy_failures > 0 {
-            println!("    destroy failed {} time(s)", k.destroy_failures);
+            outln!("    destroy failed {} time(s)", k.destroy_failures);
         }
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "FAILED LOGINS ({})",
         r.failed_logins.iter().map(|l| l.count).sum::<u64>()
     );
@@ -525,7 +538,7 @@ fn print_text(r: &Report) {
             .iter()
             .map(|(k, v)| format!("{k} ×{v}"))
             .collect();
-        println!(
+        outln!(
             "  {:>5} × {}{} by {} ({}), {} .. {}",
             l.count,
             l.user_type,
@@ -539,13 +552,13 @@ fn print_text(r: &Report) {
             l.last.as_deref().unwrap_or("?")
         );
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "TOKEN ADMINISTRATION ({})",
         r.token_admin.len() as u64 + r.token_admin_more
     );
     for t in &r.token_admin {
-        println!(
+        outln!(
             "  {} {} {} {} on {} by {}{}",
             t.time.as_deref().unwrap_or("?"),
             t.action,
@@ -560,16 +573,16 @@ fn print_text(r: &Report) {
             }
         );
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "FAILURES ({})",
         r.failures_by_function.values().sum::<u64>()
     );
     for (f, n) in &r.failures_by_function {
-        println!("  {n:>7} × {f}");
+        outln!("  {n:>7} × {f}");
     }
     for f in &r.failures {
-        println!(
+        outln!(
             "  {} {} {} by {}{}",
             f.time.as_deref().unwrap_or("?"),
             f.function.as_deref().unwrap_or(&f.action),
@@ -582,6 +595,6 @@ fn print_text(r: &Report) {
         );
     }
     if r.failures_more > 0 {
-        println!("  … and {} more", r.failures_more);
+        outln!("  … and {} more", r.failures_more);
     }
 }

@@ -6,13 +6,14 @@
 //! 18:12:01.201   4811 root     generate    key_generate        ok    key "payments-kek" (CKK_AES 256, id 6b01)  CKM_AES_KEY_GEN
 //! ```
 //!
-//! Free text from the trail (labels, messages) is printed with control characters escaped,
-//! so a crafted key label cannot drive the terminal.
+//! Text from the trail (labels, user names, messages, everything but keytrail's own
+//! colours) goes through [`super::text::escape`], so a crafted key label cannot drive
+//! or mislead the terminal.
 
 use super::input::{self, Progress};
 use super::record::{FilterArgs, Filters, KeyRec, P11, Rec};
+use super::text::{errln, escape};
 use anyhow::Result;
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -93,9 +94,17 @@ struct When {
 /// Converts an RFC 3339 UTC `@timestamp` to the display zone.
 fn when(timestamp: &str, utc: bool) -> Option<When> {
     if utc {
-        // The trail's own form: 2026-11-28T18:10:44.837733Z.
+        // The trail's own form: 2026-11-28T18:10:44.837733Z. Checked byte by byte before
+        // slicing: a crafted timestamp may hold multi-byte characters anywhere.
         let b = timestamp.as_bytes();
-        if b.len() >= 23 && b[10] == b'T' && timestamp.ends_with('Z') {
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        if b.len() >= 23
+            && b[..23].is_ascii()
+            && b[10] == b'T'
+            && digits(0..4)
+            && digits(11..13)
+            && timestamp.ends_with('Z')
+        {
             return Some(When {
                 date: format!("{} (UTC)", &timestamp[..10]),
                 time: timestamp[11..23].to_string(),
@@ -107,8 +116,8 @@ fn when(timestamp: &str, utc: bool) -> Option<When> {
     if utc {
         let s = humantime::format_rfc3339_millis(UNIX_EPOCH + since).to_string();
         return Some(When {
-            date: format!("{} (UTC)", &s[..10]),
-            time: s[11..23].to_string(),
+            date: format!("{} (UTC)", s.get(..10)?),
+            time: s.get(11..23)?.to_string(),
         });
     }
     let secs = libc::time_t::try_from(since.as_secs()).ok()?;
@@ -153,49 +162,27 @@ fn when(timestamp: &str, utc: bool) -> Option<When> {
     })
 }
 
-/// Characters that could drive or mislead a terminal: controls and bidirectional
-/// overrides.
-fn unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Text from the trail with control characters and bidi overrides escaped.
-fn clean(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(unsafe_char) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if unsafe_char(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
 /// `"payments-kek" (CKK_AES 256, id 6b01)`, without the noun.
 fn key_body(k: &KeyRec<'_>) -> String {
     let mut s = String::new();
     if let Some(l) = &k.label {
-        let _ = write!(s, "\"{}\" ", clean(l));
+        let _ = write!(s, "\"{}\" ", escape(l));
     }
     let mut inner = Vec::new();
     if let Some(t) = &k.key_type {
         inner.push(match k.bits {
-            Some(b) => format!("{} {b}", clean(t)),
-            None => clean(t).into_owned(),
+            Some(b) => format!("{} {b}", escape(t)),
+            None => escape(t).into_owned(),
         });
     } else if let Some(b) = k.bits {
         inner.push(format!("{b} bits"));
     }
     if let Some(id) = &k.id_hex {
-        inner.push(format!("id {}", clean(id)));
+        inner.push(format!("id {}", escape(id)));
     }
     if k.label.is_none() && inner.is_empty() {
         if let Some(u) = &k.unique_id {
-            inner.push(format!("unique id {}", clean(u)));
+            inner.push(format!("unique id {}", escape(u)));
         } else if let Some(h) = k.handle {
             inner.push(format!("handle {h}"));
         }
@@ -248,7 +235,7 @@ fn keys_text(p: &P11<'_>) -> Vec<String> {
             "wrapping" | "unwrapping" => "with ".into(),
             "base" => "from ".into(),
             "source" => "copied from ".into(),
-            other => format!("{}: ", clean(other)),
+            other => format!("{}: ", escape(other)),
         };
         out.push(format!("{lead}{} {}", key_noun(k), key_body(k)));
     }
@@ -274,30 +261,30 @@ fn line(r: &Rec<'_>, time: &str, color: bool) -> String {
         _ => paint(YELLOW, "?   "),
     };
     let pid = r.pid().map_or_else(|| "?".to_string(), |p| p.to_string());
-    let user = clean(r.user().unwrap_or("?")).into_owned();
+    let user = escape(r.user().unwrap_or("?")).into_owned();
     let mut details: Vec<String> = Vec::new();
     if let Some(p) = &r.pkcs11 {
         if r.outcome() != "success" {
             if let Some(rv) = p.rv_name.as_deref().filter(|rv| *rv != "CKR_OK") {
-                details.push(paint(RED, &clean(rv)));
+                details.push(paint(RED, &escape(rv)));
             }
         }
         if let Some(a) = &p.auth {
             if let Some(ut) = &a.user_type {
-                details.push(clean(ut).into_owned());
+                details.push(escape(ut).into_owned());
             }
             if let Some(un) = &a.username {
-                details.push(format!("user \"{}\"", clean(un)));
+                details.push(format!("user \"{}\"", escape(un)));
             }
         }
         if matches!(r.lifecycle(), "auth" | "token_admin") {
             if let Some(l) = p.token.as_ref().and_then(|t| t.label.as_deref()) {
-                details.push(format!("token \"{}\"", clean(l)));
+                details.push(format!("token \"{}\"", escape(l)));
             }
         }
         details.extend(keys_text(p));
         if let Some(m) = p.mechanism.as_ref().and_then(|m| m.name.as_deref()) {
-            details.push(clean(m).into_owned());
+            details.push(escape(m).into_owned());
         }
         let mut amounts = Vec::new();
         if let Some(op) = &p.operation {
@@ -305,7 +292,7 @@ fn line(r: &Rec<'_>, time: &str, color: bool) -> String {
                 amounts.push(plural(n, "part", "parts"));
             }
             if let Some(end) = op.end.as_deref().filter(|e| *e != "completed") {
-                amounts.push(clean(end).into_owned());
+                amounts.push(escape(end).into_owned());
             }
         }
         if let Some(d) = &p.data {
@@ -340,9 +327,9 @@ fn line(r: &Rec<'_>, time: &str, color: bool) -> String {
                 .iter()
                 .map(|f| {
                     if NOTABLE_FLAGS.contains(&f.as_ref()) {
-                        paint(&format!("{BOLD}{YELLOW}"), &clean(f))
+                        paint(&format!("{BOLD}{YELLOW}"), &escape(f))
                     } else {
-                        clean(f).into_owned()
+                        escape(f).into_owned()
                     }
                 })
                 .collect();
@@ -350,20 +337,20 @@ fn line(r: &Rec<'_>, time: &str, color: bool) -> String {
         }
     }
     if let Some(m) = &r.message {
-        details.push(clean(m).into_owned());
+        details.push(escape(m).into_owned());
     }
     if !r.labels.is_empty() {
         let labels: Vec<String> = r
             .labels
             .iter()
-            .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
+            .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
             .collect();
         details.push(paint(DIM, &format!("{{{}}}", labels.join(" "))));
     }
     let head = format!(
         "{time} {pid:>7} {user:<8} {:<11} {:<19} {outcome}",
-        clean(r.lifecycle()),
-        clean(r.action())
+        escape(r.lifecycle()),
+        escape(r.action())
     );
     if details.is_empty() {
         head.trim_end().to_string()
@@ -390,16 +377,20 @@ pub fn run(args: &ShowArgs) -> Result<u8> {
         &mut progress,
         |_, e| errors.push(e),
         |l| {
-            if l.bytes.is_empty() || write_error.is_some() {
+            if (l.bytes.is_empty() && l.overlong.is_none()) || write_error.is_some() {
                 return;
             }
-            let r = match serde_json::from_slice::<Rec<'_>>(l.bytes) {
+            let parsed = match l.overlong_reason() {
+                Some(reason) => Err(reason),
+                None => serde_json::from_slice::<Rec<'_>>(l.bytes).map_err(|e| e.to_string()),
+            };
+            let r = match parsed {
                 Ok(r) => r,
                 Err(e) => {
                     damaged += 1;
                     // Keep the report next to the records around it on a terminal.
                     let _ = out.flush();
-                    eprintln!(
+                    errln!(
                         "keytrail: {}:{}: damaged line skipped ({}{e})",
                         files[l.file].display(),
                         l.number,
@@ -415,14 +406,14 @@ pub fn run(args: &ShowArgs) -> Result<u8> {
             let stamp = r.timestamp.as_deref().unwrap_or("");
             let w = when(stamp, args.utc).unwrap_or_else(|| When {
                 date: "unknown date".into(),
-                time: format!("{:<12}", clean(stamp)),
+                time: format!("{:<12}", escape(stamp)),
             });
             let mut text = String::new();
             if w.date != last_date {
-                let _ = writeln!(text, "=== {} ===", w.date);
+                let _ = writeln!(text, "=== {} ===", escape(&w.date));
                 last_date = w.date;
             }
-            text.push_str(&line(&r, &w.time, color));
+            text.push_str(&line(&r, &escape(&w.time), color));
             text.push('\n');
             if let Err(e) = out.write_all(text.as_bytes()) {
                 write_error = Some(e);
@@ -435,7 +426,7 @@ pub fn run(args: &ShowArgs) -> Result<u8> {
     out.flush()?;
     drop(out);
     for e in &errors {
-        eprintln!("keytrail: {e}");
+        errln!("keytrail: {e}");
     }
     if damaged > 0 {
         eprintln!("keytrail: {damaged} damaged line(s) skipped");
@@ -483,7 +474,7 @@ mod tests {
             r#"{"event":{"action":"key_pair_generate","outcome":"success"},"pkcs11":{"lifecycle":"generate","keys":{"public":{"class":"CKO_PUBLIC_KEY","key_type":"CKK_EC","id_hex":"51","label":"signer"},"private":{"class":"CKO_PRIVATE_KEY","key_type":"CKK_EC","id_hex":"51","label":"signer"}}}}"#,
         );
         assert!(s.ends_with("key pair \"signer\" (CKK_EC, id 51)"), "{s}");
-        assert_eq!(clean("caf\u{e9} \u{202e}gpj"), "caf\u{e9} \\u{202e}gpj");
+        assert_eq!(escape("caf\u{e9} \u{202e}gpj"), "caf\u{e9} \\u{202e}gpj");
     }
 
     #[test]

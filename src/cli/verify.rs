@@ -1,13 +1,22 @@
 //! `keytrail verify`: recomputes every stream's hash chain, streaming, with memory in
-//! proportion to the number of streams (not records).
+//! proportion to the number of streams (not records), a few hundred bytes each.
+//!
+//! Per stream only what its verdict needs is kept: counters, the hash of its latest
+//! record (to check the next one's `prev`), where it was, who started it (strings that
+//! repeat across streams — module, versions, user and process names — are stored once),
+//! and, for the rare stream with findings, those findings and its open gaps. The report
+//! is written stream by stream, never built whole in memory.
 
 use super::input::{self, Line, Progress};
+use super::text::{self, outln};
 use anyhow::{Context, Result, bail};
+use indexmap::IndexMap;
 use keytrail::sink::chain::{self, ALG_HMAC, Hasher, Key};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::rc::Rc;
 
 /// Exit status: every stream verified, complete and anchored.
 pub const EXIT_VALID: u8 = 0;
@@ -30,10 +39,12 @@ const MAX_GAPS: usize = 10_000;
 #[command(after_help = "\
 Exit status: 0 when every stream verifies, is closed by its stop record and has no \
 unanchored tail; 1 on evidence of tampering or loss (a hash mismatch, missing, \
-reordered or duplicated records, damaged lines, truncation against --head); 2 on \
-bad usage or unreadable files; 3 when nothing is wrong but not everything could be \
-proven (a stream without a stop record: crash, kill, still running or truncated; \
-keyed records without --key).")]
+reordered or duplicated records, damaged lines, truncation against --head, a head \
+that contradicts the trail); 2 on bad usage or unreadable files; 3 when nothing is \
+wrong but not everything could be proven (a stream without a stop record: crash, kill, \
+still running or truncated; keyed records without --key).\n\n\
+Every head given with --head is checked: one whose record differs, or that lies past \
+the end of its stream, is a finding whatever the other heads say.")]
 pub struct VerifyArgs {
     /// Trail files, or directories (every *.jsonl* file in them).
     #[arg(required = true, value_name = "FILES|DIR")]
@@ -67,17 +78,56 @@ struct At {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Problem {
-    HashMismatch { seq: u64, at: At },
-    PrevMismatch { seq: u64, at: At },
-    Damaged { seq: u64, at: At, reason: String },
-    Missing { from: u64, to: u64, at: Option<At> },
-    Reordered { seq: u64, at: At },
-    Duplicate { seq: u64, at: At },
-    NotKeyed { seq: u64, at: At },
-    OtherKey { seq: u64, at: At, key: String },
-    BadStart { seq: u64, at: At },
-    Truncated { head_seq: u64, last_seq: u64 },
-    HeadMismatch { seq: u64 },
+    HashMismatch {
+        seq: u64,
+        at: At,
+    },
+    PrevMismatch {
+        seq: u64,
+        at: At,
+    },
+    Damaged {
+        seq: u64,
+        at: At,
+        reason: String,
+    },
+    Missing {
+        from: u64,
+        to: u64,
+        at: Option<At>,
+    },
+    Reordered {
+        seq: u64,
+        at: At,
+    },
+    Duplicate {
+        seq: u64,
+        at: At,
+    },
+    NotKeyed {
+        seq: u64,
+        at: At,
+    },
+    OtherKey {
+        seq: u64,
+        at: At,
+        key: String,
+    },
+    BadStart {
+        seq: u64,
+        at: At,
+    },
+    /// A head lies past the last record of its stream.
+    Truncated {
+        head_seq: u64,
+        last_seq: u64,
+        head: String,
+    },
+    /// A head's hash differs from the record it names.
+    HeadMismatch {
+        seq: u64,
+        head: String,
+    },
 }
 
 impl Problem {
@@ -94,7 +144,7 @@ impl Problem {
             }
             Problem::PrevMismatch { seq, at: a } => format!(
                 "INVALID at seq {seq}: its prev is not the hash of seq {} (a record was altered, removed or inserted before it) ({})",
-                seq - 1,
+                seq.saturating_sub(1),
                 at(a)
             ),
             Problem::Damaged { seq, at: a, reason } => {
@@ -129,14 +179,37 @@ impl Problem {
                 "INVALID at seq {seq}: the first record of a stream must have prev null, and only it ({})",
                 at(a)
             ),
-            Problem::Truncated { head_seq, last_seq } => format!(
-                "TRUNCATED: the head given with --head is seq {head_seq}, the trail ends at seq {last_seq}"
+            Problem::Truncated {
+                head_seq,
+                last_seq,
+                head,
+            } => format!(
+                "TRUNCATED: the head at seq {head_seq} ({head}) lies past the end of the trail at seq {last_seq}"
             ),
-            Problem::HeadMismatch { seq } => format!(
-                "INVALID at seq {seq}: the record's hash differs from the head given with --head"
+            Problem::HeadMismatch { seq, head } => format!(
+                "INVALID at seq {seq}: the record's hash differs from the head ({head}): the trail or that head was forged"
             ),
         }
     }
+}
+
+/// A record's hash, when it is stated as 64 lowercase hex digits (the only form the
+/// writer produces; anything else fails the hash check anyway).
+type Hash = [u8; 32];
+
+fn parse_hash(text: &str) -> Option<Hash> {
+    let b = text.as_bytes();
+    if b.len() != 64 || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(b, &mut h).ok()?;
+    Some(h)
+}
+
+/// Whether `prev` (as stated) names the record whose hash is `hash`.
+fn links(prev: &str, hash: &Hash) -> bool {
+    parse_hash(prev).as_ref() == Some(hash)
 }
 
 #[derive(Debug, Clone)]
@@ -144,45 +217,117 @@ struct Gap {
     from: u64,
     to: u64,
     /// Hash of record `from - 1`.
-    hash_before: Option<String>,
+    hash_before: Option<Hash>,
     /// `prev` of record `to + 1`.
-    prev_after: Option<String>,
+    prev_after: Option<Box<str>>,
 }
 
-#[derive(Debug, Default, Serialize)]
-struct StartInfo {
-    time: Option<String>,
-    pid: Option<u64>,
-    user: Option<String>,
-    process: Option<String>,
-    module: Option<String>,
-    module_sha256: Option<String>,
-    config_sha256: Option<String>,
-    version: Option<String>,
-}
-
+/// Who started a stream, from its `trail_start` record. Strings that repeat from stream
+/// to stream are shared.
 #[derive(Debug, Default)]
-struct Stream {
-    first_seq: u64,
-    max_seq: u64,
-    /// Hash stated by the record with `max_seq` (None if damaged).
-    last_hash: Option<String>,
-    last_action: String,
-    last_time: Option<String>,
-    records: u64,
-    files: Vec<usize>,
+struct Start {
+    time: Option<Box<str>>,
+    pid: Option<u64>,
+    user: Option<Rc<str>>,
+    process: Option<Rc<str>>,
+    module: Option<Rc<str>>,
+    module_sha256: Option<Rc<str>>,
+    config_sha256: Option<Rc<str>>,
+    version: Option<Rc<str>>,
+}
+
+/// [`Start`] as printed.
+#[derive(Debug, Serialize)]
+struct StartInfo<'a> {
+    time: Option<&'a str>,
+    pid: Option<u64>,
+    user: Option<&'a str>,
+    process: Option<&'a str>,
+    module: Option<&'a str>,
+    module_sha256: Option<&'a str>,
+    config_sha256: Option<&'a str>,
+    version: Option<&'a str>,
+}
+
+impl Start {
+    fn info(&self) -> StartInfo<'_> {
+        StartInfo {
+            time: self.time.as_deref(),
+            pid: self.pid,
+            user: self.user.as_deref(),
+            process: self.process.as_deref(),
+            module: self.module.as_deref(),
+            module_sha256: self.module_sha256.as_deref(),
+            config_sha256: self.config_sha256.as_deref(),
+            version: self.version.as_deref(),
+        }
+    }
+}
+
+/// What few streams have: findings and open gaps.
+#[derive(Debug, Default)]
+struct Rare {
     gaps: Vec<Gap>,
     gaps_overflow: bool,
     problems: Vec<Problem>,
     more_problems: u64,
-    invalid: bool,
+    /// The worst verdict any finding calls for, kept or only counted.
+    worst: Verdict,
+}
+
+/// The verdict on a stream, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+enum Verdict {
+    #[default]
+    Valid,
+    Open,
+    Unverified,
+    Reordered,
+    MissingRecords,
+    Truncated,
+    Invalid,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Open => "OPEN",
+            Verdict::Unverified => "UNVERIFIED",
+            Verdict::Reordered => "REORDERED",
+            Verdict::MissingRecords => "MISSING RECORDS",
+            Verdict::Truncated => "TRUNCATED",
+            Verdict::Invalid => "INVALID",
+        }
+    }
+}
+
+/// One stream's state while reading, and its verdict afterwards.
+#[derive(Debug, Default)]
+struct Stream {
+    first_seq: u64,
+    max_seq: u64,
+    records: u64,
     unverified: u64,
-    keyed: bool,
-    last_anchor: u64,
     checkpoints: u64,
-    start: Option<StartInfo>,
-    /// Head seqs given with --head and the hash each must have, and what was found.
-    heads: Vec<(u64, String, Option<bool>)>,
+    last_anchor: u64,
+    /// The highest seq of a head that matched its record.
+    anchored_by_head: Option<u64>,
+    /// Hash stated by the record with `max_seq` (None if damaged).
+    last_hash: Option<Hash>,
+    /// Whether the record with `max_seq` is a `trail_stop`.
+    closed: bool,
+    keyed: bool,
+    invalid: bool,
+    verdict: Verdict,
+    /// The file of the first record, of the latest, and any others, in order of first
+    /// appearance.
+    first_file: u32,
+    last_file: u32,
+    other_files: Vec<u32>,
+    last_time: Option<Box<str>>,
+    start: Option<Box<Start>>,
+    rare: Option<Box<Rare>>,
 }
 
 impl Stream {
@@ -191,11 +336,48 @@ impl Stream {
             self.invalid = true;
             file_problems.invalid += 1;
         }
-        if self.problems.len() < KEEP {
-            self.problems.push(p);
+        let rare = self.rare.get_or_insert_with(Default::default);
+        rare.worst = rare.worst.max(severity(&p));
+        if rare.problems.len() < KEEP {
+            rare.problems.push(p);
         } else {
-            self.more_problems += 1;
+            rare.more_problems += 1;
         }
+    }
+
+    fn problems(&self) -> &[Problem] {
+        self.rare.as_ref().map_or(&[], |r| &r.problems)
+    }
+
+    fn gaps(&self) -> &[Gap] {
+        self.rare.as_ref().map_or(&[], |r| &r.gaps)
+    }
+
+    fn gaps_mut(&mut self) -> &mut Vec<Gap> {
+        &mut self.rare.get_or_insert_with(Default::default).gaps
+    }
+
+    fn has_file(&self, file: u32) -> bool {
+        self.first_file == file || self.other_files.contains(&file)
+    }
+
+    /// Notes that a record of this stream is in `file`; true when the stream had none
+    /// there before.
+    fn seen_in(&mut self, file: u32) -> bool {
+        let new = self.records > 0 && self.last_file != file && !self.has_file(file);
+        if self.records == 0 {
+            self.first_file = file;
+        } else if new {
+            self.other_files.push(file);
+        }
+        self.last_file = file;
+        new || self.records == 0
+    }
+
+    fn files(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.first_file)
+            .chain(self.other_files.iter().copied())
+            .map(|f| f as usize)
     }
 }
 
@@ -223,8 +405,10 @@ struct Rec<'a> {
     #[serde(borrow)]
     integrity: Option<Integrity<'a>>,
     keytrail: Option<serde_json::Value>,
-    process: Option<Proc>,
-    user: Option<User>,
+    #[serde(borrow)]
+    process: Option<Proc<'a>>,
+    #[serde(borrow)]
+    user: Option<User<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -234,15 +418,18 @@ struct Ev<'a> {
 }
 
 #[derive(Deserialize)]
-struct Proc {
+struct Proc<'a> {
     pid: Option<u64>,
-    name: Option<String>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct User {
-    name: Option<String>,
-    id: Option<String>,
+struct User<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -269,79 +456,164 @@ enum Check {
     NoKey,
 }
 
-/// A head given with --head.
+/// Where a head came from: the `--head` argument (0-based) and, for a file, its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HeadSource {
+    arg: u32,
+    line: Option<u64>,
+}
+
+/// A head given with --head, and what the trail said to it.
 #[derive(Debug, Clone)]
-struct Head {
-    stream: String,
+struct HeadCheck {
     seq: u64,
-    hash: String,
+    hash: Hash,
+    source: HeadSource,
+    /// Whether every record with this seq carries this hash (None: no such record seen).
+    found: Option<bool>,
 }
 
-fn parse_heads(args: &[String]) -> Result<Vec<Head>> {
-    let mut heads = Vec::new();
-    for a in args {
-        let text = a.trim();
-        if text.starts_with('{') {
-            heads.push(head_from_record(text).with_context(|| format!("--head {text}"))?);
-        } else if let Some(h) = head_from_triple(text) {
-            heads.push(h);
-        } else {
-            let content = std::fs::read_to_string(text).with_context(|| {
-                format!("--head {text}: neither a record, STREAM:SEQ:HASH nor a readable file")
-            })?;
-            let mut found = 0;
-            for (n, line) in content.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() {
-                    continue;
+/// Every head given with --head, by stream. All of them are checked: a head kept
+/// elsewhere proves something only if no other head can outvote it, and anyone who can
+/// write to syslog can add one.
+#[derive(Debug, Default)]
+struct Heads {
+    /// The arguments, to say where a head came from.
+    args: Vec<String>,
+    by_stream: HashMap<Box<str>, Vec<HeadCheck>>,
+}
+
+impl Heads {
+    fn parse(args: &[String]) -> Result<Heads> {
+        let mut heads = Heads {
+            args: args.to_vec(),
+            by_stream: HashMap::new(),
+        };
+        for (n, a) in args.iter().enumerate() {
+            let arg = u32::try_from(n).context("too many --head arguments")?;
+            let text = a.trim();
+            let source = HeadSource { arg, line: None };
+            if text.starts_with('{') {
+                let (stream, seq, hash) =
+                    head_from_record(text.as_bytes()).with_context(|| format!("--head {text}"))?;
+                heads.add(stream, seq, hash, source);
+            } else if let Some((stream, seq, hash)) = head_from_triple(text) {
+                heads.add(stream, seq, hash, source);
+            } else {
+                heads.read_file(text, arg)?;
+            }
+        }
+        for list in heads.by_stream.values_mut() {
+            list.sort_by_key(|h| h.seq);
+            // The same head from two places (an anchor file and syslog) is one head.
+            list.dedup_by(|a, b| a.seq == b.seq && a.hash == b.hash);
+        }
+        Ok(heads)
+    }
+
+    /// Reads a file of head records, one per line (a syslog prefix before each is
+    /// allowed), with the trail readers' bounds.
+    fn read_file(&mut self, path: &str, arg: u32) -> Result<()> {
+        let files = [PathBuf::from(path)];
+        let mut unreadable = None;
+        let mut bad = None;
+        let mut found = 0u64;
+        input::for_each_line(
+            &files,
+            &mut Progress::new(&files, true),
+            |_, e| unreadable = Some(e),
+            |l| {
+                if bad.is_some() {
+                    return;
                 }
-                // A syslog line may carry a prefix before the JSON record.
-                let json = line.find('{').map_or(line, |i| &line[i..]);
-                heads.push(
-                    head_from_record(json)
-                        .with_context(|| format!("--head {text}, line {}", n + 1))?,
-                );
-                found += 1;
-            }
-            if found == 0 {
-                bail!("--head {text}: the file holds no records");
-            }
+                if let Some(reason) = l.overlong_reason() {
+                    bad = Some((l.number, anyhow::anyhow!(reason)));
+                    return;
+                }
+                let line = l.bytes.trim_ascii();
+                if line.is_empty() {
+                    return;
+                }
+                let json = memchr::memchr(b'{', line).map_or(line, |i| &line[i..]);
+                match head_from_record(json) {
+                    Ok((stream, seq, hash)) => {
+                        let source = HeadSource {
+                            arg,
+                            line: Some(l.number),
+                        };
+                        self.add(stream, seq, hash, source);
+                        found += 1;
+                    }
+                    Err(e) => bad = Some((l.number, e)),
+                }
+            },
+        );
+        if let Some(e) = unreadable {
+            bail!("--head {path}: neither a record, STREAM:SEQ:HASH nor a readable file ({e})");
+        }
+        if let Some((n, e)) = bad {
+            return Err(e.context(format!("--head {path}, line {n}")));
+        }
+        if found == 0 {
+            bail!("--head {path}: the file holds no records");
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, stream: String, seq: u64, hash: Hash, source: HeadSource) {
+        self.by_stream
+            .entry(stream.into_boxed_str())
+            .or_default()
+            .push(HeadCheck {
+                seq,
+                hash,
+                source,
+                found: None,
+            });
+    }
+
+    /// Compares the heads of `stream` at `seq` with a record's stated hash.
+    fn check(&mut self, stream: &str, seq: u64, stated: &str) {
+        let Some(list) = self.by_stream.get_mut(stream) else {
+            return;
+        };
+        let stated = parse_hash(stated);
+        let from = list.partition_point(|h| h.seq < seq);
+        for h in list[from..].iter_mut().take_while(|h| h.seq == seq) {
+            h.found = Some(h.found != Some(false) && stated == Some(h.hash));
         }
     }
-    // Per stream only the latest head matters.
-    let mut latest: HashMap<String, Head> = HashMap::new();
-    for h in heads {
-        match latest.get(&h.stream) {
-            Some(old) if old.seq >= h.seq => {}
-            _ => {
-                latest.insert(h.stream.clone(), h);
+
+    fn describe(&self, s: HeadSource) -> String {
+        let arg = self.args.get(s.arg as usize).map_or("", String::as_str);
+        match s.line {
+            Some(n) => format!("{arg}:{n}"),
+            None if arg.trim_start().starts_with('{') => {
+                format!("--head record #{}", s.arg + 1)
             }
+            None => format!("--head {arg}"),
         }
     }
-    Ok(latest.into_values().collect())
 }
 
-fn head_from_record(text: &str) -> Result<Head> {
-    let r: Rec<'_> = serde_json::from_str(text).context("not a trail record")?;
+fn head_from_record(text: &[u8]) -> Result<(String, u64, Hash)> {
+    let r: Rec<'_> = serde_json::from_slice(text).context("not a trail record")?;
     let i = r.integrity.context("the record has no integrity fields")?;
-    Ok(Head {
-        stream: i.stream.into_owned(),
-        seq: i.seq,
-        hash: i.hash.into_owned(),
-    })
+    let hash = parse_hash(&i.hash).context("its hash is not 64 lowercase hex digits")?;
+    Ok((i.stream.into_owned(), i.seq, hash))
 }
 
-fn head_from_triple(text: &str) -> Option<Head> {
+fn head_from_triple(text: &str) -> Option<(String, u64, Hash)> {
     let mut it = text.split(':');
     let (stream, seq, hash) = (it.next()?, it.next()?, it.next()?);
-    if it.next().is_some() || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if it.next().is_some() {
         return None;
     }
-    Some(Head {
-        stream: stream.to_string(),
-        seq: seq.parse().ok()?,
-        hash: hash.to_ascii_lowercase(),
-    })
+    Some((
+        stream.to_string(),
+        seq.parse().ok()?,
+        parse_hash(&hash.to_ascii_lowercase())?,
+    ))
 }
 
 /// What the integrity part of a damaged line still tells: stream, seq and stated hash.
@@ -363,25 +635,97 @@ fn salvage(line: &[u8]) -> Option<(String, u64, Option<String>)> {
     (!stream.is_empty()).then_some((stream, seq, hash))
 }
 
+/// A string shared by every stream that has it.
+fn intern(strings: &mut HashSet<Rc<str>>, s: &str) -> Rc<str> {
+    if let Some(r) = strings.get(s) {
+        return r.clone();
+    }
+    let r: Rc<str> = Rc::from(s);
+    strings.insert(r.clone());
+    r
+}
+
+/// What each kind of finding makes of a stream's verdict.
+fn severity(p: &Problem) -> Verdict {
+    match p {
+        Problem::HashMismatch { .. }
+        | Problem::PrevMismatch { .. }
+        | Problem::Damaged { .. }
+        | Problem::NotKeyed { .. }
+        | Problem::BadStart { .. }
+        | Problem::HeadMismatch { .. } => Verdict::Invalid,
+        Problem::Truncated { .. } => Verdict::Truncated,
+        Problem::Missing { .. } => Verdict::MissingRecords,
+        Problem::Reordered { .. } | Problem::Duplicate { .. } => Verdict::Reordered,
+        Problem::OtherKey { .. } => Verdict::Valid,
+    }
+}
+
 struct Verifier {
     files: Vec<PathBuf>,
     file_state: Vec<FileState>,
-    streams: HashMap<String, Stream>,
-    order: Vec<String>,
+    streams: IndexMap<Box<str>, Stream>,
+    strings: HashSet<Rc<str>>,
     hasher: Option<Hasher>,
     key_id: Option<String>,
-    heads: Vec<Head>,
+    heads: Heads,
     hex: [u8; 64],
 }
 
 impl Verifier {
+    fn new(
+        files: Vec<PathBuf>,
+        hasher: Option<Hasher>,
+        key_id: Option<String>,
+        heads: Heads,
+    ) -> Verifier {
+        Verifier {
+            file_state: files.iter().map(|_| FileState::default()).collect(),
+            files,
+            streams: IndexMap::new(),
+            strings: HashSet::new(),
+            hasher,
+            key_id,
+            heads,
+            hex: [0u8; 64],
+        }
+    }
+
+    /// The stream `id`, made on its first record, and the state of the file a record of
+    /// it is in; counts the record.
+    fn stream_at<'a>(
+        streams: &'a mut IndexMap<Box<str>, Stream>,
+        file_state: &'a mut [FileState],
+        id: &str,
+        file: usize,
+    ) -> (&'a mut Stream, &'a mut FileState) {
+        let index = match streams.get_index_of(id) {
+            Some(i) => i,
+            None => streams.insert_full(id.into(), Stream::default()).0,
+        };
+        let fs = &mut file_state[file];
+        fs.records += 1;
+        let s = &mut streams[index];
+        if s.seen_in(file as u32) {
+            fs.streams += 1;
+        }
+        s.records += 1;
+        (s, fs)
+    }
+
     fn line(&mut self, l: Line<'_>) {
-        let fs = &mut self.file_state[l.file];
-        fs.lines += 1;
+        self.file_state[l.file].lines += 1;
         let at = At {
             file: l.file,
             line: l.number,
         };
+        if let Some(reason) = l.overlong_reason() {
+            match salvage(l.bytes) {
+                Some((stream, seq, hash)) => self.record_damaged(at, &stream, seq, hash, reason),
+                None => self.damaged_line(at, reason),
+            }
+            return;
+        }
         if l.bytes.iter().all(u8::is_ascii_whitespace) {
             if !l.complete || !l.bytes.is_empty() {
                 self.damaged_line(at, "blank line".into());
@@ -437,35 +781,24 @@ impl Verifier {
                 if Some(kid) != self.key_id.as_deref() {
                     Check::OtherKey(kid.to_string())
                 } else {
-                    self.hash_check(h.hash(prefix), stated, suffix_hash)
+                    let computed = h.hash(prefix);
+                    self.hash_check(computed, stated, suffix_hash)
                 }
             }
             (_, true) => Check::NoKey,
             (_, false) => self.hash_check(Hasher::Plain.hash(prefix), stated, suffix_hash),
         };
-        // Stream bookkeeping.
         let stream_id = integrity.stream.as_ref();
-        let fs = &mut self.file_state[l.file];
-        fs.records += 1;
-        if !self.streams.contains_key(stream_id) {
-            self.order.push(stream_id.to_string());
-            let mut s = Stream::default();
-            for h in self.heads.iter().filter(|h| h.stream == stream_id) {
-                s.heads.push((h.seq, h.hash.clone(), None));
-            }
-            self.streams.insert(stream_id.to_string(), s);
-        }
-        let Some(s) = self.streams.get_mut(stream_id) else {
-            return;
-        };
-        if s.files.last() != Some(&l.file) {
-            if !s.files.contains(&l.file) {
-                fs.streams += 1;
-            }
-            s.files.push(l.file);
-        }
-        s.records += 1;
         let seq = integrity.seq;
+        let hash = integrity.hash.as_ref();
+        self.heads.check(stream_id, seq, hash);
+        let action = rec
+            .event
+            .as_ref()
+            .and_then(|e| e.action.as_deref())
+            .unwrap_or("");
+        let start = (action == "trail_start").then(|| self.start_of(&rec));
+        let (s, fs) = Self::stream_at(&mut self.streams, &mut self.file_state, stream_id, l.file);
         match check {
             Check::Ok => {}
             Check::Bad => s.problem(Problem::HashMismatch { seq, at }, fs),
@@ -477,51 +810,58 @@ impl Verifier {
             Check::NoKey => s.unverified += 1,
         }
         s.keyed |= keyed;
-        let action = rec
-            .event
-            .as_ref()
-            .and_then(|e| e.action.as_deref())
-            .unwrap_or("");
         let prev = integrity.prev.as_deref();
-        let hash = integrity.hash.as_ref();
         if (seq == 1) != prev.is_none() {
             s.problem(Problem::BadStart { seq, at }, fs);
         }
-        if action == "trail_start" && s.start.is_none() {
-            let d = rec.keytrail.as_ref();
-            let text = |k: &str| {
-                d.and_then(|d| d.get(k))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            };
-            s.start = Some(StartInfo {
-                time: rec.timestamp.as_deref().map(str::to_string),
-                pid: rec.process.as_ref().and_then(|p| p.pid),
-                process: rec.process.as_ref().and_then(|p| p.name.clone()),
-                user: rec
-                    .user
-                    .as_ref()
-                    .and_then(|u| u.name.clone().or_else(|| u.id.clone())),
-                module: text("module"),
-                module_sha256: text("module_sha256"),
-                config_sha256: text("config_sha256"),
-                version: text("version"),
-            });
-        }
-        for h in s.heads.iter_mut().filter(|h| h.0 == seq) {
-            h.2 = Some(h.1 == hash);
+        if s.start.is_none() {
+            s.start = start;
         }
         if action == "checkpoint" {
             s.checkpoints += 1;
         }
         let anchor = matches!(action, "checkpoint" | "trail_stop");
-        Self::sequence(s, seq, prev, Some(hash), action, at, fs);
+        Self::sequence(s, seq, prev, Some(hash), action == "trail_stop", at, fs);
         if anchor && seq > s.last_anchor {
             s.last_anchor = seq;
         }
         if seq == s.max_seq {
-            s.last_time = rec.timestamp.as_deref().map(str::to_string);
+            s.last_time = rec.timestamp.as_deref().map(Box::from);
         }
+    }
+
+    /// Who started a stream, from its `trail_start` record.
+    fn start_of(&mut self, rec: &Rec<'_>) -> Box<Start> {
+        let strings = &mut self.strings;
+        let d = rec.keytrail.as_ref();
+        let mut text = |k: &str| {
+            d.and_then(|d| d.get(k))
+                .and_then(|v| v.as_str())
+                .map(|v| intern(strings, v))
+        };
+        let (module, module_sha256, config_sha256, version) = (
+            text("module"),
+            text("module_sha256"),
+            text("config_sha256"),
+            text("version"),
+        );
+        let process = rec.process.as_ref();
+        let user = rec
+            .user
+            .as_ref()
+            .and_then(|u| u.name.as_deref().or(u.id.as_deref()));
+        Box::new(Start {
+            time: rec.timestamp.as_deref().map(Box::from),
+            pid: process.and_then(|p| p.pid),
+            process: process
+                .and_then(|p| p.name.as_deref())
+                .map(|n| intern(strings, n)),
+            user: user.map(|u| intern(strings, u)),
+            module,
+            module_sha256,
+            config_sha256,
+            version,
+        })
     }
 
     fn hash_check<T: AsRef<[u8]>>(&mut self, computed: T, stated: &[u8], suffix: &[u8]) -> Check {
@@ -540,41 +880,42 @@ impl Verifier {
         seq: u64,
         prev: Option<&str>,
         hash: Option<&str>,
-        action: &str,
+        stop: bool,
         at: At,
         fs: &mut FileState,
     ) {
         if s.records == 1 {
             s.first_seq = seq;
             s.max_seq = seq;
-            s.last_hash = hash.map(str::to_string);
-            s.last_action = action.to_string();
+            s.last_hash = hash.and_then(parse_hash);
+            s.closed = stop;
             if seq > 1 {
-                s.gaps.push(Gap {
+                s.gaps_mut().push(Gap {
                     from: 1,
                     to: seq - 1,
                     hash_before: None,
-                    prev_after: prev.map(str::to_string),
+                    prev_after: prev.map(Box::from),
                 });
             }
             return;
         }
-        if seq == s.max_seq + 1 {
-            if let (Some(p), Some(h)) = (prev, s.last_hash.as_deref()) {
-                if p != h {
+        if Some(seq) == s.max_seq.checked_add(1) {
+            if let (Some(p), Some(h)) = (prev, s.last_hash.as_ref()) {
+                if !links(p, h) {
                     s.problem(Problem::PrevMismatch { seq, at }, fs);
                 }
             }
         } else if seq > s.max_seq {
-            if s.gaps.len() < MAX_GAPS {
-                s.gaps.push(Gap {
+            if s.gaps().len() < MAX_GAPS {
+                let gap = Gap {
                     from: s.max_seq + 1,
                     to: seq - 1,
-                    hash_before: s.last_hash.clone(),
-                    prev_after: prev.map(str::to_string),
-                });
-            } else if !s.gaps_overflow {
-                s.gaps_overflow = true;
+                    hash_before: s.last_hash,
+                    prev_after: prev.map(Box::from),
+                };
+                s.gaps_mut().push(gap);
+            } else if !s.rare.as_ref().is_some_and(|r| r.gaps_overflow) {
+                s.rare.get_or_insert_with(Default::default).gaps_overflow = true;
                 s.problem(
                     Problem::Missing {
                         from: s.max_seq + 1,
@@ -586,15 +927,15 @@ impl Verifier {
             }
         } else {
             // A record from the past: it fills a gap (reordered) or repeats one.
-            match s.gaps.iter().position(|g| g.from <= seq && seq <= g.to) {
+            match s.gaps().iter().position(|g| g.from <= seq && seq <= g.to) {
                 Some(i) => {
-                    let g = s.gaps.remove(i);
+                    let g = s.gaps_mut().remove(i);
                     if g.from == 1 && seq < s.first_seq {
                         s.first_seq = seq;
                     }
                     if seq == g.from {
-                        if let (Some(p), Some(h)) = (prev, g.hash_before.as_deref()) {
-                            if p != h {
+                        if let (Some(p), Some(h)) = (prev, g.hash_before.as_ref()) {
+                            if !links(p, h) {
                                 s.problem(Problem::PrevMismatch { seq, at }, fs);
                             }
                         }
@@ -606,25 +947,26 @@ impl Verifier {
                             }
                         }
                     }
+                    let gaps = s.gaps_mut();
                     if seq > g.from {
-                        s.gaps.insert(
+                        gaps.insert(
                             i,
                             Gap {
                                 from: g.from,
                                 to: seq - 1,
-                                hash_before: g.hash_before.clone(),
-                                prev_after: prev.map(str::to_string),
+                                hash_before: g.hash_before,
+                                prev_after: prev.map(Box::from),
                             },
                         );
                     }
                     if seq < g.to {
                         let j = if seq > g.from { i + 1 } else { i };
-                        s.gaps.insert(
+                        gaps.insert(
                             j,
                             Gap {
                                 from: seq + 1,
                                 to: g.to,
-                                hash_before: hash.map(str::to_string),
+                                hash_before: hash.and_then(parse_hash),
                                 prev_after: g.prev_after,
                             },
                         );
@@ -638,8 +980,8 @@ impl Verifier {
             return;
         }
         s.max_seq = seq;
-        s.last_hash = hash.map(str::to_string);
-        s.last_action = action.to_string();
+        s.last_hash = hash.and_then(parse_hash);
+        s.closed = stop;
     }
 
     fn record_damaged(
@@ -650,24 +992,9 @@ impl Verifier {
         hash: Option<String>,
         reason: String,
     ) {
-        let fs = &mut self.file_state[at.file];
-        fs.records += 1;
-        if !self.streams.contains_key(stream) {
-            self.order.push(stream.to_string());
-            self.streams.insert(stream.to_string(), Stream::default());
-        }
-        let Some(s) = self.streams.get_mut(stream) else {
-            return;
-        };
-        if !s.files.contains(&at.file) {
-            fs.streams += 1;
-        }
-        if s.files.last() != Some(&at.file) {
-            s.files.push(at.file);
-        }
-        s.records += 1;
+        let (s, fs) = Self::stream_at(&mut self.streams, &mut self.file_state, stream, at.file);
         s.problem(Problem::Damaged { seq, at, reason }, fs);
-        Self::sequence(s, seq, None, hash.as_deref(), "", at, fs);
+        Self::sequence(s, seq, None, hash.as_deref(), false, at, fs);
     }
 
     fn damaged_line(&mut self, at: At, reason: String) {
@@ -679,19 +1006,113 @@ impl Verifier {
             fs.more_damaged += 1;
         }
     }
+
+    /// Settles every stream's verdict once the input is read: open gaps become missing
+    /// records, and every head is held against its stream. Returns the exit status and
+    /// the streams that heads name but the trail lacks.
+    fn finish(&mut self) -> (u8, Vec<String>) {
+        let mut any_invalid = self
+            .file_state
+            .iter()
+            .any(|f| f.invalid > 0 && f.streams == 0);
+        let mut any_unproven = false;
+        let heads = &self.heads;
+        for (id, s) in self.streams.iter_mut() {
+            let mut found = FileState::default();
+            let gaps = s.rare.as_mut().map(|r| std::mem::take(&mut r.gaps));
+            for g in gaps.unwrap_or_default() {
+                s.problem(
+                    Problem::Missing {
+                        from: g.from,
+                        to: g.to,
+                        at: None,
+                    },
+                    &mut found,
+                );
+            }
+            for h in heads.by_stream.get(id).map_or(&[][..], Vec::as_slice) {
+                match h.found {
+                    Some(true) => {
+                        s.anchored_by_head = s.anchored_by_head.max(Some(h.seq));
+                        s.last_anchor = s.last_anchor.max(h.seq);
+                    }
+                    Some(false) => s.problem(
+                        Problem::HeadMismatch {
+                            seq: h.seq,
+                            head: heads.describe(h.source),
+                        },
+                        &mut found,
+                    ),
+                    None if h.seq > s.max_seq => s.problem(
+                        Problem::Truncated {
+                            head_seq: h.seq,
+                            last_seq: s.max_seq,
+                            head: heads.describe(h.source),
+                        },
+                        &mut found,
+                    ),
+                    None => {} // within a gap, already reported missing
+                }
+            }
+            if found.invalid > 0 {
+                self.file_state[s.last_file as usize].invalid += found.invalid;
+            }
+            s.verdict = if s.invalid {
+                s.rare.as_ref().map_or(Verdict::Invalid, |r| r.worst)
+            } else if s.unverified > 0 {
+                Verdict::Unverified
+            } else if !s.closed {
+                Verdict::Open
+            } else {
+                Verdict::Valid
+            };
+            match s.verdict {
+                Verdict::Valid => {}
+                Verdict::Unverified | Verdict::Open => any_unproven = true,
+                _ => any_invalid = true,
+            }
+        }
+        let mut missing: Vec<String> = heads
+            .by_stream
+            .keys()
+            .filter(|id| !self.streams.contains_key(&***id))
+            .map(|id| id.to_string())
+            .collect();
+        missing.sort();
+        any_invalid |= !missing.is_empty();
+        any_invalid |= self.file_state.iter().any(|f| file_verdict(f) != "valid");
+        let exit = if any_invalid {
+            EXIT_INVALID
+        } else if any_unproven {
+            EXIT_UNPROVEN
+        } else {
+            EXIT_VALID
+        };
+        (exit, missing)
+    }
+}
+
+fn file_verdict(state: &FileState) -> &'static str {
+    if state.error.is_some() {
+        "UNREADABLE"
+    } else if state.invalid > 0 {
+        "INVALID"
+    } else {
+        "valid"
+    }
 }
 
 /// The verdict on one stream, for output.
 #[derive(Debug, Serialize)]
-struct StreamReport {
-    stream: String,
+struct StreamReport<'a> {
+    stream: &'a str,
     verdict: &'static str,
     first_seq: u64,
     last_seq: u64,
     records: u64,
-    files: Vec<String>,
-    start: Option<StartInfo>,
-    last_time: Option<String>,
+    files: Vec<&'a str>,
+    start: Option<StartInfo<'a>>,
+    last_time: Option<&'a str>,
     closed: bool,
     keyed: bool,
     unverified_records: u64,
@@ -701,24 +1122,75 @@ struct StreamReport {
     anchored_by_head: Option<u64>,
     problems: Vec<String>,
     more_problems: u64,
-    findings: Vec<Problem>,
+    findings: &'a [Problem],
 }
 
 #[derive(Debug, Serialize)]
-struct FileReport {
-    file: String,
+struct FileReport<'a> {
+    file: &'a str,
     verdict: &'static str,
     #[serde(flatten)]
-    state: FileState,
+    state: &'a FileState,
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
+/// The whole report; its streams are produced one at a time as it is written.
+#[derive(Serialize)]
+struct Report<'a> {
     verdict: &'static str,
     exit_status: u8,
-    files: Vec<FileReport>,
-    streams: Vec<StreamReport>,
-    missing_streams: Vec<String>,
+    files: Vec<FileReport<'a>>,
+    streams: Streams<'a>,
+    missing_streams: &'a [String],
+}
+
+struct Streams<'a> {
+    v: &'a Verifier,
+    names: &'a [String],
+}
+
+impl Serialize for Streams<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_seq(
+            self.v
+                .streams
+                .iter()
+                .map(|(id, s)| stream_report(id, s, self.names, &self.v.files)),
+        )
+    }
+}
+
+fn stream_report<'a>(
+    id: &'a str,
+    s: &'a Stream,
+    names: &'a [String],
+    paths: &[PathBuf],
+) -> StreamReport<'a> {
+    let mut files: Vec<&str> = Vec::new();
+    for f in s.files() {
+        if !files.contains(&names[f].as_str()) {
+            files.push(&names[f]);
+        }
+    }
+    StreamReport {
+        stream: id,
+        verdict: s.verdict.as_str(),
+        first_seq: s.first_seq,
+        last_seq: s.max_seq,
+        records: s.records,
+        files,
+        start: s.start.as_ref().map(|st| st.info()),
+        last_time: s.last_time.as_deref(),
+        closed: s.closed,
+        keyed: s.keyed,
+        unverified_records: s.unverified,
+        checkpoints: s.checkpoints,
+        last_anchor_seq: (s.last_anchor > 0).then_some(s.last_anchor),
+        unanchored_tail: (s.max_seq > s.last_anchor).then(|| (s.last_anchor + 1, s.max_seq)),
+        anchored_by_head: s.anchored_by_head,
+        problems: s.problems().iter().map(|p| p.describe(paths)).collect(),
+        more_problems: s.rare.as_ref().map_or(0, |r| r.more_problems),
+        findings: s.problems(),
+    }
 }
 
 /// Runs `keytrail verify`; returns the exit status.
@@ -734,17 +1206,8 @@ pub fn run(args: &VerifyArgs) -> Result<u8> {
         }
         None => (None, None),
     };
-    let heads = parse_heads(&args.head)?;
-    let mut v = Verifier {
-        file_state: files.iter().map(|_| FileState::default()).collect(),
-        files: files.clone(),
-        streams: HashMap::new(),
-        order: Vec::new(),
-        hasher,
-        key_id,
-        heads: heads.clone(),
-        hex: [0u8; 64],
-    };
+    let heads = Heads::parse(&args.head)?;
+    let mut v = Verifier::new(files.clone(), hasher, key_id, heads);
     let mut progress = Progress::new(&files, args.quiet);
     let mut errors = Vec::new();
     input::for_each_line(
@@ -757,200 +1220,63 @@ pub fn run(args: &VerifyArgs) -> Result<u8> {
         v.file_state[i].error = Some(e);
         v.file_state[i].invalid += 1;
     }
-    let report = finish(v, &heads);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_text(&report);
-    }
-    Ok(report.exit_status)
-}
-
-fn finish(mut v: Verifier, heads: &[Head]) -> Report {
-    let mut streams = Vec::new();
-    let mut any_invalid = v.file_state.iter().any(|f| f.invalid > 0 && f.streams == 0);
-    let mut any_unproven = false;
-    let names: Vec<String> = v.files.iter().map(|p| p.display().to_string()).collect();
-    for id in &v.order {
-        let Some(mut s) = v.streams.remove(id) else {
-            continue;
-        };
-        let last_file = s.files.last().copied().unwrap_or(0);
-        let mut dummy = FileState::default();
-        let gaps = std::mem::take(&mut s.gaps);
-        for g in gaps {
-            s.problem(
-                Problem::Missing {
-                    from: g.from,
-                    to: g.to,
-                    at: None,
-                },
-                &mut dummy,
-            );
-        }
-        let mut anchored_by_head = None;
-        let heads_here = std::mem::take(&mut s.heads);
-        for (seq, _, found) in heads_here {
-            match found {
-                Some(true) => {
-                    anchored_by_head = Some(seq);
-                    s.last_anchor = s.last_anchor.max(seq);
-                }
-                Some(false) => s.problem(Problem::HeadMismatch { seq }, &mut dummy),
-                None if seq > s.max_seq => s.problem(
-                    Problem::Truncated {
-                        head_seq: seq,
-                        last_seq: s.max_seq,
-                    },
-                    &mut dummy,
-                ),
-                None => {} // within a gap, already reported missing
-            }
-        }
-        if dummy.invalid > 0 {
-            v.file_state[last_file].invalid += dummy.invalid;
-        }
-        let closed = s.last_action == "trail_stop";
-        let tail = (s.max_seq > s.last_anchor).then(|| (s.last_anchor + 1, s.max_seq));
-        let verdict = if s.invalid {
-            if s.problems.iter().any(|p| {
-                matches!(
-                    p,
-                    Problem::HashMismatch { .. }
-                        | Problem::PrevMismatch { .. }
-                        | Problem::Damaged { .. }
-                        | Problem::NotKeyed { .. }
-                        | Problem::BadStart { .. }
-                        | Problem::HeadMismatch { .. }
-                )
-            }) {
-                "INVALID"
-            } else if s
-                .problems
-                .iter()
-                .any(|p| matches!(p, Problem::Truncated { .. }))
-            {
-                "TRUNCATED"
-            } else if s
-                .problems
-                .iter()
-                .any(|p| matches!(p, Problem::Missing { .. }))
-            {
-                "MISSING RECORDS"
-            } else {
-                "REORDERED"
-            }
-        } else if s.unverified > 0 {
-            "UNVERIFIED"
-        } else if !closed {
-            "OPEN"
-        } else {
-            "valid"
-        };
-        match verdict {
-            "valid" => {}
-            "UNVERIFIED" | "OPEN" => any_unproven = true,
-            _ => any_invalid = true,
-        }
-        let problems = s.problems.iter().map(|p| p.describe(&v.files)).collect();
-        let mut files: Vec<String> = Vec::new();
-        for f in &s.files {
-            if !files.contains(&names[*f]) {
-                files.push(names[*f].clone());
-            }
-        }
-        streams.push(StreamReport {
-            stream: id.clone(),
-            verdict,
-            first_seq: s.first_seq,
-            last_seq: s.max_seq,
-            records: s.records,
-            files,
-            start: s.start,
-            last_time: s.last_time,
-            closed,
-            keyed: s.keyed,
-            unverified_records: s.unverified,
-            checkpoints: s.checkpoints,
-            last_anchor_seq: (s.last_anchor > 0).then_some(s.last_anchor),
-            unanchored_tail: tail,
-            anchored_by_head,
-            problems,
-            more_problems: s.more_problems,
-            findings: s.problems,
-        });
-    }
-    let seen: std::collections::HashSet<&str> = streams.iter().map(|s| s.stream.as_str()).collect();
-    let missing_streams: Vec<String> = heads
-        .iter()
-        .filter(|h| !seen.contains(h.stream.as_str()))
-        .map(|h| h.stream.clone())
-        .collect();
-    if !missing_streams.is_empty() {
-        any_invalid = true;
-    }
-    let files: Vec<FileReport> = v
-        .file_state
-        .into_iter()
-        .zip(names)
-        .map(|(state, file)| {
-            let verdict = if state.error.is_some() {
-                "UNREADABLE"
-            } else if state.invalid > 0 {
-                "INVALID"
-            } else {
-                "valid"
-            };
-            if verdict != "valid" {
-                any_invalid = true;
-            }
-            FileReport {
-                file,
-                verdict,
-                state,
-            }
-        })
-        .collect();
-    let exit_status = if any_invalid {
-        EXIT_INVALID
-    } else if any_unproven {
-        EXIT_UNPROVEN
-    } else {
-        EXIT_VALID
-    };
-    Report {
+    let (exit_status, missing_streams) = v.finish();
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let report = Report {
         verdict: match exit_status {
             EXIT_VALID => "valid",
             EXIT_INVALID => "INVALID",
             _ => "UNPROVEN",
         },
         exit_status,
-        files,
-        streams,
-        missing_streams,
+        files: v
+            .file_state
+            .iter()
+            .zip(&names)
+            .map(|(state, file)| FileReport {
+                file,
+                verdict: file_verdict(state),
+                state,
+            })
+            .collect(),
+        streams: Streams {
+            v: &v,
+            names: &names,
+        },
+        missing_streams: &missing_streams,
+    };
+    if args.json {
+        text::print_json(&report)?;
+    } else {
+        print_text(&report);
     }
+    Ok(exit_status)
 }
 
-fn print_text(r: &Report) {
-    println!("files:");
+fn print_text(r: &Report<'_>) {
+    outln!("files:");
     for f in &r.files {
-        let s = &f.state;
-        println!(
+        let s = f.state;
+        outln!(
             "  {}: {} — {} lines, {} records, {} streams",
-            f.file, f.verdict, s.lines, s.records, s.streams
+            f.file,
+            f.verdict,
+            s.lines,
+            s.records,
+            s.streams
         );
         if let Some(e) = &s.error {
-            println!("    {e}");
+            outln!("    {e}");
         }
         for (line, reason) in &s.damaged_lines {
-            println!("    damaged line {}:{line}: {reason}", f.file);
+            outln!("    damaged line {}:{line}: {reason}", f.file);
         }
         if s.more_damaged > 0 {
-            println!("    … and {} more damaged lines", s.more_damaged);
+            outln!("    … and {} more damaged lines", s.more_damaged);
         }
         if !s.unchained_lines.is_empty() {
             let lines: Vec<String> = s.unchained_lines.iter().map(u64::to_string).collect();
-            println!(
+            outln!(
                 "    records without integrity fields at lines {}{}",
                 lines.join(", "),
                 if s.more_unchained > 0 {
@@ -961,8 +1287,9 @@ fn print_text(r: &Report) {
             );
         }
     }
-    println!("streams:");
-    for s in &r.streams {
+    outln!("streams:");
+    for (id, st) in &r.streams.v.streams {
+        let s = stream_report(id, st, r.streams.names, &r.streams.v.files);
         let who = s
             .start
             .as_ref()
@@ -970,14 +1297,14 @@ fn print_text(r: &Report) {
                 format!(
                     " pid {} {} user {}, started {}",
                     st.pid.map_or("?".into(), |p| p.to_string()),
-                    st.process.as_deref().unwrap_or("?"),
-                    st.user.as_deref().unwrap_or("?"),
-                    st.time.as_deref().unwrap_or("?")
+                    st.process.unwrap_or("?"),
+                    st.user.unwrap_or("?"),
+                    st.time.unwrap_or("?")
                 )
             })
             .unwrap_or_default();
-        println!("  stream {}{who}", s.stream);
-        println!(
+        outln!("  stream {}{who}", s.stream);
+        outln!(
             "    {}: seq {}..{}, {} records{} in {}",
             s.verdict,
             s.first_seq,
@@ -987,25 +1314,25 @@ fn print_text(r: &Report) {
             s.files.join(", ")
         );
         for p in &s.problems {
-            println!("    {p}");
+            outln!("    {p}");
         }
         if s.more_problems > 0 {
-            println!("    … and {} more problems", s.more_problems);
+            outln!("    … and {} more problems", s.more_problems);
         }
         if s.unverified_records > 0 {
-            println!(
+            outln!(
                 "    {} keyed records not verified: give the key with --key",
                 s.unverified_records
             );
         }
         if !s.closed {
-            println!(
+            outln!(
                 "    no stop record: the process crashed, was killed, is still running, or the tail was truncated (last record {})",
-                s.last_time.as_deref().unwrap_or("?")
+                s.last_time.unwrap_or("?")
             );
         }
         if let (Some((a, b)), false) = (s.unanchored_tail, s.closed) {
-            println!(
+            outln!(
                 "    unanchored tail: records {a}..{b} come after the last checkpoint{}; truncation there is detectable only with --head",
                 s.last_anchor_seq
                     .map(|n| format!(" (seq {n})"))
@@ -1013,11 +1340,11 @@ fn print_text(r: &Report) {
             );
         }
         if let Some(h) = s.anchored_by_head {
-            println!("    anchored by --head at seq {h}");
+            outln!("    anchored by --head at seq {h}");
         }
     }
-    for m in &r.missing_streams {
-        println!("  stream {m}: MISSING — named by --head but absent from the trail");
+    for m in r.missing_streams {
+        outln!("  stream {m}: MISSING — named by --head but absent from the trail");
     }
-    println!("verdict: {}", r.verdict);
+    outln!("verdict: {}", r.verdict);
 }
