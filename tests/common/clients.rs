@@ -393,12 +393,16 @@ pub fn labels(trail: &[Value], lifecycle: &str, action: &str) -> Vec<String> {
         if r["pkcs11"]["lifecycle"] != lifecycle || r["event"]["action"] != action {
             continue;
         }
-        if let Some(l) = r["pkcs11"]["key"]["label"].as_str() {
+        // An empty CKA_LABEL is no label.
+        if let Some(l) = r["pkcs11"]["key"]["label"]
+            .as_str()
+            .filter(|l| !l.is_empty())
+        {
             out.push(l.to_string());
         }
         if let Some(keys) = r["pkcs11"]["keys"].as_object() {
             for (role, k) in keys {
-                if let Some(l) = k["label"].as_str() {
+                if let Some(l) = k["label"].as_str().filter(|l| !l.is_empty()) {
                     out.push(format!("{role}:{l}"));
                 }
             }
