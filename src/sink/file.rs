@@ -311,11 +311,39 @@ pub fn open_trail(path: &Path) -> std::io::Result<File> {
                 .create(dir)?;
         }
     }
-    OpenOptions::new()
+    // Never follow a link planted at the file's name: records would go wherever it points.
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other(format!(
+                    "{} is a symbolic link; keytrail never writes through one",
+                    path.display()
+                ))
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{} is owned by uid {}, not by this process's user (uid {me}), who could edit it; refusing it",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // A trail readable or writable by others is made private before anything is added.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -323,6 +351,35 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
+
+    #[test]
+    fn links_other_owners_and_loose_modes_are_refused_or_fixed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"").expect("victim");
+        let link = dir.path().join("trail.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).expect("link");
+        let e = open_trail(&link).expect_err("a link is refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let loose = dir.path().join("loose.jsonl");
+        std::fs::write(&loose, b"").expect("loose");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        open_trail(&loose).expect("own file");
+        let mode = std::fs::metadata(&loose)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let other = dir.path().join("other.jsonl");
+            std::fs::write(&other, b"").expect("other");
+            std::os::unix::fs::chown(&other, Some(65534), Some(65534)).expect("chown");
+            let e = open_trail(&other).expect_err("another user's file is refused");
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+    }
 
     #[test]
     fn files_are_private_and_rotate_by_size_with_retention() {
