@@ -33,6 +33,9 @@ struct Current {
     index: u32,
     dev: u64,
     ino: u64,
+    /// The file ended mid-line when opened (a process died or the disk filled mid-write):
+    /// the line is closed before the first record.
+    torn_tail: bool,
 }
 
 /// Something worth a record that happened while writing.
@@ -142,8 +145,9 @@ impl TrailFile {
             *path = c.path.clone();
         }
         let mut result = Ok(());
-        if self.torn {
+        if self.torn || c.torn_tail {
             result = c.file.write_all(b"\n");
+            c.torn_tail = false;
         }
         if result.is_ok() {
             result = write_counted(&mut c.file, buf, written);
@@ -166,7 +170,12 @@ impl TrailFile {
         let path = self.name(period, index);
         let file = open_trail(&path)?;
         let m = file.metadata()?;
+        let mut last = [0u8; 1];
+        let torn_tail = m.len() > 0
+            && std::os::unix::fs::FileExt::read_at(&file, &mut last, m.len() - 1).is_ok()
+            && last[0] != b'\n';
         let current = Current {
+            torn_tail,
             file,
             path,
             period: period.to_string(),
@@ -315,6 +324,7 @@ pub fn open_trail(path: &Path) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
@@ -379,6 +389,18 @@ mod tests {
             let e = open_trail(&other).expect_err("another user's file is refused");
             assert!(e.to_string().contains("owned by uid 65534"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_line_torn_by_an_earlier_process_is_closed_before_the_first_record() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("trail.jsonl");
+        std::fs::write(&path, b"{\"torn\":").expect("torn");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut f = TrailFile::new(path.clone(), Rotate::Never, None, None);
+        f.write(b"{\"a\":1}\n", SystemTime::now()).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "{\"torn\":\n{\"a\":1}\n");
     }
 
     #[test]
