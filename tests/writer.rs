@@ -419,6 +419,23 @@ fn deny_puts_a_destroy_on_record_before_forwarding_it() {
     );
 }
 
+#[test]
+fn deny_with_an_unreadable_key_file_serves_no_call() {
+    let fx = Fixture::new();
+    fx.configure(&format!(
+        "[trail]\npath = \"{}\"\non_failure = \"deny\"\n[integrity]\nkey_file = \"{}\"\n",
+        fx.trail_path().display(),
+        fx.path().join("missing.key").display()
+    ));
+    let raw = Raw::load(&keytrail_module());
+    let l = raw.list();
+    assert_ne!(
+        raw::initialize(l),
+        CKR_OK,
+        "no trail can start, so the module is never served"
+    );
+}
+
 /// Child of `exit_without_finalize_loses_nothing`: signs and exits without C_Finalize.
 #[test]
 #[ignore = "run as a child process by exit_without_finalize_loses_nothing"]

@@ -119,7 +119,10 @@ const ALWAYS_PASS: [&str; 13] = [
 #[inline]
 pub fn refusal(function: &'static str) -> Option<CK_RV> {
     let a = get()?;
-    let sink = a.sink.get()?;
+    let Some(sink) = a.sink.get() else {
+        // No writer could be started: under `deny` that is a failed trail like any other.
+        return (a.sink.fail_closed() && !ALWAYS_PASS.contains(&function)).then_some(REFUSED);
+    };
     (sink.refusing() && !ALWAYS_PASS.contains(&function)).then(|| {
         sink.count_refused();
         REFUSED
@@ -256,8 +259,11 @@ impl Auditor {
     /// forwarded, and says whether that succeeded (if not, the call must be refused).
     /// Under `continue`, does nothing and says yes.
     pub fn on_record_first(&self, intent: impl FnOnce() -> Event) -> bool {
-        if !self.sink.get().is_some_and(|s| s.fail_closed()) {
-            return true;
+        match self.sink.get() {
+            Some(s) if s.fail_closed() => {}
+            Some(_) => return true,
+            // No writer could be started: nothing can be recorded first.
+            None => return !self.sink.fail_closed(),
         }
         let mut intent = intent();
         intent.rv = None;

@@ -33,6 +33,9 @@ struct Current {
     index: u32,
     dev: u64,
     ino: u64,
+    /// The file ended mid-line when opened (a process died or the disk filled mid-write):
+    /// the line is closed before the first record.
+    torn_tail: bool,
 }
 
 /// Something worth a record that happened while writing.
@@ -142,8 +145,9 @@ impl TrailFile {
             *path = c.path.clone();
         }
         let mut result = Ok(());
-        if self.torn {
+        if self.torn || c.torn_tail {
             result = c.file.write_all(b"\n");
+            c.torn_tail = false;
         }
         if result.is_ok() {
             result = write_counted(&mut c.file, buf, written);
@@ -166,7 +170,12 @@ impl TrailFile {
         let path = self.name(period, index);
         let file = open_trail(&path)?;
         let m = file.metadata()?;
+        let mut last = [0u8; 1];
+        let torn_tail = m.len() > 0
+            && std::os::unix::fs::FileExt::read_at(&file, &mut last, m.len() - 1).is_ok()
+            && last[0] != b'\n';
         let current = Current {
+            torn_tail,
             file,
             path,
             period: period.to_string(),
@@ -311,11 +320,40 @@ pub fn open_trail(path: &Path) -> std::io::Result<File> {
                 .create(dir)?;
         }
     }
-    OpenOptions::new()
+    // Never follow a link planted at the file's name: records would go wherever it points.
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other(format!(
+                    "{} is a symbolic link; keytrail never writes through one",
+                    path.display()
+                ))
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{} is owned by uid {}, not by this process's user (uid {me}), who could edit it; refusing it",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // A trail readable or writable by others is made private before anything is added.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -323,6 +361,47 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
+
+    #[test]
+    fn links_other_owners_and_loose_modes_are_refused_or_fixed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"").expect("victim");
+        let link = dir.path().join("trail.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).expect("link");
+        let e = open_trail(&link).expect_err("a link is refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let loose = dir.path().join("loose.jsonl");
+        std::fs::write(&loose, b"").expect("loose");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        open_trail(&loose).expect("own file");
+        let mode = std::fs::metadata(&loose)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let other = dir.path().join("other.jsonl");
+            std::fs::write(&other, b"").expect("other");
+            std::os::unix::fs::chown(&other, Some(65534), Some(65534)).expect("chown");
+            let e = open_trail(&other).expect_err("another user's file is refused");
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_line_torn_by_an_earlier_process_is_closed_before_the_first_record() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("trail.jsonl");
+        std::fs::write(&path, b"{\"torn\":").expect("torn");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut f = TrailFile::new(path.clone(), Rotate::Never, None, None);
+        f.write(b"{\"a\":1}\n", SystemTime::now()).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "{\"torn\":\n{\"a\":1}\n");
+    }
 
     #[test]
     fn files_are_private_and_rotate_by_size_with_retention() {

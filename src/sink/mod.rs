@@ -541,16 +541,21 @@ impl SinkSlot {
         let mut p = self.current.load(Ordering::Acquire);
         if p.is_null() {
             let origin = Origin::current(self.service.clone());
-            let started = Chain::new(&self.integrity).and_then(|chain| {
-                Sink::start(
-                    &self.config,
-                    chain,
-                    origin,
-                    self.threads,
-                    &self.start_record(),
-                )
-                .map_err(|e| e.to_string())
-            });
+            // A panic while starting (a failed allocation, a bug) must leave the slot usable:
+            // it is caught here, reported, and `creating` is cleared below.
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Chain::new(&self.integrity).and_then(|chain| {
+                    Sink::start(
+                        &self.config,
+                        chain,
+                        origin,
+                        self.threads,
+                        &self.start_record(),
+                    )
+                    .map_err(|e| e.to_string())
+                })
+            }))
+            .unwrap_or_else(|_| Err("the writer panicked while starting".into()));
             match started {
                 Ok(s) => {
                     p = Box::leak(Box::new(s));
@@ -562,6 +567,11 @@ impl SinkSlot {
         self.creating.store(false, Ordering::Release);
         // SAFETY: as in `get`.
         unsafe { p.as_ref() }
+    }
+
+    /// The fail-closed policy is in force: with no writer at all, audited calls are refused.
+    pub fn fail_closed(&self) -> bool {
+        self.config.on_failure == OnFailure::Deny
     }
 
     /// In a child after fork: forget (and deliberately leak) the parent's sink.
