@@ -574,3 +574,33 @@ fn a_forked_child_that_makes_no_call_leaves_no_stream() {
     );
     assert_gapless(&trail);
 }
+
+#[test]
+fn calls_after_finalize_leave_the_stream_closed() {
+    let fx = Fixture::new();
+    let raw = Raw::load(&keytrail_module());
+    let l = raw.list();
+    assert_eq!(raw::initialize(l), CKR_OK);
+    let s = raw::open_rw(l);
+    assert_eq!(raw::finalize(l), CKR_OK);
+    for _ in 0..100 {
+        assert_eq!(
+            raw::login(l, s),
+            CKR_CRYPTOKI_NOT_INITIALIZED,
+            "the module's answer, unchanged"
+        );
+    }
+    // Give the writer time to write anything it was (wrongly) given.
+    std::thread::sleep(Duration::from_millis(300));
+    let trail = fx.trail();
+    assert_gapless(&trail);
+    assert_eq!(
+        trail.last().map(action),
+        Some("trail_stop"),
+        "the stream ends with its stop record"
+    );
+    assert!(
+        of_action(&trail, "login").is_empty(),
+        "no record after the stop"
+    );
+}

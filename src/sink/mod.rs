@@ -238,6 +238,8 @@ struct Writer {
     buf: Vec<u8>,
     pending: u64,
     lost: Option<Lost>,
+    /// The stream has ended with `trail_stop` and not resumed.
+    stopped: bool,
 }
 
 impl Writer {
@@ -250,6 +252,7 @@ impl Writer {
             buf: Vec::with_capacity(256 * 1024),
             pending: 0,
             lost: None,
+            stopped: false,
         }
     }
 
@@ -304,6 +307,16 @@ impl Writer {
 
     /// Formats one record into the batch.
     fn push(&mut self, e: &Event) {
+        // A call that raced C_Finalize, or came after it (the module answers
+        // CKR_CRYPTOKI_NOT_INITIALIZED), must not follow the stream's `trail_stop`: a
+        // stream that ends with its stop record verifies as closed. Deciding here, in the
+        // one thread that orders the stream, leaves no window between check and append.
+        match e.action {
+            "trail_stop" => self.stopped = true,
+            "trail_resume" => self.stopped = false,
+            _ if self.stopped => return,
+            _ => {}
+        }
         self.report_drops();
         self.chain.append(e, &self.origin, &mut self.buf);
         self.pending += 1;
