@@ -213,6 +213,13 @@ pub enum Ending {
 impl Auditor {
     /// Completes a record with the thread's facts and queues it.
     pub fn emit(&self, mut e: Event) {
+        // After C_Finalize the stream has ended: calls made then (the module refuses them)
+        // are not records. The writer holds the same line for calls that race the stop.
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+            && !matches!(e.action, "trail_stop" | "trail_resume")
+        {
+            return;
+        }
         e.thread_id = context::thread_id();
         e.labels = context::labels();
         if let Some(sink) = self.sink.get() {
@@ -476,7 +483,7 @@ impl Auditor {
         };
         if self.config.usage == UsageDetail::First
             && outcome == Outcome::Success
-            && !self.keys.first_use(op.key.handle)
+            && !self.keys.first_use(session, op.key.handle)
         {
             return;
         }
@@ -504,7 +511,11 @@ impl Auditor {
     /// Sessions closed (or the library finalized): their unfinished operations are
     /// recorded as abandoned and their session objects forgotten.
     pub fn sessions_closed(&self, which: Closing, function: &'static str) {
-        let (closed, ops) = self.sessions.close(which);
+        let (mut closed, ops) = self.sessions.close(which);
+        // A session the table never held may still own cached keys.
+        if let Closing::Session(s) = which {
+            closed.insert(s);
+        }
         for (session, kind, op, place) in ops {
             if self.config.enabled(Lifecycle::Use) {
                 self.end_op_at(session, Some(place), kind, op, function, None, "abandoned");
