@@ -604,3 +604,52 @@ fn calls_after_finalize_leave_the_stream_closed() {
         "no record after the stop"
     );
 }
+
+/// A trail on a FIFO nobody reads: the writer blocks in open() for good. Calls wait at
+/// most `wait_ms` for room, then `deny` refuses them; C_Finalize still returns.
+#[test]
+fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
+    let fx = Fixture::new();
+    let trail = fx.path().join("fifo");
+    let c = std::ffi::CString::new(trail.to_str().expect("utf-8")).expect("path");
+    // SAFETY (test): a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    fx.configure(&format!(
+        "[trail]\npath = \"{}\"\nqueue = 16\non_full = \"wait\"\non_failure = \"deny\"\nwait_ms = 200\n",
+        trail.display()
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let raw = Raw::load(&keytrail_module());
+        let l = raw.list();
+        assert_eq!(raw::initialize(l), CKR_OK);
+        let slot = raw::slots(l)[0];
+        let mut refused = 0;
+        for _ in 0..200 {
+            let mut h: CK_SESSION_HANDLE = 0;
+            // SAFETY (test): valid out-pointer.
+            let rv = unsafe {
+                (l.C_OpenSession.expect("f"))(
+                    slot,
+                    CKF_SERIAL_SESSION,
+                    std::ptr::null_mut(),
+                    None,
+                    &mut h,
+                )
+            };
+            if rv == CKR_FUNCTION_FAILED {
+                refused += 1;
+            }
+        }
+        let fin = raw::finalize(l);
+        let _ = tx.send((refused, fin));
+    });
+    // Generous: the configured bound is 0.2 s per call at most once, plus C_Finalize's
+    // flush wait.
+    let (refused, fin) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the calls and C_Finalize return");
+    assert!(refused > 0, "deny refuses calls once the writer is stuck");
+    assert_eq!(fin, CKR_OK);
+    assert!(fx.diagnostics().contains("stuck"), "{}", fx.diagnostics());
+}

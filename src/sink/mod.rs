@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::Thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use file::open_trail;
 
@@ -71,6 +71,8 @@ pub struct Sink {
     mode: Mode,
     on_full: OnFull,
     on_failure: OnFailure,
+    /// The longest a call waits for room under `on_full = "wait"`.
+    wait: Duration,
     shared: Arc<Shared>,
 }
 
@@ -110,6 +112,7 @@ impl Sink {
             mode,
             on_full: config.on_full,
             on_failure: config.on_failure,
+            wait: Duration::from_millis(config.wait_ms),
             shared,
         })
     }
@@ -121,9 +124,26 @@ impl Sink {
             Mode::Thread(q) => {
                 let mut record = event;
                 let mut tries = 0u32;
+                let mut waiting_since = None;
                 loop {
                     match q.records.push(record) {
                         Ok(()) => break,
+                        // A writer stuck in open() or write() (a FIFO nobody reads, a hung
+                        // mount) never makes room: once a wait has run out, the trail is
+                        // failing, and later calls do not wait again until it recovers.
+                        Err(_) if self.shared.failing.load(Ordering::Relaxed) => {
+                            self.count_drop(DropReason::Stuck);
+                            break;
+                        }
+                        Err(_)
+                            if self.on_full == OnFull::Wait
+                                && waiting_since.get_or_insert_with(Instant::now).elapsed()
+                                    >= self.wait =>
+                        {
+                            self.shared.failing.store(true, Ordering::Relaxed);
+                            self.count_drop(DropReason::Stuck);
+                            break;
+                        }
                         Err(back) if self.on_full == OnFull::Wait => {
                             // Full: the writer is behind. Wake it, and wait for a slot:
                             // yield first (a slot frees within microseconds once the writer
@@ -138,7 +158,7 @@ impl Sink {
                             }
                         }
                         Err(_) => {
-                            self.count_drop();
+                            self.count_drop(DropReason::Full);
                             break;
                         }
                     }
@@ -162,15 +182,21 @@ impl Sink {
         }
     }
 
-    fn count_drop(&self) {
+    fn count_drop(&self, reason: DropReason) {
         if self.shared.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
             self.shared.dropped_since.store(now, Ordering::Relaxed);
-            diag::report(
-                "the trail queue is full; records are being dropped (policy on_full = \"drop\")",
-            );
+            diag::report(match reason {
+                DropReason::Full => {
+                    "the trail queue is full; records are being dropped (policy on_full = \"drop\")"
+                }
+                DropReason::Stuck => {
+                    "the trail writer is stuck (the queue stayed full past [trail] wait_ms); \
+                     records are being dropped and counted"
+                }
+            });
         }
     }
 
@@ -209,6 +235,15 @@ impl Sink {
     pub fn fail_closed(&self) -> bool {
         self.on_failure == OnFailure::Deny
     }
+}
+
+/// Why a record was dropped before reaching the writer.
+#[derive(Clone, Copy)]
+enum DropReason {
+    /// The queue was full under `on_full = "drop"`.
+    Full,
+    /// The queue stayed full past the wait limit: the writer is stuck.
+    Stuck,
 }
 
 /// `{pid}` in a trail path becomes this process's id.
