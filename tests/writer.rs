@@ -653,3 +653,46 @@ fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
     assert_eq!(fin, CKR_OK);
     assert!(fx.diagnostics().contains("stuck"), "{}", fx.diagnostics());
 }
+
+/// A disk that stays full until C_Finalize: C_Finalize says how many records were lost.
+#[test]
+fn full_disk_until_finalize_reports_the_count_at_finalize() {
+    let fx = Fixture::new();
+    let mnt = fx.path().join("mnt");
+    let mount = Mount::tmpfs(&mnt, "256k");
+    let trail = match &mount {
+        Some(_) => mnt.join("trail.jsonl"),
+        // Not allowed to mount: /dev/full is the other real way to make writes fail.
+        None => std::path::PathBuf::from("/dev/full"),
+    };
+    fx.configure(&format!("[trail]\npath = \"{}\"\n", trail.display()));
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    if mount.is_some() {
+        fill(&mnt.join("filler"));
+    }
+    for _ in 0..300 {
+        s.sign(&Mechanism::Sha256Hmac, key, b"data")
+            .expect("served while the disk is full");
+    }
+    drop(s);
+    p.finalize().expect("finalize");
+    let diagnostics = fx.diagnostics();
+    let line = diagnostics
+        .lines()
+        .find(|l| l.contains("at C_Finalize, the trail has lost"))
+        .unwrap_or_else(|| panic!("no loss count at C_Finalize: {diagnostics}"));
+    let n: u64 = line
+        .split("lost what it could not record: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(n >= 300, "every sign is counted lost: {line}");
+    assert!(
+        !diagnostics.contains("within 5 s"),
+        "no claim of a flush wait: {diagnostics}"
+    );
+}

@@ -133,7 +133,7 @@ pub fn at_exit() {
     // has no stream to end, and must not start one on its way out.
     if let Some(a) = get().filter(|a| a.sink.started()) {
         a.stop("exit");
-        let _ = a.flush();
+        a.flush_and_report("exit");
     }
 }
 
@@ -257,6 +257,21 @@ impl Auditor {
         self.sink
             .get()
             .is_some_and(|s| s.flush(std::time::Duration::from_secs(5)))
+    }
+
+    /// Flushes at `when` (C_Finalize, exit) and says on stderr and in the diagnostics what
+    /// the trail lost and has not yet recorded, or that the flush did not finish.
+    pub fn flush_and_report(&self, when: &str) {
+        let flushed = self.flush();
+        match self.sink.get().and_then(|s| s.unreported_loss()) {
+            Some(loss) => crate::diag::report(&format!(
+                "at {when}, the trail has lost what it could not record: {loss}"
+            )),
+            None if !flushed => crate::diag::report(&format!(
+                "the trail could not be flushed within 5 s at {when}"
+            )),
+            None => {}
+        }
     }
 
     /// Under `on_failure = "deny"`, puts a record of a call on the trail before the call is

@@ -49,6 +49,8 @@ struct Shared {
     dropped: AtomicU64,
     /// When the first of those was dropped (µs since the epoch).
     dropped_since: AtomicU64,
+    /// Records lost to write failures and not yet reported in the trail.
+    unwritten: AtomicU64,
     /// The writer is in a long sleep: the next caller must wake it.
     asleep: AtomicBool,
     /// Flush requests: acknowledged once everything queued before them is written.
@@ -218,6 +220,20 @@ impl Sink {
                 !self.shared.failing.load(Ordering::Relaxed)
             }
         }
+    }
+
+    /// What is lost and not yet reported in the trail: records that could not be
+    /// written, records dropped before reaching the writer, and calls refused.
+    pub fn unreported_loss(&self) -> Option<String> {
+        let lost = self.shared.unwritten.load(Ordering::Relaxed);
+        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        let refused = self.shared.refused.load(Ordering::Relaxed);
+        (lost + dropped + refused > 0).then(|| {
+            format!(
+                "{lost} records could not be written and {dropped} were dropped; \
+                 {refused} calls were refused"
+            )
+        })
     }
 
     /// Whether audited calls must be refused now (policy `deny` and the trail failing).
@@ -414,6 +430,7 @@ impl Writer {
 
     fn failed(&mut self, n: u64, err: std::io::Error) {
         self.shared.failing.store(true, Ordering::Relaxed);
+        self.shared.unwritten.fetch_add(n, Ordering::Relaxed);
         match &mut self.lost {
             Some(l) => l.count += n,
             None => {
@@ -480,6 +497,9 @@ impl Writer {
         }
         if let Some(lost) = self.lost.take() {
             self.shared.refused.fetch_sub(refused, Ordering::Relaxed);
+            self.shared
+                .unwritten
+                .fetch_sub(lost.count, Ordering::Relaxed);
             diag::report(&format!(
                 "the trail {} is writable again; {} records were lost since {} ({})",
                 self.file.current_path().display(),
