@@ -49,6 +49,8 @@ struct Shared {
     dropped: AtomicU64,
     /// When the first of those was dropped (µs since the epoch).
     dropped_since: AtomicU64,
+    /// Some of the dropped records were dropped because the writer was stuck.
+    stuck: AtomicBool,
     /// Records lost to write failures and not yet reported in the trail.
     unwritten: AtomicU64,
     /// The writer is in a long sleep: the next caller must wake it.
@@ -185,6 +187,9 @@ impl Sink {
     }
 
     fn count_drop(&self, reason: DropReason) {
+        if matches!(reason, DropReason::Stuck) {
+            self.shared.stuck.store(true, Ordering::Relaxed);
+        }
         if self.shared.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -389,10 +394,15 @@ impl Writer {
         let since = self.shared.dropped_since.load(Ordering::Relaxed);
         let since = SystemTime::UNIX_EPOCH + Duration::from_micros(since);
         let since = humantime::format_rfc3339_micros(since).to_string();
+        let (why, reason) = if self.shared.stuck.swap(false, Ordering::Relaxed) {
+            ("the writer was stuck past [trail] wait_ms", "writer stuck")
+        } else {
+            ("the queue was full (on_full = \"drop\")", "queue full")
+        };
         self.push_audit(
             "records_dropped",
-            format!("{n} records were dropped because the queue was full (on_full = \"drop\")"),
-            serde_json::json!({"lost": n, "since": since, "reason": "queue full"}),
+            format!("{n} records were dropped because {why}"),
+            serde_json::json!({"lost": n, "since": since, "reason": reason}),
         );
     }
 
