@@ -287,6 +287,9 @@ pub struct TrailConfig {
     /// When the trail cannot be written: `continue` (serve, retry, report the loss) or
     /// `deny` (refuse audited calls until it can).
     pub on_failure: OnFailure,
+    /// Under `on_full = "wait"`, how long a call waits for room (milliseconds) before the
+    /// writer counts as stuck and `on_failure` applies.
+    pub wait_ms: u64,
 }
 
 /// Time-based rotation.
@@ -324,6 +327,9 @@ pub enum OnFailure {
     Deny,
 }
 
+/// How long a call waits for room in a full queue by default (milliseconds).
+pub const DEFAULT_WAIT_MS: u64 = 2000;
+
 /// Records the writer queue holds by default.
 pub const DEFAULT_QUEUE: usize = 8192;
 
@@ -341,6 +347,7 @@ impl Default for TrailConfig {
             queue: DEFAULT_QUEUE,
             on_full: OnFull::Wait,
             on_failure: OnFailure::Continue,
+            wait_ms: DEFAULT_WAIT_MS,
         }
     }
 }
