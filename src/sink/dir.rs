@@ -94,11 +94,9 @@ impl TrailDir {
                     path.display()
                 ))
             } else {
-                err(format!(
-                    "the trail directory {} cannot be opened: {}",
-                    path.display(),
-                    std::io::Error::from(e)
-                ))
+                // Kept as the OS error: running out of descriptors is told apart by its
+                // errno (the caller names the trail's path).
+                std::io::Error::from(e)
             }
         })?;
         let st = rustix::fs::fstat(&fd)?;

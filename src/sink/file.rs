@@ -69,7 +69,13 @@ fn publish(current: Option<&Current>) {
     // Only this process's writer takes the lock, and only for a moment; a child reads it
     // with try_lock, so a lock held across fork cannot hang it.
     if let Some(mut slot) = INHERITABLE.try_lock_for(std::time::Duration::from_millis(50)) {
-        *slot = current.map(|c| (c.file.as_raw_fd(), crate::os::pid(), c.path.clone()));
+        let pid = crate::os::pid();
+        match current {
+            Some(c) => *slot = Some((c.file.as_raw_fd(), pid, c.path.clone())),
+            // A child that has not opened a file of its own keeps its parent's offer.
+            None if slot.as_ref().is_some_and(|(_, by, _)| *by != pid) => {}
+            None => *slot = None,
+        }
     }
 }
 
