@@ -352,39 +352,56 @@ fn retention_keeps_planted_files_and_deletes_only_older_genuine_ones() {
     assert_eq!(last.last().map(record_action), Some("trail_stop"));
 }
 
-#[test]
-fn size_rotation_leaves_no_empty_file() {
-    let fx = Fixture::new();
-    let dir = fx.path().join("trail");
-    // Every record is larger than the limit: each batch starts a file of its own.
-    fx.configure(&format!(
-        "[trail]\npath = \"{}\"\nmax_bytes = 1\n",
-        dir.join("keytrail.jsonl").display()
-    ));
-    let p = open(&keytrail_module());
-    let s = user_session(&p);
-    let key = hmac_key(&s, 3);
-    for _ in 0..20 {
-        s.sign(&Mechanism::Sha256Hmac, key, b"data").expect("sign");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    drop(s);
-    p.finalize().expect("finalize");
-    let files = names(&dir);
-    assert!(files.len() > 2, "rotated: {files:?}");
-    let expected: Vec<String> = (0..files.len())
-        .map(|i| format!("keytrail.{i:04}.jsonl"))
-        .collect();
-    assert_eq!(files, expected, "consecutive files, nothing else");
+/// The trail's files and their records, checking that none is empty.
+fn rotated_files(dir: &Path) -> (Vec<String>, Vec<Value>) {
+    let files = names(dir);
     for f in &files {
         let len = std::fs::metadata(dir.join(f)).expect("file").len();
         assert!(len > 0, "{f} is empty: {files:?}");
     }
-    let all: Vec<Value> = files.iter().flat_map(|f| records(&dir.join(f))).collect();
+    let all = files.iter().flat_map(|f| records(&dir.join(f))).collect();
+    (files, all)
+}
+
+#[test]
+fn size_rotation_leaves_no_empty_file() {
+    let fx = Fixture::new();
+    let dir = fx.path().join("trail");
+    // Every record is larger than the limit, and without a writer thread each record is
+    // written as it is made: each starts a file of its own.
+    fx.configure(&format!(
+        "[trail]\npath = \"{}\"\nmax_bytes = 1\n",
+        dir.join("keytrail.jsonl").display()
+    ));
+    let raw = Raw::load(&keytrail_module());
+    let l = raw.list();
+    let mut args = raw::init_args();
+    args.flags |= CKF_LIBRARY_CANT_CREATE_OS_THREADS;
+    // SAFETY (test): valid arguments.
+    let rv = unsafe { (l.C_Initialize.expect("f"))(&mut args as *mut _ as CK_VOID_PTR) };
+    assert_eq!(rv, CKR_OK);
+    let expected =
+        |n: usize| -> Vec<String> { (0..n).map(|i| format!("keytrail.{i:04}.jsonl")).collect() };
+    let check = || {
+        let (files, all) = rotated_files(&dir);
+        // trail_start and initialize share the first file; every later record has one.
+        assert_eq!(files, expected(all.len() - 1), "after each rotation");
+    };
+    for _ in 0..10 {
+        let s = raw::open_rw(l);
+        check();
+        // SAFETY (test): a session we opened.
+        assert_eq!(unsafe { (l.C_CloseSession.expect("f"))(s) }, CKR_OK);
+        check();
+    }
+    assert_eq!(raw::finalize(l), CKR_OK);
+    let (files, all) = rotated_files(&dir);
     assert_eq!(
-        all.iter().filter(|r| record_action(r) == "sign").count(),
-        20
+        all.len(),
+        2 + 20 + 2,
+        "start, initialize, 10 × open and close, finalize, stop"
     );
+    assert_eq!(files, expected(all.len() - 1));
     assert_eq!(all.last().map(record_action), Some("trail_stop"));
 }
 
