@@ -666,7 +666,11 @@ fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
     let (refused, fin) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the calls and C_Finalize return");
-    assert!(refused > 0, "deny refuses calls once the writer is stuck");
+    assert!(
+        refused > 0,
+        "deny refuses calls once the writer is stuck: {}",
+        fx.diagnostics()
+    );
     assert_eq!(fin, CKR_OK);
     assert!(fx.diagnostics().contains("stuck"), "{}", fx.diagnostics());
 }

@@ -33,9 +33,9 @@ struct Current {
     index: u32,
     dev: u64,
     ino: u64,
-    /// The file ended mid-line when opened (a process died or the disk filled mid-write):
-    /// the line is closed before the first record.
-    torn_tail: bool,
+    /// The file's tail is still to be checked before the first record: it may end
+    /// mid-line (a process died or the disk filled mid-write), and the line is closed.
+    check_tail: bool,
 }
 
 /// Something worth a record that happened while writing.
@@ -144,14 +144,21 @@ impl TrailFile {
         if let Some(Note::Rotated { path }) = &mut note {
             *path = c.path.clone();
         }
-        let mut result = Ok(());
-        if self.torn || c.torn_tail {
-            result = c.file.write_all(b"\n");
-            c.torn_tail = false;
-        }
-        if result.is_ok() {
-            result = write_counted(&mut c.file, buf, written);
-        }
+        // Other processes append to the same file. Their batches span pages, and a
+        // concurrent reader can see a size that ends inside one: the tail is judged, and
+        // the batch written, only while no other keytrail process is writing.
+        let result = {
+            let lock = Exclusive::lock(&c.file);
+            let torn_tail = std::mem::take(&mut c.check_tail) && ends_torn(lock.0);
+            let mut result = Ok(());
+            if self.torn || torn_tail {
+                result = (&mut &*lock.0).write_all(b"\n");
+            }
+            if result.is_ok() {
+                result = write_counted(lock.0, buf, written);
+            }
+            result
+        };
         self.torn = result.is_err();
         if result.is_err() {
             self.current = None;
@@ -170,12 +177,8 @@ impl TrailFile {
         let path = self.name(period, index);
         let file = open_trail(&path)?;
         let m = file.metadata()?;
-        let mut last = [0u8; 1];
-        let torn_tail = m.len() > 0
-            && std::os::unix::fs::FileExt::read_at(&file, &mut last, m.len() - 1).is_ok()
-            && last[0] != b'\n';
         let current = Current {
-            torn_tail,
+            check_tail: true,
             file,
             path,
             period: period.to_string(),
@@ -286,7 +289,7 @@ pub struct WriteError {
 }
 
 /// write_all, counting what was written.
-fn write_counted(file: &mut File, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
+fn write_counted(mut file: &File, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
     while *written < buf.len() {
         match file.write(&buf[*written..]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -310,6 +313,43 @@ fn period(rotate: Rotate, now: SystemTime) -> String {
     }
 }
 
+/// Whether a regular file's last byte is not a newline: an earlier process died or hit
+/// ENOSPC mid-line. The file is read through its own descriptor's /proc entry, which
+/// names the same inode, so no path can be swapped in between.
+fn ends_torn(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let len = match file.metadata() {
+        Ok(m) if m.is_file() && m.len() > 0 => m.len(),
+        _ => return false,
+    };
+    let mut last = [0u8; 1];
+    File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .and_then(|r| std::os::unix::fs::FileExt::read_exact_at(&r, &mut last, len - 1))
+        .is_ok_and(|()| last[0] != b'\n')
+}
+
+/// An advisory lock on a trail file that keytrail processes take around each write,
+/// released when dropped. Failing to lock (a FIFO, a file system without locks) only
+/// loses the guarantee, never the write.
+struct Exclusive<'a>(&'a File);
+
+impl<'a> Exclusive<'a> {
+    fn lock(file: &'a File) -> Exclusive<'a> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this File owns; it touches no memory.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        Exclusive(file)
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `lock`.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 /// Opens a trail file for appending: created 0600, its directory 0700 if missing.
 pub fn open_trail(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -321,10 +361,11 @@ pub fn open_trail(path: &Path) -> std::io::Result<File> {
         }
     }
     // Never follow a link planted at the file's name: records would go wherever it points.
+    // Write-only: opened for reading too, a FIFO would never block the writer, and the
+    // writer could read back its own records.
     let file = OpenOptions::new()
         .create(true)
         .append(true)
-        .read(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
