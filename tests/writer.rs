@@ -666,7 +666,11 @@ fn calls_with_a_stuck_writer(
 fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
     let fx = Fixture::new();
     let (_, refused, fin) = calls_with_a_stuck_writer(&fx, "deny", 200);
-    assert!(refused > 0, "deny refuses calls once the writer is stuck");
+    assert!(
+        refused > 0,
+        "deny refuses calls once the writer is stuck: {}",
+        fx.diagnostics()
+    );
     assert_eq!(fin, CKR_OK);
     assert!(fx.diagnostics().contains("stuck"), "{}", fx.diagnostics());
 }

@@ -131,14 +131,24 @@ impl TrailDir {
         rustix::fs::lstat(&self.path).is_ok_and(|st| st.st_dev == self.dev && st.st_ino == self.ino)
     }
 
-    /// Opens `name` in the directory for appending (and reading its last byte): created
-    /// 0600, never through a link, never another user's file, a loose mode made 0600.
+    /// Opens `name` in the directory for appending: created 0600, never through a link,
+    /// never another user's file, a loose mode made 0600. Write-only: opened for reading
+    /// too, a FIFO would never block the writer.
     pub fn open_file(&self, name: &OsStr) -> std::io::Result<File> {
+        self.open_file_with(name, OFlags::empty())
+    }
+
+    fn open_file_with(&self, name: &OsStr, extra: OFlags) -> std::io::Result<File> {
         let shown = self.path.join(name);
         let fd = rustix::fs::openat(
             &self.fd,
             name,
-            OFlags::RDWR | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::WRONLY
+                | OFlags::APPEND
+                | OFlags::CREATE
+                | OFlags::NOFOLLOW
+                | OFlags::CLOEXEC
+                | extra,
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| {
@@ -228,6 +238,16 @@ pub fn open_checked(path: &Path) -> std::io::Result<File> {
         .ok_or_else(|| err(format!("{} names no file", path.display())))?;
     let dir = TrailDir::open(path.parent().unwrap_or(Path::new("")))?;
     dir.open_file(name)
+}
+
+/// Checks that a file could be opened as [`open_checked`] opens it, without waiting: a
+/// FIFO with no reader is an error here rather than a caller blocked in open().
+pub fn probe_checked(path: &Path) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| err(format!("{} names no file", path.display())))?;
+    let dir = TrailDir::open(path.parent().unwrap_or(Path::new("")))?;
+    dir.open_file_with(name, OFlags::NONBLOCK).map(drop)
 }
 
 #[cfg(test)]

@@ -41,9 +41,9 @@ struct Current {
     index: u32,
     dev: u64,
     ino: u64,
-    /// The file ended mid-line when opened (a process died or the disk filled mid-write):
-    /// the line is closed before the first record.
-    torn_tail: bool,
+    /// The file's tail is still to be checked before the first record: it may end
+    /// mid-line (a process died or the disk filled mid-write), and the line is closed.
+    check_tail: bool,
     /// The descriptor was inherited from the parent process (this child had none left to
     /// open its own): it is checked by path, with no directory descriptor.
     inherited: bool,
@@ -231,14 +231,21 @@ impl TrailFile {
         if let Some(Note::Rotated { path }) = &mut note {
             *path = c.path.clone();
         }
-        let mut result = Ok(());
-        if self.torn || c.torn_tail {
-            result = c.file.write_all(b"\n");
-            c.torn_tail = false;
-        }
-        if result.is_ok() {
-            result = write_counted(&mut c.file, buf, written);
-        }
+        // Other processes append to the same file. Their batches span pages, and a
+        // concurrent reader can see a size that ends inside one: the tail is judged, and
+        // the batch written, only while no other keytrail process is writing.
+        let result = {
+            let lock = Exclusive::lock(&c.file);
+            let torn_tail = std::mem::take(&mut c.check_tail) && ends_torn(lock.0);
+            let mut result = Ok(());
+            if self.torn || torn_tail {
+                result = (&mut &*lock.0).write_all(b"\n");
+            }
+            if result.is_ok() {
+                result = write_counted(lock.0, buf, written);
+            }
+            result
+        };
         self.torn = result.is_err();
         if result.is_err() {
             self.set_current(None);
@@ -273,7 +280,7 @@ impl TrailFile {
             index: 0,
             dev: m.dev(),
             ino: m.ino(),
-            torn_tail: false,
+            check_tail: false,
             inherited: true,
         })
     }
@@ -297,12 +304,8 @@ impl TrailFile {
             .ok_or_else(|| std::io::Error::other(format!("{} names no file", path.display())))?;
         let file = dir.open_file(&name)?;
         let m = file.metadata()?;
-        let mut last = [0u8; 1];
-        let torn_tail = m.len() > 0
-            && std::os::unix::fs::FileExt::read_at(&file, &mut last, m.len() - 1).is_ok()
-            && last[0] != b'\n';
         let current = Current {
-            torn_tail,
+            check_tail: true,
             file,
             name,
             path,
@@ -493,7 +496,7 @@ pub struct WriteError {
 }
 
 /// write_all, counting what was written.
-fn write_counted(file: &mut File, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
+fn write_counted(mut file: &File, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
     while *written < buf.len() {
         match file.write(&buf[*written..]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -514,6 +517,43 @@ fn period(rotate: Rotate, now: SystemTime) -> String {
         Rotate::Never => String::new(),
         Rotate::Daily => date,
         Rotate::Hourly => format!("{date}T{}", stamp.get(11..13).unwrap_or("00")),
+    }
+}
+
+/// Whether a regular file's last byte is not a newline: an earlier process died or hit
+/// ENOSPC mid-line. The file is read through its own descriptor's /proc entry, which
+/// names the same inode, so no path can be swapped in between.
+fn ends_torn(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let len = match file.metadata() {
+        Ok(m) if m.is_file() && m.len() > 0 => m.len(),
+        _ => return false,
+    };
+    let mut last = [0u8; 1];
+    File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .and_then(|r| std::os::unix::fs::FileExt::read_exact_at(&r, &mut last, len - 1))
+        .is_ok_and(|()| last[0] != b'\n')
+}
+
+/// An advisory lock on a trail file that keytrail processes take around each write,
+/// released when dropped. Failing to lock (a FIFO, a file system without locks) only
+/// loses the guarantee, never the write.
+struct Exclusive<'a>(&'a File);
+
+impl<'a> Exclusive<'a> {
+    fn lock(file: &'a File) -> Exclusive<'a> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this File owns; it touches no memory.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        Exclusive(file)
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `lock`.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 

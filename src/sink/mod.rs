@@ -95,7 +95,7 @@ impl Sink {
         if let Some(anchor) = chain.anchor_file() {
             // Under `deny`, an anchor file that cannot be written means no trail: the
             // stream is not started, and audited calls are refused until it can be.
-            if let Err(e) = dir::open_checked(anchor) {
+            if let Err(e) = dir::probe_checked(anchor) {
                 let e = format!(
                     "the anchor file {} cannot be written: {e}",
                     anchor.display()
@@ -140,8 +140,13 @@ impl Sink {
         // on the trail before any audited call is served. A trail that cannot be written
         // (or a writer stuck past wait_ms) fails now, and calls are refused until it
         // recovers, exactly as for a failure later on.
-        if deny && !sink.flush(sink.wait) {
-            sink.shared.failing.store(true, Ordering::Relaxed);
+        if deny && !sink.flush(sink.wait) && !sink.shared.failing.swap(true, Ordering::Relaxed) {
+            // Not a write error (the writer reports those): the writer is stuck.
+            diag::report(&format!(
+                "the trail writer is stuck: the stream's first record was not written within \
+                 [trail] wait_ms ({} ms); audited calls are refused until it is",
+                config.wait_ms
+            ));
         }
         Ok(sink)
     }
