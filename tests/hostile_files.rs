@@ -202,6 +202,14 @@ fn deny_with_an_anchor_file_that_cannot_be_written_refuses_from_the_first_call()
         anchor.display()
     ));
     assert_deny_refuses_from_the_first_call(&fx, "the anchor file");
+    assert_eq!(
+        fx.diagnostics()
+            .matches("cannot start the trail writer")
+            .count(),
+        1,
+        "reported once, not once per refused call: {}",
+        fx.diagnostics()
+    );
     assert_eq!(std::fs::read(&victim).expect("victim"), b"");
     assert!(
         fx.trail().is_empty(),

@@ -587,6 +587,9 @@ impl Writer {
 pub struct SinkSlot {
     current: AtomicPtr<Sink>,
     creating: AtomicBool,
+    /// Why the last start failed: each audited call retries, and a failure is reported
+    /// once, not once per call.
+    start_failure: Mutex<String>,
     config: TrailConfig,
     integrity: IntegrityConfig,
     service: Option<String>,
@@ -610,6 +613,7 @@ impl SinkSlot {
         SinkSlot {
             current: AtomicPtr::new(std::ptr::null_mut()),
             creating: AtomicBool::new(false),
+            start_failure: Mutex::new(String::new()),
             config,
             integrity,
             service,
@@ -685,7 +689,16 @@ impl SinkSlot {
                     p = Box::leak(Box::new(s));
                     self.current.store(p, Ordering::Release);
                 }
-                Err(e) => diag::report(&format!("cannot start the trail writer: {e}")),
+                Err(e) => {
+                    // try_lock: a child after fork must not wait on a lock its parent held.
+                    let last = self.start_failure.try_lock();
+                    if last.as_ref().is_none_or(|last| **last != e) {
+                        diag::report(&format!("cannot start the trail writer: {e}"));
+                    }
+                    if let Some(mut last) = last {
+                        *last = e;
+                    }
+                }
             }
         }
         self.creating.store(false, Ordering::Release);
