@@ -645,6 +645,37 @@ mod tests {
     }
 
     #[test]
+    fn only_names_the_set_makes_are_its_own() {
+        let t = |rotate, max| TrailFile::new(PathBuf::from("/d/k.jsonl"), rotate, max, Some(1));
+        let daily = t(Rotate::Daily, None);
+        assert_eq!(
+            daily.parse_name("k.20261204.jsonl"),
+            Some(("20261204".into(), 0))
+        );
+        for other in [
+            "k.2026120.jsonl",
+            "k.20261204T01.jsonl",
+            "k.jsonl",
+            "x.20261204.jsonl",
+        ] {
+            assert_eq!(daily.parse_name(other), None, "{other}");
+        }
+        let hourly = t(Rotate::Hourly, Some(10));
+        assert_eq!(
+            hourly.parse_name("k.20261204T01.0003.jsonl"),
+            Some(("20261204T01".into(), 3))
+        );
+        for other in [
+            "k.20261204T01.003.jsonl",
+            "k.20261204T01.00003.jsonl",
+            "k.20261204.0003.jsonl",
+        ] {
+            assert_eq!(hourly.parse_name(other), None, "{other}");
+        }
+        assert_eq!(t(Rotate::Never, None).parse_name("k.0001.jsonl"), None);
+    }
+
+    #[test]
     fn retention_deletes_only_its_own_older_files() {
         let dir = tempfile::tempdir().expect("dir");
         let d = dir.path();
