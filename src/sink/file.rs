@@ -648,29 +648,26 @@ mod tests {
     fn only_names_the_set_makes_are_its_own() {
         let t = |rotate, max| TrailFile::new(PathBuf::from("/d/k.jsonl"), rotate, max, Some(1));
         let daily = t(Rotate::Daily, None);
-        assert_eq!(
-            daily.parse_name("k.20261204.jsonl"),
-            Some(("20261204".into(), 0))
-        );
-        for other in [
-            "k.2026120.jsonl",
-            "k.20261204T01.jsonl",
-            "k.jsonl",
-            "x.20261204.jsonl",
-        ] {
-            assert_eq!(daily.parse_name(other), None, "{other}");
-        }
         let hourly = t(Rotate::Hourly, Some(10));
-        assert_eq!(
-            hourly.parse_name("k.20261204T01.0003.jsonl"),
-            Some(("20261204T01".into(), 3))
-        );
-        for other in [
-            "k.20261204T01.003.jsonl",
-            "k.20261204T01.00003.jsonl",
-            "k.20261204.0003.jsonl",
-        ] {
-            assert_eq!(hourly.parse_name(other), None, "{other}");
+        let none: Option<(&str, u32)> = None;
+        let cases = [
+            (&daily, "k.20261204.jsonl", Some(("20261204", 0))),
+            (&daily, "k.2026120.jsonl", none),
+            (&daily, "k.20261204T01.jsonl", none),
+            (&daily, "k.jsonl", none),
+            (&daily, "x.20261204.jsonl", none),
+            (
+                &hourly,
+                "k.20261204T01.0003.jsonl",
+                Some(("20261204T01", 3)),
+            ),
+            (&hourly, "k.20261204T01.003.jsonl", none),
+            (&hourly, "k.20261204T01.00003.jsonl", none),
+            (&hourly, "k.20261204.0003.jsonl", none),
+        ];
+        for (set, name, want) in cases {
+            let want = want.map(|(p, i)| (p.to_string(), i));
+            assert_eq!(set.parse_name(name), want, "{name}");
         }
         assert_eq!(t(Rotate::Never, None).parse_name("k.0001.jsonl"), None);
     }
