@@ -429,8 +429,15 @@ fn a_forked_child_with_no_descriptor_left_keeps_its_records() {
     let key = hmac_key(&s, 4);
     s.sign(&Mechanism::Sha256Hmac, key, b"parent")
         .expect("sign");
-    // Let the writer open the trail before the fork.
-    std::thread::sleep(Duration::from_millis(100));
+    // The writer has the trail open before the fork.
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(fx.trail_path()).is_ok_and(|t| t.contains("\"sign\"")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the parent's sign is written"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // SAFETY (test): the child makes PKCS#11 calls and leaves with _exit.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
