@@ -7,25 +7,12 @@ use common::raw::{self, Raw};
 use common::*;
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
 use cryptoki_sys::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn hmac_key(s: &Session, byte: u8) -> ObjectHandle {
-    s.create_object(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::Token(false),
-        Attribute::Sign(true),
-        Attribute::Value(vec![byte; 32]),
-    ])
-    .expect("HMAC key")
-}
 
 fn action(r: &Value) -> &str {
     r["event"]["action"].as_str().unwrap_or("")
@@ -622,17 +609,21 @@ fn calls_after_finalize_leave_the_stream_closed() {
     );
 }
 
-/// A trail on a FIFO nobody reads: the writer blocks in open() for good. Calls wait at
-/// most `wait_ms` for room, then `deny` refuses them; C_Finalize still returns.
-#[test]
-fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
-    let fx = Fixture::new();
+/// On a trail that is a FIFO nobody reads (the writer is stuck once the pipe is full,
+/// as on a hung mount), with `on_full = "wait"`, `wait_ms = 200` and `on_failure`: makes
+/// `calls` C_OpenSession calls and C_Finalize in a thread, and returns how many calls were
+/// served and refused, and C_Finalize's answer. Fails if they do not all return.
+fn calls_with_a_stuck_writer(
+    fx: &Fixture,
+    on_failure: &str,
+    calls: usize,
+) -> (usize, usize, CK_RV) {
     let trail = fx.path().join("fifo");
     let c = std::ffi::CString::new(trail.to_str().expect("utf-8")).expect("path");
     // SAFETY (test): a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
     fx.configure(&format!(
-        "[trail]\npath = \"{}\"\nqueue = 16\non_full = \"wait\"\non_failure = \"deny\"\nwait_ms = 200\n",
+        "[trail]\npath = \"{}\"\nqueue = 16\non_full = \"wait\"\non_failure = \"{on_failure}\"\nwait_ms = 200\n",
         trail.display()
     ));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -641,8 +632,8 @@ fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
         let l = raw.list();
         assert_eq!(raw::initialize(l), CKR_OK);
         let slot = raw::slots(l)[0];
-        let mut refused = 0;
-        for _ in 0..200 {
+        let (mut served, mut refused) = (0, 0);
+        for _ in 0..calls {
             let mut h: CK_SESSION_HANDLE = 0;
             // SAFETY (test): valid out-pointer.
             let rv = unsafe {
@@ -654,18 +645,27 @@ fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
                     &mut h,
                 )
             };
-            if rv == CKR_FUNCTION_FAILED {
-                refused += 1;
+            match rv {
+                CKR_OK => served += 1,
+                CKR_FUNCTION_FAILED => refused += 1,
+                _ => {}
             }
         }
         let fin = raw::finalize(l);
-        let _ = tx.send((refused, fin));
+        let _ = tx.send((served, refused, fin));
     });
     // Generous: the configured bound is 0.2 s per call at most once, plus C_Finalize's
     // flush wait.
-    let (refused, fin) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the calls and C_Finalize return");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the calls and C_Finalize return")
+}
+
+/// Calls wait at most `wait_ms` for room, then `deny` refuses them; C_Finalize still
+/// returns.
+#[test]
+fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
+    let fx = Fixture::new();
+    let (_, refused, fin) = calls_with_a_stuck_writer(&fx, "deny", 200);
     assert!(
         refused > 0,
         "deny refuses calls once the writer is stuck: {}",
@@ -673,6 +673,29 @@ fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
     );
     assert_eq!(fin, CKR_OK);
     assert!(fx.diagnostics().contains("stuck"), "{}", fx.diagnostics());
+}
+
+/// Calls wait at most `wait_ms` once, then `continue` serves them all; the drops are
+/// counted and C_Finalize returns and says how many.
+#[test]
+fn stuck_writer_with_wait_and_continue_serves_calls_and_counts_drops() {
+    let fx = Fixture::new();
+    let (served, _, fin) = calls_with_a_stuck_writer(&fx, "continue", 3000);
+    assert_eq!(served, 3000, "continue serves every call");
+    assert_eq!(fin, CKR_OK);
+    let d = fx.diagnostics();
+    assert!(d.contains("stuck"), "{d}");
+    let line = d
+        .lines()
+        .find(|l| l.contains("at C_Finalize, the trail has lost"))
+        .unwrap_or_else(|| panic!("no loss count at C_Finalize: {d}"));
+    let dropped: u64 = line
+        .split(" were dropped")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a drop count: {line}"));
+    assert!(dropped > 0, "{line}");
 }
 
 /// A disk that stays full until C_Finalize: C_Finalize says how many records were lost.

@@ -241,16 +241,17 @@ impl Chain {
         }
     }
 
-    /// Copies the head records written since the last call to the anchor file and to
-    /// syslog. A copy that cannot be written is reported, never retried into the trail.
-    pub fn send_anchors(&mut self) {
+    /// Copies the head records written since the last call to the anchor file (opened by
+    /// `open`) and to syslog. A copy that cannot be written is reported, never retried
+    /// into the trail.
+    pub fn send_anchors(&mut self, open: impl FnOnce(&Path) -> std::io::Result<std::fs::File>) {
         if self.anchors.is_empty() {
             return;
         }
         let lines = std::mem::take(&mut self.anchors);
         if let Some(path) = &self.anchor_file {
             use std::io::Write;
-            let written = super::file::open_trail(path).and_then(|mut f| f.write_all(&lines));
+            let written = open(path).and_then(|mut f| f.write_all(&lines));
             if let Err(e) = written {
                 crate::diag::report(&format!(
                     "cannot write the anchor file {}: {e}",
@@ -263,6 +264,11 @@ impl Chain {
                 crate::os::syslog_line(line);
             }
         }
+    }
+
+    /// The anchor file, if one is configured.
+    pub fn anchor_file(&self) -> Option<&Path> {
+        self.anchor_file.as_deref()
     }
 
     /// The stream id.

@@ -9,6 +9,7 @@
 //! many and since when.
 
 pub mod chain;
+pub mod dir;
 pub mod file;
 pub mod json;
 
@@ -90,6 +91,21 @@ impl Sink {
         threads: bool,
         start: &Event,
     ) -> std::io::Result<Sink> {
+        let deny = config.on_failure == OnFailure::Deny;
+        if let Some(anchor) = chain.anchor_file() {
+            // Under `deny`, an anchor file that cannot be written means no trail: the
+            // stream is not started, and audited calls are refused until it can be.
+            if let Err(e) = dir::probe_checked(anchor) {
+                let e = format!(
+                    "the anchor file {} cannot be written: {e}",
+                    anchor.display()
+                );
+                if deny {
+                    return Err(std::io::Error::other(e));
+                }
+                diag::report(&e);
+            }
+        }
         let shared = Arc::new(Shared::default());
         let path = expand(&config.path);
         let file = TrailFile::new(path, config.rotate, config.max_bytes, config.keep);
@@ -103,6 +119,7 @@ impl Sink {
                     Ok(queue) => writer.run(&queue),
                     Err(_) => diag::report("the trail writer could not start"),
                 })?;
+            reserve_queue(config.queue)?;
             let queue = Arc::new(Queue {
                 records: ArrayQueue::new(config.queue),
                 writer: handle.thread().clone(),
@@ -112,13 +129,26 @@ impl Sink {
         } else {
             Mode::Sync(Box::new(Mutex::new(writer)))
         };
-        Ok(Sink {
+        let sink = Sink {
             mode,
             on_full: config.on_full,
             on_failure: config.on_failure,
             wait: Duration::from_millis(config.wait_ms),
             shared,
-        })
+        };
+        // Fail closed from the first call: under `deny`, the stream's first record must be
+        // on the trail before any audited call is served. A trail that cannot be written
+        // (or a writer stuck past wait_ms) fails now, and calls are refused until it
+        // recovers, exactly as for a failure later on.
+        if deny && !sink.flush(sink.wait) && !sink.shared.failing.swap(true, Ordering::Relaxed) {
+            // Not a write error (the writer reports those): the writer is stuck.
+            diag::report(&format!(
+                "the trail writer is stuck: the stream's first record was not written within \
+                 [trail] wait_ms ({} ms); audited calls are refused until it is",
+                config.wait_ms
+            ));
+        }
+        Ok(sink)
     }
 
     /// Queues a record (or, synchronously, writes it).
@@ -256,6 +286,21 @@ impl Sink {
     pub fn fail_closed(&self) -> bool {
         self.on_failure == OnFailure::Deny
     }
+}
+
+/// Checks that a queue of `records` can be allocated, without aborting the host process
+/// when it cannot (as an infallible allocation would): crossbeam's queue allocates its
+/// slots infallibly, so the same amount is reserved fallibly first and freed again.
+fn reserve_queue(records: usize) -> std::io::Result<()> {
+    // Each slot of the queue holds a record and a stamp.
+    let mut probe: Vec<(usize, std::mem::MaybeUninit<Event>)> = Vec::new();
+    probe.try_reserve_exact(records).map_err(|e| {
+        std::io::Error::other(format!(
+            "the trail queue of {records} records ({} MB) cannot be allocated: {e}; \
+             lower [trail] queue",
+            records.saturating_mul(std::mem::size_of::<(usize, Event)>()) >> 20
+        ))
+    })
 }
 
 /// Why a record was dropped before reaching the writer.
@@ -410,7 +455,8 @@ impl Writer {
     /// records then go to their anchors too.
     fn commit(&mut self) {
         self.write_batch();
-        self.chain.send_anchors();
+        let file = &self.file;
+        self.chain.send_anchors(|path| file.open_sibling(path));
     }
 
     fn write_batch(&mut self) {
@@ -541,6 +587,9 @@ impl Writer {
 pub struct SinkSlot {
     current: AtomicPtr<Sink>,
     creating: AtomicBool,
+    /// Why the last start failed: each audited call retries, and a failure is reported
+    /// once, not once per call.
+    start_failure: Mutex<String>,
     config: TrailConfig,
     integrity: IntegrityConfig,
     service: Option<String>,
@@ -564,6 +613,7 @@ impl SinkSlot {
         SinkSlot {
             current: AtomicPtr::new(std::ptr::null_mut()),
             creating: AtomicBool::new(false),
+            start_failure: Mutex::new(String::new()),
             config,
             integrity,
             service,
@@ -639,7 +689,16 @@ impl SinkSlot {
                     p = Box::leak(Box::new(s));
                     self.current.store(p, Ordering::Release);
                 }
-                Err(e) => diag::report(&format!("cannot start the trail writer: {e}")),
+                Err(e) => {
+                    // try_lock: a child after fork must not wait on a lock its parent held.
+                    let last = self.start_failure.try_lock();
+                    if last.as_ref().is_none_or(|last| **last != e) {
+                        diag::report(&format!("cannot start the trail writer: {e}"));
+                    }
+                    if let Some(mut last) = last {
+                        *last = e;
+                    }
+                }
             }
         }
         self.creating.store(false, Ordering::Release);

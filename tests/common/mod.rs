@@ -203,3 +203,21 @@ pub mod clients;
 pub mod kryoptic;
 pub mod raw;
 pub mod transcript;
+
+/// A session HMAC key (generic secret, 32 bytes of `byte`) that can sign.
+pub fn hmac_key(s: &Session, byte: u8) -> cryptoki::object::ObjectHandle {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    s.create_object(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Sign(true),
+        Attribute::Value(vec![byte; 32]),
+    ])
+    .expect("HMAC key")
+}
+
+/// A record's `event.action`.
+pub fn record_action(r: &serde_json::Value) -> &str {
+    r["event"]["action"].as_str().unwrap_or("")
+}
