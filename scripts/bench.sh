@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# Overhead benchmark: the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
+# Overhead benchmark. By default (benches/routes.rs) every route runs in its own process,
+# as an application sees it, in interleaved rounds: SoftHSM2 direct, direct with one idle
+# thread, keytrail with full audit, keytrail with `categories = []`, pkcs11-spy and p11-kit
+# log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
+# thread, with the min-max of the per-round ratios. BENCH_ROUNDS (default 7) and
+# BENCH_ROUND_MS (default 300) tune it.
+#
+# BENCH_SAME_PROCESS=1 runs the older same-process benchmark (benches/overhead.rs): the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
 # through the built libkeytrail.so ("keytrail"), in one process, against one SoftHSM
 # instance; plus OpenSC's pkcs11-spy and p11-kit's proxy with `log-calls: yes` as further
 # columns when they are installed. Also reports what keytrail's trail took per workload
@@ -57,7 +64,11 @@ CONF
 export SOFTHSM2_CONF="$tmp/softhsm2.conf"
 softhsm2-util --init-token --free --label keytrail-bench --pin 1234 --so-pin 5678 >/dev/null
 
-trail="${BENCH_TRAIL:-$tmp/trail/keytrail.jsonl}"
+if [ "${BENCH_SAME_PROCESS:-0}" = 1 ]; then
+  trail="${BENCH_TRAIL:-$tmp/trail/keytrail.jsonl}"
+else
+  trail="${BENCH_TRAIL:-$tmp/trail/keytrail-{pid}.jsonl}"
+fi
 cat >"$tmp/keytrail.toml" <<CONF
 module = "$module"
 diagnostics = "$tmp/keytrail-diagnostics.log"
@@ -69,6 +80,10 @@ ${BENCH_AUDIT:+[audit]
 $BENCH_AUDIT}
 CONF
 export KEYTRAIL_CONFIG="$tmp/keytrail.toml"
+# The per-process routes: full audit, and auditing switched off (only the writer remains).
+export BENCH_CONFIG_FULL="$tmp/keytrail.toml" BENCH_CONFIG_OFF="$tmp/keytrail-off.toml"
+sed -e '/^\[audit\]/,$d' "$tmp/keytrail.toml" >"$BENCH_CONFIG_OFF"
+printf '[audit]\ncategories = []\n' >>"$BENCH_CONFIG_OFF"
 unset KEYTRAIL_MODULE
 export SOFTHSM2_MODULE="$module"
 export KEYTRAIL_SO="${KEYTRAIL_SO:-$PWD/target/release/libkeytrail.so}"
@@ -152,7 +167,11 @@ case "$trail" in
 esac
 
 status=0
-"${run[@]}" cargo bench --bench overhead "$@" || status=$?
+if [ "${BENCH_SAME_PROCESS:-0}" = 1 ]; then
+  "${run[@]}" cargo bench --bench overhead "$@" || status=$?
+else
+  "${run[@]}" cargo bench --bench routes "$@" || status=$?
+fi
 
 if [ -s "$trail" ]; then
   records=$(wc -l <"$trail")
