@@ -173,7 +173,12 @@ else
   "${run[@]}" cargo bench --bench routes "$@" || status=$?
 fi
 
-if [ -s "$trail" ]; then
+if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ -d "$tmp/trail" ]; then
+  # One trail file per keytrail process; all keytrail routes' rounds together.
+  records=$(cat "$tmp"/trail/*.jsonl 2>/dev/null | wc -l)
+  bytes=$(cat "$tmp"/trail/*.jsonl 2>/dev/null | wc -c)
+  [ "$records" -gt 0 ] && echo "trail: $records records, $bytes bytes, $((bytes / records)) bytes per record (both keytrail routes)"
+elif [ -s "$trail" ]; then
   records=$(wc -l <"$trail")
   bytes=$(wc -c <"$trail")
   echo "trail: $records records, $bytes bytes, $((bytes / records)) bytes per record (full audit on)"
