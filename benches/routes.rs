@@ -14,8 +14,10 @@
 //! BENCH_CONFIG_FULL, BENCH_CONFIG_OFF (keytrail configurations), BENCH_SPY_SO with
 //! PKCS11SPY/PKCS11SPY_OUTPUT, BENCH_P11KIT_SO, BENCH_ROUNDS, BENCH_ROUND_MS,
 //! BENCH_WARMUP_MS, BENCH_JSON.
+mod common;
+
+use common::{attr, check, load_average, load_table, mechanism};
 use cryptoki_sys::*;
-use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -239,15 +241,6 @@ fn driver() {
     }
 }
 
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 // ----------------------------------------------------------------------------- child
 
 /// A loaded module's function table.
@@ -264,43 +257,8 @@ macro_rules! ck {
     }};
 }
 
-#[track_caller]
-fn check(rv: CK_RV, what: &str) {
-    assert!(rv == CKR_OK, "{what} returned {rv:#x}");
-}
-
 fn load(path: &Path) -> Fns {
-    // SAFETY: loading a PKCS#11 module runs its initialisers, which is what using it asks.
-    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()));
-    // SAFETY: C_GetFunctionList has this type in the PKCS#11 specification.
-    let get = unsafe { lib.get::<CK_C_GetFunctionList>(b"C_GetFunctionList\0") }
-        .ok()
-        .and_then(|s| *s)
-        .expect("no C_GetFunctionList");
-    let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
-    // SAFETY: `list` is a valid out-pointer for the call.
-    check(unsafe { get(&mut list) }, "C_GetFunctionList");
-    assert!(!list.is_null());
-    std::mem::forget(lib);
-    // SAFETY: the table lives as long as the module, which is never unloaded.
-    Fns(unsafe { &*list })
-}
-
-fn attr<T>(type_: CK_ATTRIBUTE_TYPE, value: &T) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE {
-        type_,
-        pValue: value as *const T as *mut c_void,
-        ulValueLen: std::mem::size_of::<T>() as CK_ULONG,
-    }
-}
-
-fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism: m,
-        pParameter: std::ptr::null_mut(),
-        ulParameterLen: 0,
-    }
+    Fns(load_table(path))
 }
 
 fn open(f: Fns, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
@@ -340,7 +298,7 @@ fn gen_key(f: Fns, s: CK_SESSION_HANDLE, hmac: bool) -> CK_OBJECT_HANDLE {
             attr(CKA_VALUE_LEN, &len),
         ]
     };
-    let mut m = mech(if hmac {
+    let mut m = mechanism(if hmac {
         CKM_GENERIC_SECRET_KEY_GEN
     } else {
         CKM_AES_KEY_GEN
@@ -369,7 +327,7 @@ fn hmac(
     data: &mut [u8; 64],
     out: &mut [u8; 32],
 ) {
-    let mut m = mech(CKM_SHA256_HMAC);
+    let mut m = mechanism(CKM_SHA256_HMAC);
     check(ck!(f, C_SignInit(s, &mut m, key)), "C_SignInit");
     let mut len = out.len() as CK_ULONG;
     check(

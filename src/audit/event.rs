@@ -296,6 +296,33 @@ impl Event {
         e
     }
 
+    /// Whether the record owns heap memory of its own (allocated by the caller that built
+    /// it): its rarer parts.
+    #[inline]
+    pub fn owns_memory(&self) -> bool {
+        self.extra.is_some()
+    }
+
+    /// Whether dropping the record would free memory: its rarer parts, or the last
+    /// reference to a key identity (a key destroyed meanwhile), to the thread's labels or
+    /// to the token's identity.
+    pub fn holds_last_memory(&self) -> bool {
+        self.owns_memory()
+            || self.keys.iter().any(|k| {
+                k.identity
+                    .as_ref()
+                    .is_some_and(|i| Arc::strong_count(i) == 1)
+            })
+            || self
+                .labels
+                .as_ref()
+                .is_some_and(|l| Arc::strong_count(l) == 1)
+            || self
+                .token
+                .as_ref()
+                .is_some_and(|t| Arc::strong_count(t) == 1)
+    }
+
     /// The rarer parts, made on first use.
     pub fn extra_mut(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
