@@ -215,3 +215,115 @@ fn key_lookups_false_records_handles_only_for_unseen_keys() {
     assert_eq!(s(&encrypts[1], "pkcs11.key.label"), "made-here");
     assert_eq!(s(&encrypts[1], "pkcs11.key.key_type"), "CKK_AES");
 }
+
+/// A known workload for usage summaries: 37 and 5 successful encryptions with two keys,
+/// two failures with the first, in two sessions; returns the keys' handles.
+fn summary_workload() -> (u64, u64) {
+    let p = open(&keytrail_module());
+    let s_ = user_session(&p);
+    let a = aes_key(&s_, "key-a", &[0xa], false);
+    let b = aes_key(&s_, "key-b", &[0xb], false);
+    for _ in 0..30 {
+        s_.encrypt(&Mechanism::AesEcb, a, &[0; 16])
+            .expect("encrypt a");
+    }
+    // Another session, the same key: the same summary.
+    // (The login is the token's: the second session shares it.)
+    let s2 = p.open_rw_session(token_slot(&p)).expect("second session");
+    for _ in 0..7 {
+        s2.encrypt(&Mechanism::AesEcb, a, &[0; 32])
+            .expect("encrypt a");
+    }
+    drop(s2);
+    for _ in 0..5 {
+        s_.encrypt(&Mechanism::AesEcb, b, &[0; 48])
+            .expect("encrypt b");
+    }
+    for _ in 0..2 {
+        s_.encrypt(&Mechanism::AesEcb, a, &[0; 15])
+            .expect_err("ECB needs whole blocks");
+    }
+    s_.destroy_object(b).expect("destroy");
+    drop(s_);
+    // C_Finalize writes the interval's summaries, before the stream's stop.
+    p.finalize().expect("finalize");
+    (a.handle(), b.handle())
+}
+
+#[test]
+fn usage_summary_counts_every_success_and_records_every_failure() {
+    let fx = Fixture::new();
+    configure(&fx, "", "usage = \"summary\"\nsummary_interval = 3600");
+    let (a, b) = summary_workload();
+    let all = fx.trail();
+    let t = lifecycle(&all);
+    let uses = category(&t, "use");
+    let summaries: Vec<(u64, u64, u64, u64, u64)> = uses
+        .iter()
+        .filter(|r| r.pointer("/pkcs11/operation/count").is_some())
+        .map(|r| {
+            (
+                n(r, "pkcs11.key.handle"),
+                n(r, "pkcs11.operation.count"),
+                n(r, "pkcs11.operation.failures"),
+                n(r, "pkcs11.data.in_len"),
+                n(r, "pkcs11.operation.parts"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summaries,
+        [(a, 37, 2, 30 * 16 + 7 * 32, 37), (b, 5, 0, 5 * 48, 5)],
+        "{}",
+        dump(&t)
+    );
+    let failures: Vec<&str> = uses
+        .iter()
+        .filter(|r| s(r, "event.outcome") == "failure")
+        .map(|r| s(r, "pkcs11.rv_name"))
+        .collect();
+    assert_eq!(failures, ["CKR_DATA_LEN_RANGE"; 2], "{}", dump(&t));
+    assert_eq!(uses.len(), 4, "{}", dump(&t));
+    // A summary names no session (it spans two), and ends no later than the stream.
+    let first = uses
+        .iter()
+        .find(|r| r.pointer("/pkcs11/operation/count").is_some())
+        .expect("a summary");
+    assert!(first.pointer("/pkcs11/session").is_none(), "{first:#}");
+    assert!(s(first, "pkcs11.operation.last") >= s(first, "@timestamp"));
+    let actions: Vec<&str> = all.iter().map(|r| s(r, "event.action")).collect();
+    assert_eq!(actions.last(), Some(&"trail_stop"), "{actions:?}");
+    // Other categories keep a record each.
+    assert_eq!(category(&t, "generate").len(), 2, "{}", dump(&t));
+    assert_eq!(category(&t, "destroy").len(), 1, "{}", dump(&t));
+
+    // `keytrail report` counts a summary as the uses it stands for.
+    let bin = keytrail_module()
+        .parent()
+        .expect("target dir")
+        .join("keytrail");
+    let o = std::process::Command::new(bin)
+        .args(["report", "--json"])
+        .arg(fx.trail_path())
+        .output()
+        .expect("run keytrail report");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let keys = r["keys"].as_array().expect("keys");
+    let uses_of = |label: &str| {
+        keys.iter()
+            .find(|k| k["label"] == label)
+            .unwrap_or_else(|| panic!("key {label} in {r:#}"))["uses"]["encrypt / CKM_AES_ECB"]
+            .clone()
+    };
+    assert_eq!(
+        uses_of("key-a"),
+        json!({"success": 37, "failure": 2, "other": 0}),
+        "{r:#}"
+    );
+    assert_eq!(
+        uses_of("key-b"),
+        json!({"success": 5, "failure": 0, "other": 0}),
+        "{r:#}"
+    );
+}

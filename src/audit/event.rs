@@ -199,6 +199,20 @@ pub struct Extra {
     pub message: Option<String>,
     /// Structured detail for keytrail's own records (`audit` category).
     pub detail: Option<serde_json::Value>,
+    /// What a usage summary stands for (`usage = "summary"`).
+    pub summary: Option<UseSummary>,
+}
+
+/// Successful operations of one key, operation and mechanism that one summary record
+/// stands for. The record's own time is the first one's start.
+#[derive(Debug, Clone, Copy)]
+pub struct UseSummary {
+    /// Operations that succeeded.
+    pub successes: u64,
+    /// Operations that failed meanwhile (each also has a record of its own).
+    pub failures: u64,
+    /// When the last one started.
+    pub last: Started,
 }
 
 /// One audit record.
