@@ -13,7 +13,8 @@
 //! Environment (set by the script): SOFTHSM2_CONF, SOFTHSM2_MODULE, KEYTRAIL_SO,
 //! BENCH_CONFIG_FULL, BENCH_CONFIG_OFF (keytrail configurations), BENCH_SPY_SO with
 //! PKCS11SPY/PKCS11SPY_OUTPUT, BENCH_P11KIT_SO, BENCH_ROUNDS, BENCH_ROUND_MS,
-//! BENCH_WARMUP_MS, BENCH_JSON.
+//! BENCH_WARMUP_MS, BENCH_JSON. A child run with BENCH_SIGNATURES=n makes exactly n HMAC
+//! signatures instead (scripts/bench.sh measures trail bytes per 1,000 signatures so).
 mod common;
 
 use common::{attr, check, load_average, load_table, mechanism};
@@ -405,7 +406,17 @@ fn child() {
     };
     let mut data = [7u8; 64];
     let mut mac = [0u8; 32];
-    for w in WORKLOADS {
+    if let Some(count) = var("BENCH_SIGNATURES") {
+        // Trail volume: exactly this many HMAC signatures, and nothing timed.
+        let count: u64 = count.parse().expect("BENCH_SIGNATURES: a number");
+        for _ in 0..count {
+            hmac(f, s, hkey, &mut data, &mut mac);
+        }
+    }
+    for w in WORKLOADS
+        .iter()
+        .filter(|_| var("BENCH_SIGNATURES").is_none())
+    {
         if !wanted(w) {
             continue;
         }

@@ -26,6 +26,7 @@
 #   BENCH_TRAIL=<path>    the trail (default: in the temp dir); BENCH_AUDIT: lines for [audit]
 #   BENCH_QUEUE=<n>, BENCH_ON_FULL=wait|drop   the writer queue ([trail] queue, on_full)
 #   BENCH_ROUNDS, BENCH_ROUND_MS, BENCH_WARMUP_MS   tune the run (see benches/overhead.rs)
+#   BENCH_VOLUME=0        skip the trail bytes per 1,000 signatures in each usage mode
 #   SOFTHSM2_MODULE       the SoftHSM2 module (default: the usual Debian paths)
 # Extra arguments go to `cargo bench` (e.g. `scripts/bench.sh -- hmac` runs only the
 # workloads whose name contains "hmac").
@@ -67,7 +68,9 @@ softhsm2-util --init-token --free --label keytrail-bench --pin 1234 --so-pin 567
 if [ "${BENCH_SAME_PROCESS:-0}" = 1 ]; then
   trail="${BENCH_TRAIL:-$tmp/trail/keytrail.jsonl}"
 else
-  trail="${BENCH_TRAIL:-$tmp/trail/keytrail-{pid}.jsonl}"
+  # (In a variable: a literal `}` inside ${…:-…} would end the expansion.)
+  per_process="$tmp/trail/keytrail-{pid}.jsonl"
+  trail="${BENCH_TRAIL:-$per_process}"
 fi
 cat >"$tmp/keytrail.toml" <<CONF
 module = "$module"
@@ -175,13 +178,32 @@ fi
 
 if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ -d "$tmp/trail" ]; then
   # One trail file per keytrail process; all keytrail routes' rounds together.
-  records=$(cat "$tmp"/trail/*.jsonl 2>/dev/null | wc -l)
-  bytes=$(cat "$tmp"/trail/*.jsonl 2>/dev/null | wc -c)
+  records=$(cat "$tmp"/trail/*.jsonl 2>/dev/null | wc -l || true)
+  bytes=$(cat "$tmp"/trail/*.jsonl 2>/dev/null | wc -c || true)
   [ "$records" -gt 0 ] && echo "trail: $records records, $bytes bytes, $((bytes / records)) bytes per record (both keytrail routes)"
 elif [ -s "$trail" ]; then
   records=$(wc -l <"$trail")
   bytes=$(wc -c <"$trail")
   echo "trail: $records records, $bytes bytes, $((bytes / records)) bytes per record (full audit on)"
+fi
+if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ "${BENCH_VOLUME:-1}" != 0 ]; then
+  # Trail bytes per 1,000 HMAC-SHA256 signatures in each usage mode: one keytrail process
+  # with none and one with 1,000 (same setup: login, two keys), the difference.
+  echo
+  echo "trail bytes per 1,000 HMAC-SHA256 signatures (one process, setup records subtracted):"
+  for usage in every first summary; do
+    bytes=()
+    for count in 0 1000; do
+      dir="$tmp/volume-$usage-$count"
+      mkdir -p "$dir"
+      sed -e "s|^path = .*|path = \"$dir/trail.jsonl\"|" -e '/^\[audit\]/,$d' "$tmp/keytrail.toml" >"$dir/keytrail.toml"
+      printf '[audit]\nusage = "%s"\n' "$usage" >>"$dir/keytrail.toml"
+      BENCH_SIGNATURES=$count BENCH_MODULE="$KEYTRAIL_SO" BENCH_IDLE_THREAD=0 \
+        KEYTRAIL_CONFIG="$dir/keytrail.toml" cargo bench -q --bench routes -- --child >/dev/null
+      bytes+=("$(wc -c <"$dir/trail.jsonl")")
+    done
+    echo "  usage = \"$usage\": $((bytes[1] - bytes[0])) bytes ($((bytes[0])) for the setup alone)"
+  done
 fi
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2
