@@ -327,3 +327,93 @@ fn usage_summary_counts_every_success_and_records_every_failure() {
         "{r:#}"
     );
 }
+
+/// pkcs11-spy (OpenSC) where it is installed.
+fn spy_module() -> Option<std::path::PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
+        "/usr/lib/aarch64-linux-gnu/pkcs11-spy.so",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+}
+
+#[test]
+fn a_created_key_is_asked_of_the_module_only_what_its_template_left_open() {
+    // keytrail in front of pkcs11-spy in front of SoftHSM: the spy's log holds every call
+    // keytrail makes of the module.
+    let spy = spy_module().expect("pkcs11-spy (opensc) is installed by scripts/test.sh");
+    let fx = Fixture::new();
+    let log = fx.path().join("spy.log");
+    // SAFETY: nextest runs each test in a process of its own; no other thread reads the
+    // environment yet.
+    unsafe {
+        std::env::set_var("PKCS11SPY", softhsm_module());
+        std::env::set_var("PKCS11SPY_OUTPUT", &log);
+    }
+    std::fs::write(
+        &fx.keytrail_conf,
+        format!(
+            "module = \"{}\"\n[trail]\npath = \"{}\"\n",
+            spy.display(),
+            fx.trail_path().display()
+        ),
+    )
+    .expect("write keytrail.toml");
+    let p = open(&keytrail_module());
+    let s_ = user_session(&p);
+    let before = std::fs::read_to_string(&log).unwrap_or_default();
+    // A template stating class (by the mechanism), size, CKA_ID and CKA_LABEL; and one
+    // stating neither CKA_ID nor CKA_LABEL (PKCS#11 makes them empty).
+    let named = aes_key(&s_, "named", &[0x4e], false);
+    let bare = s_
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[Attribute::ValueLen(16.into()), Attribute::Encrypt(true)],
+        )
+        .expect("bare key");
+    let during = std::fs::read_to_string(&log).expect("spy log")[before.len()..].to_string();
+    drop(s_);
+    p.finalize().expect("finalize");
+    // What keytrail asked after each C_GenerateKey: at most CKA_UNIQUE_ID (which only the
+    // module can say, and only a PKCS#11 3.0 module has).
+    let asked: Vec<&str> = during
+        .split("C_GetAttributeValue")
+        .skip(1)
+        .flat_map(|call| {
+            call.lines()
+                .take_while(|l| !l.contains("Returned:"))
+                .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("CKA_")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        asked.iter().all(|a| *a == "CKA_UNIQUE_ID"),
+        "asked {asked:?}\n{during}"
+    );
+    assert!(asked.len() <= 2, "asked {asked:?}\n{during}");
+    // And the records still name both keys fully.
+    let t = fx.trail();
+    let made = category(&t, "generate");
+    let ids: Vec<(u64, &str, &str, u64)> = made
+        .iter()
+        .map(|r| {
+            (
+                n(r, "pkcs11.key.handle"),
+                s(r, "pkcs11.key.label"),
+                s(r, "pkcs11.key.id_hex"),
+                n(r, "pkcs11.key.bits"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (named.handle(), "named", "4e", 256),
+            (bare.handle(), "", "", 128)
+        ],
+        "{}",
+        dump(&t)
+    );
+}

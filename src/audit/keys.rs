@@ -159,14 +159,19 @@ fn lookup_missing(
     handle: CK_OBJECT_HANDLE,
     mut k: KeyIdentity,
 ) -> Option<KeyIdentity> {
+    // Only attributes the key can have: a size attribute of its class or type, and
+    // CKA_UNIQUE_ID from modules of PKCS#11 3.0 or later.
+    let secret = k.class_raw.is_none_or(|c| c == CKO_SECRET_KEY);
+    let rsa = k.key_type.is_none_or(|t| t == "CKK_RSA");
     let missing = |t: CK_ATTRIBUTE_TYPE| match t {
         CKA_CLASS => k.class_raw.is_none(),
         CKA_KEY_TYPE => k.key_type.is_none(),
         CKA_ID => k.id_hex.is_none(),
         CKA_LABEL => k.label.is_none(),
         CKA_TOKEN => k.token.is_none(),
-        CKA_VALUE_LEN | CKA_MODULUS_BITS => k.bits.is_none(),
-        _ => k.unique_id.is_none(),
+        CKA_VALUE_LEN => k.bits.is_none() && secret,
+        CKA_MODULUS_BITS => k.bits.is_none() && rsa,
+        _ => k.unique_id.is_none() && backend.v3_flags.is_some(),
     };
     let mut want = arrayvec::ArrayVec::<(CK_ATTRIBUTE_TYPE, usize), 8>::new();
     for a in LOOKUP {
