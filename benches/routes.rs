@@ -60,14 +60,18 @@ fn routes() -> Vec<RouteSpec> {
         direct("direct", false),
         direct("direct + idle thread", true),
     ];
-    for (name, config) in [
-        ("keytrail", "BENCH_CONFIG_FULL"),
-        ("keytrail categories=[]", "BENCH_CONFIG_OFF"),
+    // BENCH_BASELINE_SO: another build of keytrail (say, before a change), full audit,
+    // interleaved with this one.
+    let baseline = var("BENCH_BASELINE_SO").map(PathBuf::from);
+    for (name, config, module) in [
+        ("keytrail", "BENCH_CONFIG_FULL", Some(&keytrail)),
+        ("keytrail categories=[]", "BENCH_CONFIG_OFF", Some(&keytrail)),
+        ("keytrail baseline build", "BENCH_CONFIG_FULL", baseline.as_ref()),
     ] {
-        if let Some(c) = var(config) {
+        if let (Some(c), Some(module)) = (var(config), module) {
             v.push(RouteSpec {
                 name,
-                module: keytrail.clone(),
+                module: module.clone(),
                 env: vec![("KEYTRAIL_CONFIG", c)],
                 idle_thread: false,
                 quiet_stderr: false,

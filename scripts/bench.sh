@@ -26,6 +26,7 @@
 #   BENCH_TRAIL=<path>    the trail (default: in the temp dir); BENCH_AUDIT: lines for [audit]
 #   BENCH_QUEUE=<n>, BENCH_ON_FULL=wait|drop   the writer queue ([trail] queue, on_full)
 #   BENCH_ROUNDS, BENCH_ROUND_MS, BENCH_WARMUP_MS   tune the run (see benches/overhead.rs)
+#   BENCH_BASELINE_SO=<libkeytrail.so>  also run another keytrail build (full audit), interleaved
 #   BENCH_VOLUME=0        skip the trail bytes per 1,000 signatures in each usage mode
 #   SOFTHSM2_MODULE       the SoftHSM2 module (default: the usual Debian paths)
 # Extra arguments go to `cargo bench` (e.g. `scripts/bench.sh -- hmac` runs only the
