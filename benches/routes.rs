@@ -65,8 +65,16 @@ fn routes() -> Vec<RouteSpec> {
     let baseline = var("BENCH_BASELINE_SO").map(PathBuf::from);
     for (name, config, module) in [
         ("keytrail", "BENCH_CONFIG_FULL", Some(&keytrail)),
-        ("keytrail categories=[]", "BENCH_CONFIG_OFF", Some(&keytrail)),
-        ("keytrail baseline build", "BENCH_CONFIG_FULL", baseline.as_ref()),
+        (
+            "keytrail categories=[]",
+            "BENCH_CONFIG_OFF",
+            Some(&keytrail),
+        ),
+        (
+            "keytrail baseline build",
+            "BENCH_CONFIG_FULL",
+            baseline.as_ref(),
+        ),
     ] {
         if let (Some(c), Some(module)) = (var(config), module) {
             v.push(RouteSpec {

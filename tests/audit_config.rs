@@ -417,3 +417,46 @@ fn a_created_key_is_asked_of_the_module_only_what_its_template_left_open() {
         dump(&t)
     );
 }
+
+#[test]
+fn a_forked_child_summarizes_only_its_own_uses() {
+    let fx = Fixture::new();
+    configure(&fx, "", "usage = \"summary\"");
+    let p = open(&keytrail_module());
+    let s_ = user_session(&p);
+    let key = aes_key(&s_, "key-f", &[0xf], false);
+    for _ in 0..40 {
+        s_.encrypt(&Mechanism::AesEcb, key, &[0; 16])
+            .expect("encrypt before fork");
+    }
+    // SAFETY (test): the child only makes PKCS#11 calls and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    let uses = if pid == 0 { 150 } else { 100 };
+    for _ in 0..uses {
+        s_.encrypt(&Mechanism::AesEcb, key, &[0; 16])
+            .expect("encrypt after fork");
+    }
+    if pid == 0 {
+        std::mem::forget(s_);
+        let _ = p.finalize();
+        // SAFETY (test): leave the child without running the parent's test harness.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY (test): waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0, "child exit status");
+    drop(s_);
+    p.finalize().expect("finalize");
+    let t = fx.trail();
+    let counts = |want: u32| -> Vec<u64> {
+        category(&t, "use")
+            .iter()
+            .filter(|r| n(r, "process.pid") == u64::from(want))
+            .map(|r| n(r, "pkcs11.operation.count"))
+            .collect()
+    };
+    assert_eq!(counts(std::process::id()), [140], "{}", dump(&t));
+    assert_eq!(counts(pid as u32), [150], "{}", dump(&t));
+}

@@ -159,6 +159,9 @@ pub mod fork {
             a.sessions.lock_for_fork();
             a.keys.lock_for_fork();
             std::mem::forget(a.tokens.lock());
+            if let Some(s) = &a.summaries {
+                s.lock_for_fork();
+            }
         }
         crate::diag::lock_for_fork();
     }
@@ -174,6 +177,9 @@ pub mod fork {
                 a.sessions.unlock_after_fork();
                 a.keys.unlock_after_fork();
                 a.tokens.force_unlock();
+                if let Some(s) = &a.summaries {
+                    s.unlock_after_fork();
+                }
             }
         }
         // SAFETY: as above.
@@ -185,6 +191,9 @@ pub mod fork {
         super::context::reset_thread_id();
         if let Some(a) = get() {
             a.sink.after_fork_in_child();
+            if let Some(s) = &a.summaries {
+                s.forget_after_fork();
+            }
             a.stopped.store(false, std::sync::atomic::Ordering::Release);
         }
     }

@@ -93,6 +93,28 @@ impl Summaries {
         None
     }
 
+    /// Before fork: takes the lock (released by [`Summaries::unlock_after_fork`]).
+    pub fn lock_for_fork(&self) {
+        std::mem::forget(self.window.lock());
+    }
+
+    /// Releases the lock taken by [`Summaries::lock_for_fork`].
+    ///
+    /// # Safety
+    /// Only after `lock_for_fork` on this thread.
+    pub unsafe fn unlock_after_fork(&self) {
+        // SAFETY: the caller guarantees the lock is held with its guard forgotten.
+        unsafe { self.window.force_unlock() };
+    }
+
+    /// In a child after fork: the parent's counts are the parent's to write; the child
+    /// counts its own uses from here.
+    pub fn forget_after_fork(&self) {
+        let mut w = self.window.lock();
+        w.groups.clear();
+        w.start = Instant::now();
+    }
+
     /// Every summary of the interval so far (C_Finalize, exit).
     pub fn drain(&self) -> Vec<Event> {
         let mut due = Vec::new();
