@@ -429,9 +429,7 @@ fn a_forked_child_summarizes_only_its_own_uses() {
         s_.encrypt(&Mechanism::AesEcb, key, &[0; 16])
             .expect("encrypt before fork");
     }
-    // SAFETY (test): the child only makes PKCS#11 calls and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
+    let pid = fork();
     let uses = if pid == 0 { 150 } else { 100 };
     for _ in 0..uses {
         s_.encrypt(&Mechanism::AesEcb, key, &[0; 16])
@@ -443,10 +441,7 @@ fn a_forked_child_summarizes_only_its_own_uses() {
         // SAFETY (test): leave the child without running the parent's test harness.
         unsafe { libc::_exit(0) };
     }
-    let mut status = 0;
-    // SAFETY (test): waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert_eq!(status, 0, "child exit status");
+    wait_child(pid);
     drop(s_);
     p.finalize().expect("finalize");
     let t = fx.trail();

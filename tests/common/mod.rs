@@ -203,3 +203,20 @@ pub mod clients;
 pub mod kryoptic;
 pub mod raw;
 pub mod transcript;
+
+/// Forks the test process; 0 in the child, the child's pid in the parent. The child must
+/// leave with `_exit` or `exit`, never by returning into the test harness.
+pub fn fork() -> libc::pid_t {
+    // SAFETY (test): the child only makes PKCS#11 calls and then exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    pid
+}
+
+/// Waits for a child made by [`fork`] and checks that it exited with status 0.
+pub fn wait_child(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY (test): waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0, "child exit status");
+}
