@@ -15,11 +15,13 @@
 //!
 //! Prints memory once a second and a final `result` line of `key=value` pairs.
 
+mod common;
+
+use common::{attr, expect_rv, load_table, mechanism};
 use cryptoki_sys::*;
-use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::ffi::c_void;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,47 +37,6 @@ macro_rules! ck {
         // this function; the table belongs to a library that is never unloaded.
         unsafe { f($($arg),*) }
     }};
-}
-
-#[track_caller]
-fn check(rv: CK_RV, ok: &[CK_RV], what: &str) {
-    assert!(ok.contains(&rv), "{what} returned {rv:#x}");
-}
-
-fn attr<T>(type_: CK_ATTRIBUTE_TYPE, value: &T) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE {
-        type_,
-        pValue: value as *const T as *mut c_void,
-        ulValueLen: std::mem::size_of::<T>() as CK_ULONG,
-    }
-}
-
-fn mechanism(mechanism: CK_MECHANISM_TYPE) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism,
-        pParameter: std::ptr::null_mut(),
-        ulParameterLen: 0,
-    }
-}
-
-/// Opens a PKCS#11 module for good and returns its function table.
-fn load_table(path: &Path) -> &'static CK_FUNCTION_LIST {
-    // SAFETY: loading a PKCS#11 module runs its initialisers, which is what using it
-    // asks for.
-    let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()));
-    // SAFETY: C_GetFunctionList has this type in the PKCS#11 specification.
-    let get = unsafe { library.get::<CK_C_GetFunctionList>(b"C_GetFunctionList\0") }
-        .ok()
-        .and_then(|s| *s)
-        .unwrap_or_else(|| panic!("{} has no C_GetFunctionList", path.display()));
-    let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
-    // SAFETY: `list` is a valid out-pointer for the duration of the call.
-    check(unsafe { get(&mut list) }, &[CKR_OK], "C_GetFunctionList");
-    assert!(!list.is_null(), "C_GetFunctionList gave NULL");
-    std::mem::forget(library);
-    // SAFETY: the table lives as long as the module, which is never unloaded.
-    unsafe { &*list }
 }
 
 /// A field of /proc/self/status in kB (VmRSS, VmHWM).
@@ -155,10 +116,10 @@ fn main() {
         pReserved: std::ptr::null_mut(),
     };
     let init_ptr = &mut init_args as *mut CK_C_INITIALIZE_ARGS as *mut c_void;
-    check(ck!(fns, C_Initialize(init_ptr)), &[CKR_OK], "C_Initialize");
+    expect_rv(ck!(fns, C_Initialize(init_ptr)), &[CKR_OK], "C_Initialize");
     let mut slots = [0 as CK_SLOT_ID; 8];
     let mut count = slots.len() as CK_ULONG;
-    check(
+    expect_rv(
         ck!(fns, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut count)),
         &[CKR_OK],
         "C_GetSlotList",
@@ -167,7 +128,7 @@ fn main() {
     let slot = slots[0];
     let open = || {
         let mut h = 0;
-        check(
+        expect_rv(
             ck!(
                 fns,
                 C_OpenSession(
@@ -182,7 +143,7 @@ fn main() {
             "C_OpenSession",
         );
         let mut pin = USER_PIN.to_vec();
-        check(
+        expect_rv(
             ck!(
                 fns,
                 C_Login(h, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG)
@@ -205,7 +166,7 @@ fn main() {
         ];
         let mut mech = mechanism(CKM_GENERIC_SECRET_KEY_GEN);
         let mut key = 0;
-        check(
+        expect_rv(
             ck!(
                 fns,
                 C_GenerateKey(
@@ -240,13 +201,13 @@ fn main() {
                 let (mut data, mut mac) = ([0x5au8; 64], [0u8; 32]);
                 while !stop.load(Ordering::Relaxed) {
                     let mut mech = mechanism(CKM_SHA256_HMAC);
-                    check(
+                    expect_rv(
                         ck!(fns, C_SignInit(s, &mut mech, key)),
                         &[CKR_OK],
                         "C_SignInit",
                     );
                     let mut len = mac.len() as CK_ULONG;
-                    check(
+                    expect_rv(
                         ck!(
                             fns,
                             C_Sign(

@@ -37,8 +37,10 @@
 //! To add a route, add a [`Route`] in `main`; to add a workload, add a [`Workload`] to
 //! [`workloads`].
 
+mod common;
+
+use common::{attr, attr_bytes, check, expect_rv, load_average, load_table, mechanism};
 use cryptoki_sys::*;
-use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -67,41 +69,6 @@ macro_rules! ck {
         // this function; the table belongs to a library that is never unloaded.
         unsafe { f($($arg),*) }
     }};
-}
-
-/// Panics unless `rv` is one of `ok`.
-#[track_caller]
-fn expect_rv(rv: CK_RV, ok: &[CK_RV], what: &str) {
-    assert!(ok.contains(&rv), "{what} returned {rv:#x}");
-}
-
-#[track_caller]
-fn check(rv: CK_RV, what: &str) {
-    expect_rv(rv, &[CKR_OK], what);
-}
-
-fn attr<T>(type_: CK_ATTRIBUTE_TYPE, value: &T) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE {
-        type_,
-        pValue: value as *const T as *mut c_void,
-        ulValueLen: std::mem::size_of::<T>() as CK_ULONG,
-    }
-}
-
-fn attr_bytes(type_: CK_ATTRIBUTE_TYPE, value: &[u8]) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE {
-        type_,
-        pValue: value.as_ptr() as *mut c_void,
-        ulValueLen: value.len() as CK_ULONG,
-    }
-}
-
-fn mechanism(mechanism: CK_MECHANISM_TYPE) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism,
-        pParameter: std::ptr::null_mut(),
-        ulParameterLen: 0,
-    }
 }
 
 /// A logged-in read-write session of one route, closed on drop.
@@ -1036,48 +1003,10 @@ fn json(rows: &[Row], routes: &[Route], settings: &Settings) -> String {
     out
 }
 
-/// Opens a PKCS#11 module, never to be closed (SoftHSM tears itself down at exit, and
-/// unloading it or a shim holding it before then crashes the process), and returns its
-/// `C_GetFunctionList` table.
-fn load_table(path: &Path) -> &'static CK_FUNCTION_LIST {
-    // SAFETY: loading a PKCS#11 module runs its initialisers, which is what using it
-    // asks for; RTLD_LOCAL keeps its C_* symbols out of the global namespace.
-    let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()));
-    // SAFETY: C_GetFunctionList has this type in the PKCS#11 specification.
-    let get_function_list = unsafe { library.get::<CK_C_GetFunctionList>(b"C_GetFunctionList\0") }
-        .ok()
-        .and_then(|s| *s)
-        .unwrap_or_else(|| panic!("{} has no C_GetFunctionList", path.display()));
-    let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
-    // SAFETY: `list` is a valid out-pointer for the duration of the call.
-    check(unsafe { get_function_list(&mut list) }, "C_GetFunctionList");
-    assert!(
-        !list.is_null(),
-        "{}: C_GetFunctionList gave NULL",
-        path.display()
-    );
-    std::mem::forget(library);
-    // SAFETY: the module returned a pointer to its function table, which lives as long as
-    // the module stays loaded, and it is never unloaded (the Library was forgotten). The
-    // harness only reads it.
-    unsafe { &*list }
-}
-
 fn env_path(name: &str, default: &str) -> PathBuf {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(default), PathBuf::from)
-}
-
-/// The 1-minute load average (Linux), to tell a quiet run from a disturbed one.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Where the harness reports progress: stderr, or (when the p11-kit route has stderr

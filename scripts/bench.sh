@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# Overhead benchmark: the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
+# Overhead benchmark. By default (benches/routes.rs) every route runs in its own process,
+# as an application sees it, in interleaved rounds: SoftHSM2 direct, direct with one idle
+# thread, keytrail with full audit, keytrail with `categories = []`, pkcs11-spy and p11-kit
+# log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
+# thread, with the min-max of the per-round ratios. BENCH_ROUNDS (default 7) and
+# BENCH_ROUND_MS (default 300) tune it.
+#
+# BENCH_SAME_PROCESS=1 runs the older same-process benchmark (benches/overhead.rs): the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
 # through the built libkeytrail.so ("keytrail"), in one process, against one SoftHSM
 # instance; plus OpenSC's pkcs11-spy and p11-kit's proxy with `log-calls: yes` as further
 # columns when they are installed. Also reports what keytrail's trail took per workload
@@ -19,6 +26,8 @@
 #   BENCH_TRAIL=<path>    the trail (default: in the temp dir); BENCH_AUDIT: lines for [audit]
 #   BENCH_QUEUE=<n>, BENCH_ON_FULL=wait|drop   the writer queue ([trail] queue, on_full)
 #   BENCH_ROUNDS, BENCH_ROUND_MS, BENCH_WARMUP_MS   tune the run (see benches/overhead.rs)
+#   BENCH_BASELINE_SO=<libkeytrail.so>  also run another keytrail build (full audit), interleaved
+#   BENCH_VOLUME=0        skip the trail bytes per 1,000 signatures in each usage mode
 #   SOFTHSM2_MODULE       the SoftHSM2 module (default: the usual Debian paths)
 # Extra arguments go to `cargo bench` (e.g. `scripts/bench.sh -- hmac` runs only the
 # workloads whose name contains "hmac").
@@ -57,7 +66,13 @@ CONF
 export SOFTHSM2_CONF="$tmp/softhsm2.conf"
 softhsm2-util --init-token --free --label keytrail-bench --pin 1234 --so-pin 5678 >/dev/null
 
-trail="${BENCH_TRAIL:-$tmp/trail/keytrail.jsonl}"
+if [ "${BENCH_SAME_PROCESS:-0}" = 1 ]; then
+  trail="${BENCH_TRAIL:-$tmp/trail/keytrail.jsonl}"
+else
+  # (In a variable: a literal `}` inside ${…:-…} would end the expansion.)
+  per_process="$tmp/trail/keytrail-{pid}.jsonl"
+  trail="${BENCH_TRAIL:-$per_process}"
+fi
 cat >"$tmp/keytrail.toml" <<CONF
 module = "$module"
 diagnostics = "$tmp/keytrail-diagnostics.log"
@@ -69,6 +84,10 @@ ${BENCH_AUDIT:+[audit]
 $BENCH_AUDIT}
 CONF
 export KEYTRAIL_CONFIG="$tmp/keytrail.toml"
+# The per-process routes: full audit, and auditing switched off (only the writer remains).
+export BENCH_CONFIG_FULL="$tmp/keytrail.toml" BENCH_CONFIG_OFF="$tmp/keytrail-off.toml"
+sed -e '/^\[audit\]/,$d' "$tmp/keytrail.toml" >"$BENCH_CONFIG_OFF"
+printf '[audit]\ncategories = []\n' >>"$BENCH_CONFIG_OFF"
 unset KEYTRAIL_MODULE
 export SOFTHSM2_MODULE="$module"
 export KEYTRAIL_SO="${KEYTRAIL_SO:-$PWD/target/release/libkeytrail.so}"
@@ -152,12 +171,40 @@ case "$trail" in
 esac
 
 status=0
-"${run[@]}" cargo bench --bench overhead "$@" || status=$?
+if [ "${BENCH_SAME_PROCESS:-0}" = 1 ]; then
+  "${run[@]}" cargo bench --bench overhead "$@" || status=$?
+else
+  "${run[@]}" cargo bench --bench routes "$@" || status=$?
+fi
 
-if [ -s "$trail" ]; then
+if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ -d "$tmp/trail" ]; then
+  # One trail file per keytrail process; all keytrail routes' rounds together.
+  records=$(cat "$tmp"/trail/*.jsonl 2>/dev/null | wc -l || true)
+  bytes=$(cat "$tmp"/trail/*.jsonl 2>/dev/null | wc -c || true)
+  [ "$records" -gt 0 ] && echo "trail: $records records, $bytes bytes, $((bytes / records)) bytes per record (both keytrail routes)"
+elif [ -s "$trail" ]; then
   records=$(wc -l <"$trail")
   bytes=$(wc -c <"$trail")
   echo "trail: $records records, $bytes bytes, $((bytes / records)) bytes per record (full audit on)"
+fi
+if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ "${BENCH_VOLUME:-1}" != 0 ]; then
+  # Trail bytes per 1,000 HMAC-SHA256 signatures in each usage mode: one keytrail process
+  # with none and one with 1,000 (same setup: login, two keys), the difference.
+  echo
+  echo "trail bytes per 1,000 HMAC-SHA256 signatures (one process, setup records subtracted):"
+  for usage in every first summary; do
+    bytes=()
+    for count in 0 1000; do
+      dir="$tmp/volume-$usage-$count"
+      mkdir -p "$dir"
+      sed -e "s|^path = .*|path = \"$dir/trail.jsonl\"|" -e '/^\[audit\]/,$d' "$tmp/keytrail.toml" >"$dir/keytrail.toml"
+      printf '[audit]\nusage = "%s"\n' "$usage" >>"$dir/keytrail.toml"
+      BENCH_SIGNATURES=$count BENCH_MODULE="$KEYTRAIL_SO" BENCH_IDLE_THREAD=0 \
+        KEYTRAIL_CONFIG="$dir/keytrail.toml" cargo bench -q --bench routes -- --child >/dev/null
+      bytes+=("$(wc -c <"$dir/trail.jsonl")")
+    done
+    echo "  usage = \"$usage\": $((bytes[1] - bytes[0])) bytes ($((bytes[0])) for the setup alone)"
+  done
 fi
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2

@@ -213,6 +213,9 @@ pub enum UsageDetail {
     Every,
     /// Only the first use of each key per process, as HSM audit logs offer to cut volume.
     First,
+    /// One record per key, operation and mechanism per `summary_interval` seconds, with
+    /// counts; every failure still has its own record.
+    Summary,
 }
 
 /// Audit level: `audit` records the key lifecycle; `trace` adds discovery calls.
@@ -235,8 +238,10 @@ pub struct AuditConfig {
     pub categories: Vec<Lifecycle>,
     /// `audit` or `trace`.
     pub level: Level,
-    /// `every` or `first`.
+    /// `every`, `first` or `summary`.
     pub usage: UsageDetail,
+    /// Seconds each usage summary covers (`usage = "summary"`).
+    pub summary_interval: u64,
     /// Look up a key's non-secret identity through the module when the trail has not seen
     /// it created.
     pub key_lookups: bool,
@@ -251,6 +256,7 @@ impl Default for AuditConfig {
                 .collect(),
             level: Level::Audit,
             usage: UsageDetail::Every,
+            summary_interval: 60,
             key_lookups: true,
         }
     }

@@ -279,21 +279,40 @@ fn documented_name(path: &str) -> String {
 }
 
 /// Sizes in bytes of each category's records (without the newline): min, median, max.
-fn sizes(lines: &[String]) -> BTreeMap<String, (usize, usize, usize, usize)> {
-    let mut by: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+fn sizes(lines: &[String]) -> BTreeMap<String, (usize, usize, usize, usize, usize)> {
+    let mut by: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
     for l in lines {
         let v: Value = serde_json::from_str(l).expect("json");
         by.entry(s(&v, "pkcs11.lifecycle").to_string())
             .or_default()
-            .push(l.len());
+            .push((l.len(), constant_bytes(&v)));
     }
     by.into_iter()
         .map(|(c, mut v)| {
             v.sort_unstable();
-            let median = v[v.len() / 2];
-            (c, (v.len(), v[0], median, v[v.len() - 1]))
+            let median = v[v.len() / 2].0;
+            let mut constant: Vec<usize> = v.iter().map(|x| x.1).collect();
+            constant.sort_unstable();
+            let constant = constant[constant.len() / 2];
+            (c, (v.len(), v[0].0, median, v[v.len() - 1].0, constant))
         })
         .collect()
+}
+
+/// Bytes a record spends on the fields that are the same on every record of a stream:
+/// `user`, `host`, `service`, `process.name` and `process.executable`, each as the
+/// compact `"key":value,` it is written as.
+fn constant_bytes(v: &Value) -> usize {
+    let member = |k: &str, v: Option<&Value>| {
+        v.map_or(0, |v| {
+            k.len() + 3 + serde_json::to_string(v).expect("json").len() + 1
+        })
+    };
+    member("user", v.get("user"))
+        + member("host", v.get("host"))
+        + member("service", v.get("service"))
+        + member("name", v.pointer("/process/name"))
+        + member("executable", v.pointer("/process/executable"))
 }
 
 /// Renders docs/events.md from the template, the chosen examples and the sizes.
@@ -305,10 +324,13 @@ fn render(template: &str, examples: &BTreeMap<&str, String>, lines: &[String]) -
             &format!("```json\n{}\n```", pretty(raw)),
         );
     }
-    let mut table =
-        String::from("| category | records | min | median | max |\n|---|---:|---:|---:|---:|\n");
-    for (c, (count, min, median, max)) in sizes(lines) {
-        table.push_str(&format!("| {c} | {count} | {min} | {median} | {max} |\n"));
+    let mut table = String::from(
+        "| category | records | min | median | max | stream-constant fields |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (c, (count, min, median, max, constant)) in sizes(lines) {
+        table.push_str(&format!(
+            "| {c} | {count} | {min} | {median} | {max} | {constant} |\n"
+        ));
     }
     out = out.replace("{{sizes}}", table.trim_end());
     assert!(!out.contains("{{"), "unfilled placeholder in the template");
@@ -430,8 +452,15 @@ fn events_doc_is_generated_from_a_real_trail() {
     }
 
     let rendered = render(&template, &examples, &lines);
-    for (c, (count, min, median, max)) in sizes(&lines) {
-        println!("record bytes {c:12} n={count:3} min={min} median={median} max={max}");
+    for (c, (count, min, median, max, constant)) in sizes(&lines) {
+        println!(
+            "record bytes {c:12} n={count:3} min={min} median={median} max={max} stream-constant={constant}"
+        );
+        // Every record names who made it (the choice docs/events.md explains).
+        assert!(
+            constant > 0 && constant < min,
+            "{c}: stream-constant fields take {constant} of {min}..{max} bytes"
+        );
     }
     let path = docs_dir().join("events.md");
     if std::env::var_os("KEYTRAIL_UPDATE_DOCS").is_some_and(|v| v == "1") {

@@ -90,9 +90,7 @@ fn fork_after_initialize_gives_the_child_its_own_stream() {
     let p = open(&keytrail_module());
     let s = user_session(&p);
     let key = hmac_key(&s, 7);
-    // SAFETY (test): the child only makes PKCS#11 calls and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
+    let pid = fork();
     let n = if pid == 0 { 150 } else { 100 };
     for i in 0..n {
         s.sign(&Mechanism::Sha256Hmac, key, &[i as u8; 16])
@@ -104,10 +102,7 @@ fn fork_after_initialize_gives_the_child_its_own_stream() {
         // SAFETY (test): leave the child without running the parent's test harness.
         unsafe { libc::_exit(0) };
     }
-    let mut status = 0;
-    // SAFETY (test): waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert_eq!(status, 0, "child exit status");
+    wait_child(pid);
     drop(s);
     p.finalize().expect("finalize");
     let trail = fx.trail();
@@ -557,16 +552,11 @@ fn a_forked_child_that_makes_no_call_leaves_no_stream() {
     let fx = Fixture::new();
     let p = open(&keytrail_module());
     let s = user_session(&p);
-    // SAFETY (test): the child only exits (running its atexit handlers, as exit() does).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
+    let pid = fork();
     if pid == 0 {
         std::process::exit(0);
     }
-    let mut status = 0;
-    // SAFETY (test): waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert_eq!(status, 0);
+    wait_child(pid);
     drop(s);
     p.finalize().expect("finalize");
     let trail = fx.trail();

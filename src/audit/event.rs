@@ -199,6 +199,20 @@ pub struct Extra {
     pub message: Option<String>,
     /// Structured detail for keytrail's own records (`audit` category).
     pub detail: Option<serde_json::Value>,
+    /// What a usage summary stands for (`usage = "summary"`).
+    pub summary: Option<UseSummary>,
+}
+
+/// Successful operations of one key, operation and mechanism that one summary record
+/// stands for. The record's own time is the first one's start.
+#[derive(Debug, Clone, Copy)]
+pub struct UseSummary {
+    /// Operations that succeeded.
+    pub successes: u64,
+    /// Operations that failed meanwhile (each also has a record of its own).
+    pub failures: u64,
+    /// When the last one started.
+    pub last: Started,
 }
 
 /// One audit record.
@@ -294,6 +308,33 @@ impl Event {
         x.message = Some(message);
         x.detail = Some(detail);
         e
+    }
+
+    /// Whether the record owns heap memory of its own (allocated by the caller that built
+    /// it): its rarer parts.
+    #[inline]
+    pub fn owns_memory(&self) -> bool {
+        self.extra.is_some()
+    }
+
+    /// Whether dropping the record would free memory: its rarer parts, or the last
+    /// reference to a key identity (a key destroyed meanwhile), to the thread's labels or
+    /// to the token's identity.
+    pub fn holds_last_memory(&self) -> bool {
+        self.owns_memory()
+            || self.keys.iter().any(|k| {
+                k.identity
+                    .as_ref()
+                    .is_some_and(|i| Arc::strong_count(i) == 1)
+            })
+            || self
+                .labels
+                .as_ref()
+                .is_some_and(|l| Arc::strong_count(l) == 1)
+            || self
+                .token
+                .as_ref()
+                .is_some_and(|t| Arc::strong_count(t) == 1)
     }
 
     /// The rarer parts, made on first use.

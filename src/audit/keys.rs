@@ -141,38 +141,101 @@ pub fn lookup(
     session: CK_SESSION_HANDLE,
     handle: CK_OBJECT_HANDLE,
 ) -> Option<KeyIdentity> {
-    let v = backend.read_attributes(session, handle, &LOOKUP);
-    let ulong = |i: usize| {
-        v[i].as_deref()
+    let mut k = lookup_missing(backend, session, handle, KeyIdentity::default())?;
+    if k.class_raw == Some(CKO_PUBLIC_KEY) && k.public_sha256.is_none() {
+        k.public_sha256 = public_fingerprint(backend, session, handle);
+    }
+    Some(k)
+}
+
+/// Completes `known` with what the module says of the attributes it lacks, in one
+/// C_GetAttributeValue. A key just created needs little: its template already stated most
+/// of its identity (and the module, accepting it, agreed), so only what the module assigns
+/// or defaults is read — typically CKA_UNIQUE_ID, and CKA_ID or CKA_LABEL when the template
+/// left them out.
+fn lookup_missing(
+    backend: &Backend,
+    session: CK_SESSION_HANDLE,
+    handle: CK_OBJECT_HANDLE,
+    mut k: KeyIdentity,
+) -> Option<KeyIdentity> {
+    // Only attributes the key can have: a size attribute of its class or type, and
+    // CKA_UNIQUE_ID from modules of PKCS#11 3.0 or later.
+    let secret = k.class_raw.is_none_or(|c| c == CKO_SECRET_KEY);
+    let rsa = k.key_type.is_none_or(|t| t == "CKK_RSA");
+    let missing = |t: CK_ATTRIBUTE_TYPE| match t {
+        CKA_CLASS => k.class_raw.is_none(),
+        CKA_KEY_TYPE => k.key_type.is_none(),
+        CKA_ID => k.id_hex.is_none(),
+        CKA_LABEL => k.label.is_none(),
+        CKA_TOKEN => k.token.is_none(),
+        CKA_VALUE_LEN => k.bits.is_none() && secret,
+        CKA_MODULUS_BITS => k.bits.is_none() && rsa,
+        _ => k.unique_id.is_none() && backend.v3_flags.is_some(),
+    };
+    let mut want = arrayvec::ArrayVec::<(CK_ATTRIBUTE_TYPE, usize), 8>::new();
+    for a in LOOKUP {
+        if missing(a.0) {
+            want.push(a);
+        }
+    }
+    if want.is_empty() {
+        return Some(k);
+    }
+    let v = backend.read_attributes(session, handle, &want);
+    let value = |t: CK_ATTRIBUTE_TYPE| {
+        want.iter()
+            .position(|(w, _)| *w == t)
+            .and_then(|i| v[i].as_deref())
+    };
+    let ulong = |t| {
+        value(t)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_ne_bytes)
     };
-    let text = |i: usize| {
-        v[i].as_deref()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    };
-    let class = ulong(0)?;
-    let mut k = KeyIdentity::default();
-    k.set_class(class);
-    k.key_type = ulong(1).and_then(crate::names::key_type);
-    k.id_hex = v[2].as_deref().map(hex::encode);
-    k.label = text(3);
-    k.token = v[4].as_deref().map(|b| b.first().is_some_and(|x| *x != 0));
-    k.bits = ulong(5).map(|n| n.saturating_mul(8)).or(ulong(6));
-    k.unique_id = text(7);
-    if class == CKO_PUBLIC_KEY {
-        let public = backend.read_attributes(
+    let text = |t| value(t).map(|b| String::from_utf8_lossy(b).into_owned());
+    if k.class_raw.is_none() {
+        k.set_class(ulong(CKA_CLASS)?);
+    }
+    if k.key_type.is_none() {
+        k.key_type = ulong(CKA_KEY_TYPE).and_then(crate::names::key_type);
+    }
+    if k.id_hex.is_none() {
+        k.id_hex = value(CKA_ID).map(hex::encode);
+    }
+    if k.label.is_none() {
+        k.label = text(CKA_LABEL);
+    }
+    if k.token.is_none() {
+        k.token = value(CKA_TOKEN).map(|b| b.first().is_some_and(|x| *x != 0));
+    }
+    if k.bits.is_none() {
+        k.bits = ulong(CKA_VALUE_LEN)
+            .map(|n| n.saturating_mul(8))
+            .or(ulong(CKA_MODULUS_BITS));
+    }
+    if k.unique_id.is_none() {
+        k.unique_id = text(CKA_UNIQUE_ID);
+    }
+    Some(k)
+}
+
+/// SHA-256 of a public key's material, read through the module.
+fn public_fingerprint(
+    backend: &Backend,
+    session: CK_SESSION_HANDLE,
+    handle: CK_OBJECT_HANDLE,
+) -> Option<String> {
+    backend
+        .read_attributes(
             session,
             handle,
             &[(CKA_EC_POINT, 1024), (CKA_MODULUS, 1024)],
-        );
-        k.public_sha256 = public
-            .into_iter()
-            .flatten()
-            .next()
-            .map(|b| super::attrs::fingerprint(&b));
-    }
-    Some(k)
+        )
+        .into_iter()
+        .flatten()
+        .next()
+        .map(|b| super::attrs::fingerprint(&b))
 }
 
 #[derive(Default)]
@@ -229,12 +292,14 @@ impl KeyCache {
         stated: KeyIdentity,
         lookups: bool,
     ) -> Arc<KeyIdentity> {
-        let identity = match lookups.then(|| lookup(backend, session, handle)).flatten() {
-            Some(mut found) => {
-                found.merge_missing(stated);
-                found
+        let identity = if lookups {
+            let mut k = lookup_missing(backend, session, handle, stated.clone()).unwrap_or(stated);
+            if k.class_raw == Some(CKO_PUBLIC_KEY) && k.public_sha256.is_none() {
+                k.public_sha256 = public_fingerprint(backend, session, handle);
             }
-            None => stated,
+            k
+        } else {
+            stated
         };
         let id = Arc::new(identity);
         let owner = (id.token != Some(true)).then_some(session);

@@ -10,6 +10,7 @@ pub mod event;
 pub mod keys;
 pub mod mechanism;
 pub mod sessions;
+pub mod summary;
 
 use crate::audit::event::Flag;
 use crate::backend::Backend;
@@ -38,6 +39,8 @@ pub struct Auditor {
     sink: SinkSlot,
     /// Set by [`Auditor::stop`] (C_Finalize, exit); a later C_Initialize resumes the stream.
     stopped: std::sync::atomic::AtomicBool,
+    /// Usage summaries, under `usage = "summary"`.
+    summaries: Option<summary::Summaries>,
 }
 
 static AUDITOR: OnceLock<Auditor> = OnceLock::new();
@@ -84,6 +87,11 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
                 start,
             ),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            summaries: (config.audit.usage == UsageDetail::Summary).then(|| {
+                summary::Summaries::new(std::time::Duration::from_secs(
+                    config.audit.summary_interval,
+                ))
+            }),
         }
     });
     if created {
@@ -151,6 +159,9 @@ pub mod fork {
             a.sessions.lock_for_fork();
             a.keys.lock_for_fork();
             std::mem::forget(a.tokens.lock());
+            if let Some(s) = &a.summaries {
+                s.lock_for_fork();
+            }
         }
         crate::diag::lock_for_fork();
     }
@@ -166,6 +177,9 @@ pub mod fork {
                 a.sessions.unlock_after_fork();
                 a.keys.unlock_after_fork();
                 a.tokens.force_unlock();
+                if let Some(s) = &a.summaries {
+                    s.unlock_after_fork();
+                }
             }
         }
         // SAFETY: as above.
@@ -177,6 +191,9 @@ pub mod fork {
         super::context::reset_thread_id();
         if let Some(a) = get() {
             a.sink.after_fork_in_child();
+            if let Some(s) = &a.summaries {
+                s.forget_after_fork();
+            }
             a.stopped.store(false, std::sync::atomic::Ordering::Release);
         }
     }
@@ -234,6 +251,12 @@ impl Auditor {
     /// writer completes with the head of the chain. The caller flushes.
     pub fn stop(&self, reason: &'static str) {
         use std::sync::atomic::Ordering;
+        if !self.stopped.load(Ordering::Acquire) {
+            // The interval's summaries go before the stop: nothing counted is left out.
+            for e in self.summaries.iter().flat_map(|s| s.drain()) {
+                self.emit(e);
+            }
+        }
         if !self.stopped.swap(true, Ordering::AcqRel) {
             self.emit(Event::audit(
                 "trail_stop",
@@ -526,6 +549,14 @@ impl Auditor {
         let mut info = op.info;
         info.end = end;
         e.operation = Some(info);
+        if let Some(s) = &self.summaries {
+            let mut due = Vec::new();
+            let failed = s.add(e, &mut due);
+            for d in due.into_iter().chain(failed) {
+                self.emit(d);
+            }
+            return;
+        }
         self.emit(e);
     }
 

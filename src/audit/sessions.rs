@@ -196,16 +196,24 @@ impl Sessions {
     /// sessions, or all.
     pub fn close(&self, which: Closing) -> (HashSet<CK_SESSION_HANDLE>, Vec<ClosedOp>) {
         let mut inner = self.lock();
-        let closed: HashSet<CK_SESSION_HANDLE> = inner
-            .sessions
-            .iter()
-            .filter(|(h, s)| match which {
-                Closing::Session(x) => **h == x,
-                Closing::Slot(slot) => s.slot == slot,
-                Closing::All => true,
-            })
-            .map(|(h, _)| *h)
-            .collect();
+        let closed: HashSet<CK_SESSION_HANDLE> = match which {
+            // One session: a look-up, not a walk over every open session.
+            Closing::Session(x) => inner
+                .sessions
+                .contains_key(&x)
+                .then_some(x)
+                .into_iter()
+                .collect(),
+            _ => inner
+                .sessions
+                .iter()
+                .filter(|(_, s)| match which {
+                    Closing::Slot(slot) => s.slot == slot,
+                    _ => true,
+                })
+                .map(|(h, _)| *h)
+                .collect(),
+        };
         let mut ops = Vec::new();
         let mut slots = HashSet::default();
         for h in &closed {

@@ -157,6 +157,8 @@ pub struct Op<'a> {
     pub kind: Option<Cow<'a, str>>,
     /// Calls that carried data.
     pub parts: Option<u64>,
+    /// The successful operations a usage summary stands for (absent on a record of one).
+    pub count: Option<u64>,
     /// `completed`, `failed`, `abandoned` or `cancelled`.
     #[serde(borrow)]
     pub end: Option<Cow<'a, str>>,

@@ -69,10 +69,14 @@ struct Counts {
 
 impl Counts {
     fn add(&mut self, outcome: &str) {
+        self.add_n(outcome, 1);
+    }
+
+    fn add_n(&mut self, outcome: &str, n: u64) {
         match outcome {
-            "success" => self.success += 1,
-            "failure" => self.failure += 1,
-            _ => self.other += 1,
+            "success" => self.success += n,
+            "failure" => self.failure += n,
+            _ => self.other += n,
         }
     }
 }
@@ -263,6 +267,8 @@ impl Aggregator {
             .as_ref()
             .and_then(|o| o.kind.as_deref())
             .unwrap_or(action);
+        // A usage summary counts as the operations it stands for.
+        let count = p.operation.as_ref().and_then(|o| o.count).unwrap_or(1);
         let max_rows = self.max_rows;
         for (role, k) in keys {
             let id = key_identity(k, serial);
@@ -296,7 +302,7 @@ impl Aggregator {
                         } else {
                             format!("{op} ({role}) / {mech}")
                         };
-                        e.uses.entry(what).or_default().add(outcome);
+                        e.uses.entry(what).or_default().add_n(outcome, count);
                     }
                 }
             }

@@ -62,8 +62,12 @@ pub(crate) fn new_key(
     // SAFETY: on CKR_OK the module wrote the new handle.
     if let Some(h) = unsafe { args::read_ulong(handle) } {
         let mut stated = KeyIdentity::from_template(template, class, key_type);
-        // CKA_TOKEN defaults to CK_FALSE: a template without it makes a session object.
+        // CKA_TOKEN defaults to CK_FALSE: a template without it makes a session object;
+        // CKA_ID and CKA_LABEL default to empty. What the template and PKCS#11's defaults
+        // say is not asked of the module again.
         stated.token.get_or_insert(false);
+        stated.id_hex.get_or_insert_with(String::new);
+        stated.label.get_or_insert_with(String::new);
         e.key(role, h, Some(a.created(session, h, stated)));
     }
 }

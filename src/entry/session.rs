@@ -76,25 +76,29 @@ fn closing(
     let Some(a) = audit::get() else {
         return forward();
     };
-    let started = Started::now();
-    let mut e = Event::call(
-        started,
-        function,
-        "session_close",
-        Lifecycle::Session,
-        CKR_OK,
-    );
-    if let Some(s) = session {
-        a.place(&mut e, s);
-    }
-    if let Some(s) = slot {
-        a.place_slot(&mut e, s);
-    }
+    // The record's place is taken before the call (the session is gone after it), and
+    // only when session records are written.
+    let record = a.config.enabled(Lifecycle::Session).then(|| {
+        let mut e = Event::call(
+            Started::now(),
+            function,
+            "session_close",
+            Lifecycle::Session,
+            CKR_OK,
+        );
+        if let Some(s) = session {
+            a.place(&mut e, s);
+        }
+        if let Some(s) = slot {
+            a.place_slot(&mut e, s);
+        }
+        e
+    });
     let rv = forward();
     if rv == CKR_OK {
         a.sessions_closed(which, function);
     }
-    if a.config.enabled(Lifecycle::Session) {
+    if let Some(mut e) = record {
         e.finish(rv);
         a.emit(e);
     }

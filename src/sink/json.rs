@@ -242,6 +242,13 @@ fn pkcs11(e: &Event, out: &mut Vec<u8>) {
             number(out, ",\"parts\":", op.parts);
             out.extend_from_slice(b",\"end\":");
             string(op.end, out);
+            if let Some(s) = extra.and_then(|x| x.summary) {
+                number(out, ",\"count\":", s.successes);
+                number(out, ",\"failures\":", s.failures);
+                out.extend_from_slice(b",\"last\":\"");
+                timestamp(s.last.wall_time(), out);
+                out.push(b'"');
+            }
             out.push(b'}');
             Some((Some(op.in_len), Some(op.out_len)))
         }

@@ -60,9 +60,18 @@ struct Shared {
     flushes: Mutex<Vec<SyncSender<bool>>>,
 }
 
+/// Records the writer hands back to callers at most (see [`Queue::spent`]).
+const SPENT: usize = 256;
+
 /// The queue to a writer thread.
 struct Queue {
     records: ArrayQueue<Event>,
+    /// Written records that still own memory a caller allocated (a creation template, the
+    /// last reference to a destroyed key's identity). The writer never frees them: glibc
+    /// would then take the calling thread's malloc arena lock while that thread allocates
+    /// in it (inside the module, say). The next caller that queues such a record itself
+    /// drops them, on its own arena.
+    spent: ArrayQueue<Event>,
     writer: Thread,
 }
 
@@ -122,6 +131,7 @@ impl Sink {
             reserve_queue(config.queue)?;
             let queue = Arc::new(Queue {
                 records: ArrayQueue::new(config.queue),
+                spent: ArrayQueue::new(SPENT),
                 writer: handle.thread().clone(),
             });
             let _ = tx.send(queue.clone());
@@ -156,6 +166,12 @@ impl Sink {
     pub fn send(&self, event: Event) {
         match &self.mode {
             Mode::Thread(q) => {
+                if event.owns_memory() {
+                    // Only callers that allocate reclaim: frees stay with allocations.
+                    while let Some(spent) = q.spent.pop() {
+                        drop(spent);
+                    }
+                }
                 let mut record = event;
                 let mut tries = 0u32;
                 let mut waiting_since = None;
@@ -372,6 +388,11 @@ impl Writer {
             while let Some(e) = queue.records.pop() {
                 self.push(&e);
                 drained += 1;
+                if e.holds_last_memory() {
+                    // A full return queue (no caller allocating lately) means no caller is
+                    // busy allocating either: freeing here then contends with nobody.
+                    let _ = queue.spent.push(e);
+                }
                 if self.pending >= BATCH as u64 {
                     self.commit();
                 }

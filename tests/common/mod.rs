@@ -221,3 +221,20 @@ pub fn hmac_key(s: &Session, byte: u8) -> cryptoki::object::ObjectHandle {
 pub fn record_action(r: &serde_json::Value) -> &str {
     r["event"]["action"].as_str().unwrap_or("")
 }
+
+/// Forks the test process; 0 in the child, the child's pid in the parent. The child must
+/// leave with `_exit` or `exit`, never by returning into the test harness.
+pub fn fork() -> libc::pid_t {
+    // SAFETY (test): the child only makes PKCS#11 calls and then exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    pid
+}
+
+/// Waits for a child made by [`fork`] and checks that it exited with status 0.
+pub fn wait_child(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY (test): waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0, "child exit status");
+}
