@@ -344,10 +344,31 @@ impl Default for TrailConfig {
 /// Default interval between checkpoint records.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Default length of a forward-secure epoch.
+pub const DEFAULT_EPOCH_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How records are sealed (`[integrity] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntegrityMode {
+    /// A hash chain, keyed when `key_file` is set.
+    Chained,
+    /// One HMAC key per epoch, each derived one-way from the previous one.
+    ForwardSecure,
+}
+
 /// The hash chain (`[integrity]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntegrityConfig {
+    /// `"chained"` (default: SHA-256, or HMAC with `key_file`) or `"forward-secure"`
+    /// (one key per epoch, see docs/integrity.md).
+    pub mode: IntegrityMode,
+    /// Forward-secure mode: the length of an epoch.
+    pub epoch_interval: Interval,
+    /// Forward-secure mode: where the initial key is written once, when `key_file` does
+    /// not exist yet, for the verifier (move it off the host).
+    pub initial_key_file: Option<PathBuf>,
     /// How often a checkpoint record carrying the head of the chain is written, even when
     /// idle: `"60s"`, `"5m"`, or an integer number of seconds; `0` or `"off"` disables.
     pub checkpoint_interval: Interval,
@@ -365,6 +386,9 @@ pub struct IntegrityConfig {
 impl Default for IntegrityConfig {
     fn default() -> Self {
         IntegrityConfig {
+            mode: IntegrityMode::Chained,
+            epoch_interval: Interval(Some(DEFAULT_EPOCH_INTERVAL)),
+            initial_key_file: None,
             checkpoint_interval: Interval(Some(DEFAULT_CHECKPOINT_INTERVAL)),
             key_file: None,
             anchor_file: None,
@@ -545,7 +569,10 @@ impl Config {
                 problem: "must be at least 1".into(),
             });
         }
-        if let Some(key_file) = &file.integrity.key_file {
+        if let Some(key_file) = &file.integrity.key_file
+            // A forward-secure key file is made on first use.
+            && (file.integrity.mode == IntegrityMode::Chained || key_file.exists())
+        {
             crate::sink::chain::check_key_file(key_file).map_err(|problem| ConfigError {
                 file: Some(path.to_path_buf()),
                 key: Some("integrity.key_file".into()),

@@ -28,6 +28,8 @@
 //! After `fork()` the child starts a stream of its own: a new `Chain` (new id, sequence
 //! from 1) whose first record is the child's `trail_start` (see `SinkSlot`).
 
+pub mod epoch;
+
 use super::json::{self, Origin};
 use crate::audit::event::Event;
 use crate::config::IntegrityConfig;
@@ -84,9 +86,14 @@ impl Key {
     /// A short public identifier of the key: the first 8 hex digits of SHA-256 over
     /// `keytrail key id` and the key. It tells which key a stream used, not the key.
     pub fn id(&self) -> String {
+        Key::id_of(&self.bytes)
+    }
+
+    /// The public identifier of key bytes (see [`Key::id`]).
+    pub fn id_of(bytes: &[u8]) -> String {
         let mut h = Sha256::new();
         h.update(b"keytrail key id\0");
-        h.update(&self.bytes);
+        h.update(bytes);
         hex::encode(&h.finalize()[..4])
     }
 
@@ -203,11 +210,29 @@ pub struct Chain {
     syslog: bool,
     /// Head records (start, checkpoint, stop) waiting to be copied there.
     anchors: Vec<u8>,
+    /// Forward-secure mode: the current epoch's key, which replaces `hasher`.
+    epochs: Option<epoch::Epochs>,
+    /// The epoch `hasher` is keyed for (forward-secure mode).
+    hasher_epoch: u64,
 }
 
 impl Chain {
     /// A new stream with the configured key (read now) and checkpoint interval.
     pub fn new(config: &IntegrityConfig) -> Result<Chain, String> {
+        if config.mode == crate::config::IntegrityMode::ForwardSecure {
+            let Some(path) = &config.key_file else {
+                return Err("forward-secure mode needs [integrity] key_file".into());
+            };
+            let interval = config
+                .epoch_interval
+                .0
+                .unwrap_or(crate::config::DEFAULT_EPOCH_INTERVAL);
+            let epochs = epoch::Epochs::open(path, config.initial_key_file.as_deref(), interval)?;
+            let mut chain = Chain::forward_secure(epochs, config.checkpoint_interval.0)?;
+            chain.anchor_file = config.anchor_file.clone();
+            chain.syslog = config.syslog;
+            return Ok(chain);
+        }
         let key = match &config.key_file {
             Some(p) => Some(Key::load(p)?),
             None => None,
@@ -232,7 +257,26 @@ impl Chain {
             anchor_file: None,
             syslog: false,
             anchors: Vec::new(),
+            epochs: None,
+            hasher_epoch: 0,
         }
+    }
+
+    /// A new forward-secure stream: every record is keyed with its epoch's key.
+    pub fn forward_secure(
+        mut epochs: epoch::Epochs,
+        interval: Option<Duration>,
+    ) -> Result<Chain, String> {
+        let k = epochs.current();
+        let hasher = Hasher::Keyed {
+            mac: Box::new(k.mac()?),
+            id: k.id.clone(),
+        };
+        let hasher_epoch = k.epoch;
+        let mut c = Chain::with(hasher, interval);
+        c.epochs = Some(epochs);
+        c.hasher_epoch = hasher_epoch;
+        Ok(c)
     }
 
     /// Copies the head records written since the last call to the anchor file and to
@@ -323,7 +367,11 @@ impl Chain {
                     detail.insert("module_sha256".into(), digest);
                 }
                 let mut integrity = serde_json::json!({
-                    "alg": match self.hasher { Hasher::Plain => "sha256", Hasher::Keyed { .. } => ALG_HMAC },
+                    "alg": match self.hasher {
+                        _ if self.epochs.is_some() => epoch::ALG_FS,
+                        Hasher::Plain => "sha256",
+                        Hasher::Keyed { .. } => ALG_HMAC,
+                    },
                     "checkpoint_interval_s": self.interval.map(|d| d.as_secs_f64()),
                 });
                 if let Hasher::Keyed { id, .. } = &self.hasher {
@@ -387,7 +435,26 @@ impl Chain {
             }
             None => out.extend_from_slice(b"null"),
         }
-        if let Hasher::Keyed { id, .. } = &self.hasher {
+        if let Some(epochs) = &mut self.epochs {
+            // Forward-secure: key this record with the present epoch's key (moving the key
+            // file on, and erasing the old key, when the epoch has changed).
+            let k = epochs.current();
+            if k.epoch != self.hasher_epoch
+                && let Ok(mac) = k.mac()
+            {
+                self.hasher = Hasher::Keyed {
+                    mac: Box::new(mac),
+                    id: k.id.clone(),
+                };
+                self.hasher_epoch = k.epoch;
+            }
+            out.extend_from_slice(b",\"alg\":\"");
+            out.extend_from_slice(epoch::ALG_FS.as_bytes());
+            out.extend_from_slice(b"\",\"key\":\"");
+            out.extend_from_slice(k.id.as_bytes());
+            out.extend_from_slice(b"\",\"epoch\":");
+            out.extend_from_slice(self.hasher_epoch.to_string().as_bytes());
+        } else if let Hasher::Keyed { id, .. } = &self.hasher {
             out.extend_from_slice(b",\"alg\":\"");
             out.extend_from_slice(ALG_HMAC.as_bytes());
             out.extend_from_slice(b"\",\"key\":\"");
