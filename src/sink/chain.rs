@@ -194,6 +194,25 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Signs the heads of a chain (checkpoints and `trail_stop`) with a key kept elsewhere,
+/// such as a private key inside an HSM.
+pub trait Sealer: Send {
+    /// Signs `message` (see [`seal_message`]); returns the algorithm's name and the
+    /// signature, or why it could not sign (the checkpoint then says it is unsealed).
+    fn seal(&mut self, message: &[u8]) -> Result<(String, Vec<u8>), String>;
+}
+
+/// The bytes a seal signs: a fixed label, the stream id, the head's sequence number and
+/// the head's hash (all zero before the first record).
+pub fn seal_message(stream: &str, seq: u64, head: Option<&[u8; 32]>) -> Vec<u8> {
+    let mut m = b"keytrail seal v1\0".to_vec();
+    m.extend_from_slice(stream.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(head.unwrap_or(&[0u8; 32]));
+    m
+}
+
 /// The writer's side of the chain of one stream.
 #[derive(Clone)]
 pub struct Chain {
@@ -214,6 +233,8 @@ pub struct Chain {
     epochs: Option<epoch::Epochs>,
     /// The epoch `hasher` is keyed for (forward-secure mode).
     hasher_epoch: u64,
+    /// Signs each checkpoint's and `trail_stop`'s head, when set.
+    sealer: Option<std::sync::Arc<std::sync::Mutex<dyn Sealer>>>,
 }
 
 impl Chain {
@@ -259,6 +280,7 @@ impl Chain {
             anchors: Vec::new(),
             epochs: None,
             hasher_epoch: 0,
+            sealer: None,
         }
     }
 
@@ -301,6 +323,11 @@ impl Chain {
                 crate::os::syslog_line(line);
             }
         }
+    }
+
+    /// Seals every later checkpoint and `trail_stop` with `sealer`.
+    pub fn set_sealer(&mut self, sealer: std::sync::Arc<std::sync::Mutex<dyn Sealer>>) {
+        self.sealer = Some(sealer);
     }
 
     /// The stream id.
@@ -390,6 +417,22 @@ impl Chain {
                         "hash": self.prev.map(hex::encode),
                     }),
                 );
+                if let Some(sealer) = &self.sealer {
+                    let message = seal_message(&self.stream, self.seq, self.prev.as_ref());
+                    let outcome = match sealer.lock() {
+                        Ok(mut s) => s.seal(&message),
+                        Err(_) => Err("the sealer failed earlier (poisoned lock)".into()),
+                    };
+                    detail.insert(
+                        "seal".into(),
+                        match outcome {
+                            Ok((alg, sig)) => {
+                                serde_json::json!({"alg": alg, "sig": hex::encode(sig)})
+                            }
+                            Err(reason) => serde_json::json!({"unsealed": reason}),
+                        },
+                    );
+                }
                 detail.insert(
                     "records_since_checkpoint".into(),
                     serde_json::json!(self.since_checkpoint),
@@ -576,5 +619,46 @@ mod tests {
             recs[0]["integrity"]["hash"]
         );
         assert_eq!(recs[2]["keytrail"]["head"]["seq"], 2);
+    }
+
+    /// Signs by hashing (a stand-in for an HSM), or fails once asked to.
+    struct FakeSealer {
+        down: bool,
+    }
+
+    impl Sealer for FakeSealer {
+        fn seal(&mut self, message: &[u8]) -> Result<(String, Vec<u8>), String> {
+            if self.down {
+                return Err("token not present".into());
+            }
+            Ok(("test".into(), Sha256::digest(message).to_vec()))
+        }
+    }
+
+    #[test]
+    fn a_sealer_signs_each_head_or_the_checkpoint_says_why_not() {
+        let sealer = std::sync::Arc::new(std::sync::Mutex::new(FakeSealer { down: false }));
+        let mut c = Chain::with(Hasher::Plain, Some(Duration::from_millis(1)));
+        c.set_sealer(sealer.clone());
+        let mut buf = Vec::new();
+        let ev = |a| Event::audit(a, "x".into(), serde_json::json!({}));
+        c.append(&ev("trail_start"), &origin(), &mut buf);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(c.tick(&origin(), &mut buf));
+        sealer.lock().expect("lock").down = true;
+        c.append(&ev("trail_stop"), &origin(), &mut buf);
+        let recs = lines(&buf);
+        assert!(
+            recs[0]["keytrail"].get("seal").is_none(),
+            "the start is not a head"
+        );
+        let head: [u8; 32] = hex::decode(recs[0]["integrity"]["hash"].as_str().expect("hash"))
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes");
+        let want = Sha256::digest(seal_message(c.stream(), 1, Some(&head)));
+        assert_eq!(recs[1]["keytrail"]["seal"]["alg"], "test");
+        assert_eq!(recs[1]["keytrail"]["seal"]["sig"], hex::encode(want));
+        assert_eq!(recs[2]["keytrail"]["seal"]["unsealed"], "token not present");
     }
 }
