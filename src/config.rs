@@ -287,6 +287,9 @@ pub struct TrailConfig {
     /// When the trail cannot be written: `continue` (serve, retry, report the loss) or
     /// `deny` (refuse audited calls until it can).
     pub on_failure: OnFailure,
+    /// Under `on_full = "wait"`, how long a call waits for room (milliseconds) before the
+    /// writer counts as stuck and `on_failure` applies.
+    pub wait_ms: u64,
 }
 
 /// Time-based rotation.
@@ -324,8 +327,15 @@ pub enum OnFailure {
     Deny,
 }
 
+/// How long a call waits for room in a full queue by default (milliseconds).
+pub const DEFAULT_WAIT_MS: u64 = 2000;
+
 /// Records the writer queue holds by default.
 pub const DEFAULT_QUEUE: usize = 8192;
+
+/// The largest `[trail] queue` accepted: larger queues are refused when the configuration
+/// is read, so that a typo can never make the host allocate gigabytes (or abort).
+pub const MAX_QUEUE: usize = 262_144;
 
 impl Default for TrailConfig {
     fn default() -> Self {
@@ -337,6 +347,7 @@ impl Default for TrailConfig {
             queue: DEFAULT_QUEUE,
             on_full: OnFull::Wait,
             on_failure: OnFailure::Continue,
+            wait_ms: DEFAULT_WAIT_MS,
         }
     }
 }
@@ -548,11 +559,11 @@ impl Config {
                 });
             }
         };
-        if file.trail.queue == 0 {
+        if file.trail.queue == 0 || file.trail.queue > MAX_QUEUE {
             return Err(ConfigError {
                 file: Some(path.to_path_buf()),
                 key: Some("trail.queue".into()),
-                problem: "must be at least 1".into(),
+                problem: format!("must be between 1 and {MAX_QUEUE}"),
             });
         }
         if file.trail.keep == Some(0) || file.trail.max_bytes == Some(0) {
@@ -661,6 +672,25 @@ mod tests {
         assert_eq!(c.module, PathBuf::from("/x/y.so"));
         assert_eq!(c.diagnostics, Some(PathBuf::from("/tmp/d.log")));
         assert_eq!(c.source.as_deref(), Some(f.path()));
+    }
+
+    #[test]
+    fn queue_sizes_beyond_the_maximum_are_refused() {
+        for q in ["100000000", "18446744073709551615", "0"] {
+            let f = write(&format!("module = \"/x/y.so\"\n[trail]\nqueue = {q}\n"));
+            let e = Config::resolve(f.path(), true, None).expect_err("too large");
+            assert_eq!(e.key.as_deref(), Some("trail.queue"), "{q}: {e}");
+        }
+        let f = write(&format!(
+            "module = \"/x/y.so\"\n[trail]\nqueue = {MAX_QUEUE}\n"
+        ));
+        assert_eq!(
+            Config::resolve(f.path(), true, None)
+                .expect("max")
+                .trail
+                .queue,
+            MAX_QUEUE
+        );
     }
 
     #[test]

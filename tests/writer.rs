@@ -419,6 +419,23 @@ fn deny_puts_a_destroy_on_record_before_forwarding_it() {
     );
 }
 
+#[test]
+fn deny_with_an_unreadable_key_file_serves_no_call() {
+    let fx = Fixture::new();
+    fx.configure(&format!(
+        "[trail]\npath = \"{}\"\non_failure = \"deny\"\n[integrity]\nkey_file = \"{}\"\n",
+        fx.trail_path().display(),
+        fx.path().join("missing.key").display()
+    ));
+    let raw = Raw::load(&keytrail_module());
+    let l = raw.list();
+    assert_ne!(
+        raw::initialize(l),
+        CKR_OK,
+        "no trail can start, so the module is never served"
+    );
+}
+
 /// Child of `exit_without_finalize_loses_nothing`: signs and exits without C_Finalize.
 #[test]
 #[ignore = "run as a child process by exit_without_finalize_loses_nothing"]
@@ -573,4 +590,130 @@ fn a_forked_child_that_makes_no_call_leaves_no_stream() {
         "no record of the child"
     );
     assert_gapless(&trail);
+}
+
+#[test]
+fn calls_after_finalize_leave_the_stream_closed() {
+    let fx = Fixture::new();
+    let raw = Raw::load(&keytrail_module());
+    let l = raw.list();
+    assert_eq!(raw::initialize(l), CKR_OK);
+    let s = raw::open_rw(l);
+    assert_eq!(raw::finalize(l), CKR_OK);
+    for _ in 0..100 {
+        assert_eq!(
+            raw::login(l, s),
+            CKR_CRYPTOKI_NOT_INITIALIZED,
+            "the module's answer, unchanged"
+        );
+    }
+    // Give the writer time to write anything it was (wrongly) given.
+    std::thread::sleep(Duration::from_millis(300));
+    let trail = fx.trail();
+    assert_gapless(&trail);
+    assert_eq!(
+        trail.last().map(action),
+        Some("trail_stop"),
+        "the stream ends with its stop record"
+    );
+    assert!(
+        of_action(&trail, "login").is_empty(),
+        "no record after the stop"
+    );
+}
+
+/// A trail on a FIFO nobody reads: the writer blocks in open() for good. Calls wait at
+/// most `wait_ms` for room, then `deny` refuses them; C_Finalize still returns.
+#[test]
+fn stuck_writer_with_wait_and_deny_neither_hangs_nor_serves_unrecorded() {
+    let fx = Fixture::new();
+    let trail = fx.path().join("fifo");
+    let c = std::ffi::CString::new(trail.to_str().expect("utf-8")).expect("path");
+    // SAFETY (test): a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    fx.configure(&format!(
+        "[trail]\npath = \"{}\"\nqueue = 16\non_full = \"wait\"\non_failure = \"deny\"\nwait_ms = 200\n",
+        trail.display()
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let raw = Raw::load(&keytrail_module());
+        let l = raw.list();
+        assert_eq!(raw::initialize(l), CKR_OK);
+        let slot = raw::slots(l)[0];
+        let mut refused = 0;
+        for _ in 0..200 {
+            let mut h: CK_SESSION_HANDLE = 0;
+            // SAFETY (test): valid out-pointer.
+            let rv = unsafe {
+                (l.C_OpenSession.expect("f"))(
+                    slot,
+                    CKF_SERIAL_SESSION,
+                    std::ptr::null_mut(),
+                    None,
+                    &mut h,
+                )
+            };
+            if rv == CKR_FUNCTION_FAILED {
+                refused += 1;
+            }
+        }
+        let fin = raw::finalize(l);
+        let _ = tx.send((refused, fin));
+    });
+    // Generous: the configured bound is 0.2 s per call at most once, plus C_Finalize's
+    // flush wait.
+    let (refused, fin) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the calls and C_Finalize return");
+    assert!(
+        refused > 0,
+        "deny refuses calls once the writer is stuck: {}",
+        fx.diagnostics()
+    );
+    assert_eq!(fin, CKR_OK);
+    assert!(fx.diagnostics().contains("stuck"), "{}", fx.diagnostics());
+}
+
+/// A disk that stays full until C_Finalize: C_Finalize says how many records were lost.
+#[test]
+fn full_disk_until_finalize_reports_the_count_at_finalize() {
+    let fx = Fixture::new();
+    let mnt = fx.path().join("mnt");
+    let mount = Mount::tmpfs(&mnt, "256k");
+    let trail = match &mount {
+        Some(_) => mnt.join("trail.jsonl"),
+        // Not allowed to mount: /dev/full is the other real way to make writes fail.
+        None => std::path::PathBuf::from("/dev/full"),
+    };
+    fx.configure(&format!("[trail]\npath = \"{}\"\n", trail.display()));
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    if mount.is_some() {
+        fill(&mnt.join("filler"));
+    }
+    for _ in 0..300 {
+        s.sign(&Mechanism::Sha256Hmac, key, b"data")
+            .expect("served while the disk is full");
+    }
+    drop(s);
+    p.finalize().expect("finalize");
+    let diagnostics = fx.diagnostics();
+    let line = diagnostics
+        .lines()
+        .find(|l| l.contains("at C_Finalize, the trail has lost"))
+        .unwrap_or_else(|| panic!("no loss count at C_Finalize: {diagnostics}"));
+    let n: u64 = line
+        .split("lost what it could not record: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(n >= 300, "every sign is counted lost: {line}");
+    assert!(
+        !diagnostics.contains("within 5 s"),
+        "no claim of a flush wait: {diagnostics}"
+    );
 }

@@ -208,7 +208,9 @@ impl KeyCache {
             return None;
         }
         let found = Arc::new(lookup(backend, session, handle)?);
-        let owner = (found.token == Some(false)).then_some(session);
+        // Only a key known to be a token object outlives the session: an unknown one is
+        // tied to the session that showed it, so that closing that session frees it.
+        let owner = (found.token != Some(true)).then_some(session);
         let mut map = self.lock();
         let e = map.entry(handle).or_default();
         e.identity = Some(found.clone());
@@ -247,11 +249,31 @@ impl KeyCache {
         id
     }
 
-    /// Marks a key used; returns whether this is its first use in this process.
-    pub fn first_use(&self, handle: CK_OBJECT_HANDLE) -> bool {
+    /// Marks a key used in `session`; returns whether this is its first use in this
+    /// process.
+    ///
+    /// A key keytrail knows nothing about (no look-up, creation not seen) is tied to the
+    /// session that used it: the entry goes when that session closes, so the cache never
+    /// outgrows the keys of open sessions. Should it be a token object, its next use in a
+    /// later session is recorded once more, which errs on the side of the record.
+    pub fn first_use(&self, session: CK_SESSION_HANDLE, handle: CK_OBJECT_HANDLE) -> bool {
         let mut map = self.lock();
         let e = map.entry(handle).or_default();
+        let known_token = e.identity.as_ref().is_some_and(|i| i.token == Some(true));
+        if e.owner.is_none() && !known_token {
+            e.owner = Some(session);
+        }
         !std::mem::replace(&mut e.used, true)
+    }
+
+    /// How many keys the cache holds.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the cache holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     /// Forgets a destroyed object.
@@ -290,5 +312,29 @@ impl KeyCache {
 
     fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<CK_OBJECT_HANDLE, Entry>> {
         self.entries.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys first used in a session, whose identity keytrail never learnt, are forgotten
+    /// when that session closes; a known token key stays.
+    #[test]
+    fn unknown_keys_go_with_their_session() {
+        let cache = KeyCache::default();
+        for handle in 1..=10_000 {
+            assert!(cache.first_use(7, handle));
+            assert!(!cache.first_use(7, handle));
+        }
+        assert!(cache.first_use(8, 20_000));
+        assert_eq!(cache.len(), 10_001);
+        let closed: HashSet<CK_SESSION_HANDLE> = [7].into_iter().collect();
+        cache.sessions_closed(Some(&closed));
+        assert_eq!(cache.len(), 1);
+        let closed: HashSet<CK_SESSION_HANDLE> = [8].into_iter().collect();
+        cache.sessions_closed(Some(&closed));
+        assert!(cache.is_empty());
     }
 }

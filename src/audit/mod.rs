@@ -119,7 +119,10 @@ const ALWAYS_PASS: [&str; 13] = [
 #[inline]
 pub fn refusal(function: &'static str) -> Option<CK_RV> {
     let a = get()?;
-    let sink = a.sink.get()?;
+    let Some(sink) = a.sink.get() else {
+        // No writer could be started: under `deny` that is a failed trail like any other.
+        return (a.sink.fail_closed() && !ALWAYS_PASS.contains(&function)).then_some(REFUSED);
+    };
     (sink.refusing() && !ALWAYS_PASS.contains(&function)).then(|| {
         sink.count_refused();
         REFUSED
@@ -133,7 +136,7 @@ pub fn at_exit() {
     // has no stream to end, and must not start one on its way out.
     if let Some(a) = get().filter(|a| a.sink.started()) {
         a.stop("exit");
-        let _ = a.flush();
+        a.flush_and_report("exit");
     }
 }
 
@@ -213,6 +216,13 @@ pub enum Ending {
 impl Auditor {
     /// Completes a record with the thread's facts and queues it.
     pub fn emit(&self, mut e: Event) {
+        // After C_Finalize the stream has ended: calls made then (the module refuses them)
+        // are not records. The writer holds the same line for calls that race the stop.
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+            && !matches!(e.action, "trail_stop" | "trail_resume")
+        {
+            return;
+        }
         e.thread_id = context::thread_id();
         e.labels = context::labels();
         if let Some(sink) = self.sink.get() {
@@ -252,12 +262,30 @@ impl Auditor {
             .is_some_and(|s| s.flush(std::time::Duration::from_secs(5)))
     }
 
+    /// Flushes at `when` (C_Finalize, exit) and says on stderr and in the diagnostics what
+    /// the trail lost and has not yet recorded, or that the flush did not finish.
+    pub fn flush_and_report(&self, when: &str) {
+        let flushed = self.flush();
+        match self.sink.get().and_then(|s| s.unreported_loss()) {
+            Some(loss) => crate::diag::report(&format!(
+                "at {when}, the trail has lost what it could not record: {loss}"
+            )),
+            None if !flushed => crate::diag::report(&format!(
+                "the trail could not be flushed within 5 s at {when}"
+            )),
+            None => {}
+        }
+    }
+
     /// Under `on_failure = "deny"`, puts a record of a call on the trail before the call is
     /// forwarded, and says whether that succeeded (if not, the call must be refused).
     /// Under `continue`, does nothing and says yes.
     pub fn on_record_first(&self, intent: impl FnOnce() -> Event) -> bool {
-        if !self.sink.get().is_some_and(|s| s.fail_closed()) {
-            return true;
+        match self.sink.get() {
+            Some(s) if s.fail_closed() => {}
+            Some(_) => return true,
+            // No writer could be started: nothing can be recorded first.
+            None => return !self.sink.fail_closed(),
         }
         let mut intent = intent();
         intent.rv = None;
@@ -476,7 +504,7 @@ impl Auditor {
         };
         if self.config.usage == UsageDetail::First
             && outcome == Outcome::Success
-            && !self.keys.first_use(op.key.handle)
+            && !self.keys.first_use(session, op.key.handle)
         {
             return;
         }
@@ -504,7 +532,11 @@ impl Auditor {
     /// Sessions closed (or the library finalized): their unfinished operations are
     /// recorded as abandoned and their session objects forgotten.
     pub fn sessions_closed(&self, which: Closing, function: &'static str) {
-        let (closed, ops) = self.sessions.close(which);
+        let (mut closed, ops) = self.sessions.close(which);
+        // A session the table never held may still own cached keys.
+        if let Closing::Session(s) = which {
+            closed.insert(s);
+        }
         for (session, kind, op, place) in ops {
             if self.config.enabled(Lifecycle::Use) {
                 self.end_op_at(session, Some(place), kind, op, function, None, "abandoned");

@@ -112,9 +112,7 @@ fn finalize(_: &Backend, forward: impl FnOnce() -> CK_RV, _: CK_VOID_PTR) -> CK_
     if rv == CKR_OK {
         a.stop("C_Finalize");
     }
-    if !a.flush() {
-        diag::report("the trail could not be flushed within 5 s at C_Finalize");
-    }
+    a.flush_and_report("C_Finalize");
     rv
 }
 

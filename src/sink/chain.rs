@@ -118,6 +118,12 @@ pub fn check_key_file(path: &Path) -> Result<(), String> {
             path.display()
         ));
     }
+    // Its owner knows the key: only root or the user keytrail runs as may own it.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if let Err(crate::trust::TrustError::Untrusted(u)) = crate::trust::check(path, euid) {
+        return Err(format!("the key file {u}"));
+    }
     Ok(())
 }
 
@@ -540,6 +546,23 @@ mod tests {
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).expect("JSON line"))
             .collect()
+    }
+
+    #[test]
+    fn a_key_file_owned_by_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let key = dir.path().join("trail.key");
+        std::fs::write(&key, [7u8; 32]).expect("key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        check_key_file(&key).expect("root's own key file");
+        std::os::unix::fs::chown(&key, Some(65534), Some(65534)).expect("chown");
+        let e = check_key_file(&key).expect_err("another user's key file");
+        assert!(e.contains("uid 65534") || e.contains("nobody"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,9 @@ struct Current {
     index: u32,
     dev: u64,
     ino: u64,
+    /// The file's tail is still to be checked before the first record: it may end
+    /// mid-line (a process died or the disk filled mid-write), and the line is closed.
+    check_tail: bool,
 }
 
 /// Something worth a record that happened while writing.
@@ -141,13 +144,21 @@ impl TrailFile {
         if let Some(Note::Rotated { path }) = &mut note {
             *path = c.path.clone();
         }
-        let mut result = Ok(());
-        if self.torn {
-            result = c.file.write_all(b"\n");
-        }
-        if result.is_ok() {
-            result = write_counted(&mut c.file, buf, written);
-        }
+        // Other processes append to the same file. Their batches span pages, and a
+        // concurrent reader can see a size that ends inside one: the tail is judged, and
+        // the batch written, only while no other keytrail process is writing.
+        let result = {
+            let lock = Exclusive::lock(&c.file);
+            let torn_tail = std::mem::take(&mut c.check_tail) && ends_torn(lock.0);
+            let mut result = Ok(());
+            if self.torn || torn_tail {
+                result = (&mut &*lock.0).write_all(b"\n");
+            }
+            if result.is_ok() {
+                result = write_counted(lock.0, buf, written);
+            }
+            result
+        };
         self.torn = result.is_err();
         if result.is_err() {
             self.current = None;
@@ -167,6 +178,7 @@ impl TrailFile {
         let file = open_trail(&path)?;
         let m = file.metadata()?;
         let current = Current {
+            check_tail: true,
             file,
             path,
             period: period.to_string(),
@@ -277,7 +289,7 @@ pub struct WriteError {
 }
 
 /// write_all, counting what was written.
-fn write_counted(file: &mut File, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
+fn write_counted(mut file: &File, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
     while *written < buf.len() {
         match file.write(&buf[*written..]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -301,6 +313,43 @@ fn period(rotate: Rotate, now: SystemTime) -> String {
     }
 }
 
+/// Whether a regular file's last byte is not a newline: an earlier process died or hit
+/// ENOSPC mid-line. The file is read through its own descriptor's /proc entry, which
+/// names the same inode, so no path can be swapped in between.
+fn ends_torn(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let len = match file.metadata() {
+        Ok(m) if m.is_file() && m.len() > 0 => m.len(),
+        _ => return false,
+    };
+    let mut last = [0u8; 1];
+    File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .and_then(|r| std::os::unix::fs::FileExt::read_exact_at(&r, &mut last, len - 1))
+        .is_ok_and(|()| last[0] != b'\n')
+}
+
+/// An advisory lock on a trail file that keytrail processes take around each write,
+/// released when dropped. Failing to lock (a FIFO, a file system without locks) only
+/// loses the guarantee, never the write.
+struct Exclusive<'a>(&'a File);
+
+impl<'a> Exclusive<'a> {
+    fn lock(file: &'a File) -> Exclusive<'a> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this File owns; it touches no memory.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        Exclusive(file)
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `lock`.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 /// Opens a trail file for appending: created 0600, its directory 0700 if missing.
 pub fn open_trail(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -311,11 +360,41 @@ pub fn open_trail(path: &Path) -> std::io::Result<File> {
                 .create(dir)?;
         }
     }
-    OpenOptions::new()
+    // Never follow a link planted at the file's name: records would go wherever it points.
+    // Write-only: opened for reading too, a FIFO would never block the writer, and the
+    // writer could read back its own records.
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other(format!(
+                    "{} is a symbolic link; keytrail never writes through one",
+                    path.display()
+                ))
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{} is owned by uid {}, not by this process's user (uid {me}), who could edit it; refusing it",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // A trail readable or writable by others is made private before anything is added.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -323,6 +402,47 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
+
+    #[test]
+    fn links_other_owners_and_loose_modes_are_refused_or_fixed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"").expect("victim");
+        let link = dir.path().join("trail.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).expect("link");
+        let e = open_trail(&link).expect_err("a link is refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let loose = dir.path().join("loose.jsonl");
+        std::fs::write(&loose, b"").expect("loose");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        open_trail(&loose).expect("own file");
+        let mode = std::fs::metadata(&loose)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let other = dir.path().join("other.jsonl");
+            std::fs::write(&other, b"").expect("other");
+            std::os::unix::fs::chown(&other, Some(65534), Some(65534)).expect("chown");
+            let e = open_trail(&other).expect_err("another user's file is refused");
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_line_torn_by_an_earlier_process_is_closed_before_the_first_record() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("trail.jsonl");
+        std::fs::write(&path, b"{\"torn\":").expect("torn");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut f = TrailFile::new(path.clone(), Rotate::Never, None, None);
+        f.write(b"{\"a\":1}\n", SystemTime::now()).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "{\"torn\":\n{\"a\":1}\n");
+    }
 
     #[test]
     fn files_are_private_and_rotate_by_size_with_retention() {

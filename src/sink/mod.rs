@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::Thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use file::open_trail;
 
@@ -49,6 +49,10 @@ struct Shared {
     dropped: AtomicU64,
     /// When the first of those was dropped (µs since the epoch).
     dropped_since: AtomicU64,
+    /// Some of the dropped records were dropped because the writer was stuck.
+    stuck: AtomicBool,
+    /// Records lost to write failures and not yet reported in the trail.
+    unwritten: AtomicU64,
     /// The writer is in a long sleep: the next caller must wake it.
     asleep: AtomicBool,
     /// Flush requests: acknowledged once everything queued before them is written.
@@ -71,6 +75,8 @@ pub struct Sink {
     mode: Mode,
     on_full: OnFull,
     on_failure: OnFailure,
+    /// The longest a call waits for room under `on_full = "wait"`.
+    wait: Duration,
     shared: Arc<Shared>,
 }
 
@@ -110,6 +116,7 @@ impl Sink {
             mode,
             on_full: config.on_full,
             on_failure: config.on_failure,
+            wait: Duration::from_millis(config.wait_ms),
             shared,
         })
     }
@@ -121,9 +128,26 @@ impl Sink {
             Mode::Thread(q) => {
                 let mut record = event;
                 let mut tries = 0u32;
+                let mut waiting_since = None;
                 loop {
                     match q.records.push(record) {
                         Ok(()) => break,
+                        // A writer stuck in open() or write() (a FIFO nobody reads, a hung
+                        // mount) never makes room: once a wait has run out, the trail is
+                        // failing, and later calls do not wait again until it recovers.
+                        Err(_) if self.shared.failing.load(Ordering::Relaxed) => {
+                            self.count_drop(DropReason::Stuck);
+                            break;
+                        }
+                        Err(_)
+                            if self.on_full == OnFull::Wait
+                                && waiting_since.get_or_insert_with(Instant::now).elapsed()
+                                    >= self.wait =>
+                        {
+                            self.shared.failing.store(true, Ordering::Relaxed);
+                            self.count_drop(DropReason::Stuck);
+                            break;
+                        }
                         Err(back) if self.on_full == OnFull::Wait => {
                             // Full: the writer is behind. Wake it, and wait for a slot:
                             // yield first (a slot frees within microseconds once the writer
@@ -138,7 +162,7 @@ impl Sink {
                             }
                         }
                         Err(_) => {
-                            self.count_drop();
+                            self.count_drop(DropReason::Full);
                             break;
                         }
                     }
@@ -162,15 +186,24 @@ impl Sink {
         }
     }
 
-    fn count_drop(&self) {
+    fn count_drop(&self, reason: DropReason) {
+        if matches!(reason, DropReason::Stuck) {
+            self.shared.stuck.store(true, Ordering::Relaxed);
+        }
         if self.shared.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
             self.shared.dropped_since.store(now, Ordering::Relaxed);
-            diag::report(
-                "the trail queue is full; records are being dropped (policy on_full = \"drop\")",
-            );
+            diag::report(match reason {
+                DropReason::Full => {
+                    "the trail queue is full; records are being dropped (policy on_full = \"drop\")"
+                }
+                DropReason::Stuck => {
+                    "the trail writer is stuck (the queue stayed full past [trail] wait_ms); \
+                     records are being dropped and counted"
+                }
+            });
         }
     }
 
@@ -194,6 +227,20 @@ impl Sink {
         }
     }
 
+    /// What is lost and not yet reported in the trail: records that could not be
+    /// written, records dropped before reaching the writer, and calls refused.
+    pub fn unreported_loss(&self) -> Option<String> {
+        let lost = self.shared.unwritten.load(Ordering::Relaxed);
+        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        let refused = self.shared.refused.load(Ordering::Relaxed);
+        (lost + dropped + refused > 0).then(|| {
+            format!(
+                "{lost} records could not be written and {dropped} were dropped; \
+                 {refused} calls were refused"
+            )
+        })
+    }
+
     /// Whether audited calls must be refused now (policy `deny` and the trail failing).
     #[inline]
     pub fn refusing(&self) -> bool {
@@ -209,6 +256,15 @@ impl Sink {
     pub fn fail_closed(&self) -> bool {
         self.on_failure == OnFailure::Deny
     }
+}
+
+/// Why a record was dropped before reaching the writer.
+#[derive(Clone, Copy)]
+enum DropReason {
+    /// The queue was full under `on_full = "drop"`.
+    Full,
+    /// The queue stayed full past the wait limit: the writer is stuck.
+    Stuck,
 }
 
 /// `{pid}` in a trail path becomes this process's id.
@@ -238,6 +294,8 @@ struct Writer {
     buf: Vec<u8>,
     pending: u64,
     lost: Option<Lost>,
+    /// The stream has ended with `trail_stop` and not resumed.
+    stopped: bool,
 }
 
 impl Writer {
@@ -250,6 +308,7 @@ impl Writer {
             buf: Vec::with_capacity(256 * 1024),
             pending: 0,
             lost: None,
+            stopped: false,
         }
     }
 
@@ -304,6 +363,16 @@ impl Writer {
 
     /// Formats one record into the batch.
     fn push(&mut self, e: &Event) {
+        // A call that raced C_Finalize, or came after it (the module answers
+        // CKR_CRYPTOKI_NOT_INITIALIZED), must not follow the stream's `trail_stop`: a
+        // stream that ends with its stop record verifies as closed. Deciding here, in the
+        // one thread that orders the stream, leaves no window between check and append.
+        match e.action {
+            "trail_stop" => self.stopped = true,
+            "trail_resume" => self.stopped = false,
+            _ if self.stopped => return,
+            _ => {}
+        }
         self.report_drops();
         self.chain.append(e, &self.origin, &mut self.buf);
         self.pending += 1;
@@ -325,10 +394,15 @@ impl Writer {
         let since = self.shared.dropped_since.load(Ordering::Relaxed);
         let since = SystemTime::UNIX_EPOCH + Duration::from_micros(since);
         let since = humantime::format_rfc3339_micros(since).to_string();
+        let (why, reason) = if self.shared.stuck.swap(false, Ordering::Relaxed) {
+            ("the writer was stuck past [trail] wait_ms", "writer stuck")
+        } else {
+            ("the queue was full (on_full = \"drop\")", "queue full")
+        };
         self.push_audit(
             "records_dropped",
-            format!("{n} records were dropped because the queue was full (on_full = \"drop\")"),
-            serde_json::json!({"lost": n, "since": since, "reason": "queue full"}),
+            format!("{n} records were dropped because {why}"),
+            serde_json::json!({"lost": n, "since": since, "reason": reason}),
         );
     }
 
@@ -366,6 +440,7 @@ impl Writer {
 
     fn failed(&mut self, n: u64, err: std::io::Error) {
         self.shared.failing.store(true, Ordering::Relaxed);
+        self.shared.unwritten.fetch_add(n, Ordering::Relaxed);
         match &mut self.lost {
             Some(l) => l.count += n,
             None => {
@@ -432,6 +507,9 @@ impl Writer {
         }
         if let Some(lost) = self.lost.take() {
             self.shared.refused.fetch_sub(refused, Ordering::Relaxed);
+            self.shared
+                .unwritten
+                .fetch_sub(lost.count, Ordering::Relaxed);
             diag::report(&format!(
                 "the trail {} is writable again; {} records were lost since {} ({})",
                 self.file.current_path().display(),
@@ -541,16 +619,21 @@ impl SinkSlot {
         let mut p = self.current.load(Ordering::Acquire);
         if p.is_null() {
             let origin = Origin::current(self.service.clone());
-            let started = Chain::new(&self.integrity).and_then(|chain| {
-                Sink::start(
-                    &self.config,
-                    chain,
-                    origin,
-                    self.threads,
-                    &self.start_record(),
-                )
-                .map_err(|e| e.to_string())
-            });
+            // A panic while starting (a failed allocation, a bug) must leave the slot usable:
+            // it is caught here, reported, and `creating` is cleared below.
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Chain::new(&self.integrity).and_then(|chain| {
+                    Sink::start(
+                        &self.config,
+                        chain,
+                        origin,
+                        self.threads,
+                        &self.start_record(),
+                    )
+                    .map_err(|e| e.to_string())
+                })
+            }))
+            .unwrap_or_else(|_| Err("the writer panicked while starting".into()));
             match started {
                 Ok(s) => {
                     p = Box::leak(Box::new(s));
@@ -562,6 +645,11 @@ impl SinkSlot {
         self.creating.store(false, Ordering::Release);
         // SAFETY: as in `get`.
         unsafe { p.as_ref() }
+    }
+
+    /// The fail-closed policy is in force: with no writer at all, audited calls are refused.
+    pub fn fail_closed(&self) -> bool {
+        self.config.on_failure == OnFailure::Deny
     }
 
     /// In a child after fork: forget (and deliberately leak) the parent's sink.
