@@ -70,6 +70,19 @@ fn a_token_key_seals_and_extractable_keys_wrong_pins_and_missing_tokens_are_refu
         "a seal verifies only its own head"
     );
 
+    // The token stops signing (here: the application is logged out, so C_Sign answers
+    // CKR_USER_NOT_LOGGED_IN): the seal fails with the module's reason, which the chain
+    // writes as the checkpoint's `unsealed`; the next seal logs in again and signs.
+    s.logout().expect("logout");
+    let err = sealer
+        .seal(&message)
+        .err()
+        .expect("no seal while logged out");
+    assert!(err.contains("C_Sign failed"), "{err}");
+    let (_, again) = sealer.seal(&message).expect("the next seal retries");
+    s.verify(&Mechanism::Ecdsa, keys[0], &digest, &again)
+        .expect("the retried seal verifies");
+
     // Login state is per application: log this process out so the PIN is checked again.
     s.logout().expect("logout");
     let err = from_config(&config(&fx, "loose", USER_PIN))
