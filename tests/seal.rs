@@ -74,10 +74,7 @@ fn a_token_key_seals_and_extractable_keys_wrong_pins_and_missing_tokens_are_refu
     // CKR_USER_NOT_LOGGED_IN): the seal fails with the module's reason, which the chain
     // writes as the checkpoint's `unsealed`; the next seal logs in again and signs.
     s.logout().expect("logout");
-    let err = sealer
-        .seal(&message)
-        .err()
-        .expect("no seal while logged out");
+    let err = sealer.seal(&message).expect_err("no seal while logged out");
     assert!(err.contains("C_Sign failed"), "{err}");
     let (_, again) = sealer.seal(&message).expect("the next seal retries");
     s.verify(&Mechanism::Ecdsa, keys[0], &digest, &again)
