@@ -33,6 +33,8 @@ pub struct Config {
     pub trail: TrailConfig,
     /// The hash chain: checkpoints and the optional HMAC key.
     pub integrity: IntegrityConfig,
+    /// `[seal]`: the token key a separate agent signs checkpoint heads with.
+    pub seal: Option<SealSection>,
     /// SHA-256 (hex) of the configuration file's bytes as read, for the trail's start
     /// record.
     pub source_sha256: Option<String>,
@@ -448,6 +450,23 @@ struct FileConfig {
     trail: TrailConfig,
     #[serde(default)]
     integrity: IntegrityConfig,
+    seal: Option<SealSection>,
+}
+
+/// `[seal]`: where the key that signs checkpoint heads is (see `keytrail::seal`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealSection {
+    /// The module holding the key; the trail's module when absent.
+    pub module: Option<PathBuf>,
+    /// The token's label.
+    pub token_label: String,
+    /// The private key's CKA_LABEL.
+    pub key_label: Option<String>,
+    /// The private key's CKA_ID, in hex.
+    pub key_id: Option<String>,
+    /// A file holding the user PIN, readable by its owner only.
+    pub pin_file: PathBuf,
 }
 
 /// A configuration problem, worded for the operator: it names the file, the key and what
@@ -598,6 +617,7 @@ impl Config {
             audit: file.audit,
             trail: file.trail,
             integrity: file.integrity,
+            seal: file.seal,
             source_sha256,
             env_ignored: Vec::new(),
         })

@@ -6,8 +6,8 @@ mod common;
 use common::{Fixture, USER_PIN, open, user_session};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
-use keytrail::seal::{SealConfig, from_config};
-use keytrail::sink::chain::seal_message;
+use keytrail::seal::{HsmSealer, SealConfig};
+use keytrail::sink::chain::{Sealer, seal_message};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 
@@ -56,7 +56,7 @@ fn a_token_key_seals_and_extractable_keys_wrong_pins_and_missing_tokens_are_refu
         keys.push(public);
     }
 
-    let mut sealer = from_config(&config(&fx, "seal", USER_PIN)).expect("sealer");
+    let mut sealer = HsmSealer::new(config(&fx, "seal", USER_PIN)).expect("sealer");
     let message = seal_message("stream", 7, Some(&[1; 32]));
     let (alg, sig) = sealer.seal(&message).expect("seal");
     assert_eq!(alg, "ecdsa-p256-sha256");
@@ -82,21 +82,21 @@ fn a_token_key_seals_and_extractable_keys_wrong_pins_and_missing_tokens_are_refu
 
     // Login state is per application: log this process out so the PIN is checked again.
     s.logout().expect("logout");
-    let err = from_config(&config(&fx, "loose", USER_PIN))
+    let err = HsmSealer::new(config(&fx, "loose", USER_PIN))
         .err()
         .expect("refused");
     assert!(err.contains("CKA_EXTRACTABLE"), "{err}");
-    let err = from_config(&config(&fx, "seal", "0000"))
+    let err = HsmSealer::new(config(&fx, "seal", "0000"))
         .err()
         .expect("refused");
     assert!(err.contains("PIN") && err.contains("wrong"), "{err}");
     let mut missing = config(&fx, "seal", USER_PIN);
     missing.token_label = "no-such-token".into();
-    let err = from_config(&missing).err().expect("refused");
+    let err = HsmSealer::new(missing).err().expect("refused");
     assert!(err.contains("no token labelled \"no-such-token\""), "{err}");
     let loose_pin = config(&fx, "seal", USER_PIN);
     std::fs::set_permissions(&loose_pin.pin_file, std::fs::Permissions::from_mode(0o644))
         .expect("chmod");
-    let err = from_config(&loose_pin).err().expect("refused");
+    let err = HsmSealer::new(loose_pin.clone()).err().expect("refused");
     assert!(err.contains("PIN file"), "{err}");
 }

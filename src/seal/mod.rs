@@ -215,7 +215,24 @@ impl Sealer for HsmSealer {
     }
 }
 
-/// The sealer `[seal]` describes.
-pub fn from_config(cfg: &SealConfig) -> Result<Box<dyn Sealer>, String> {
-    Ok(Box::new(HsmSealer::new(cfg.clone())?))
+/// The sealer `[seal]` describes (the agent's one line), or `None` without `[seal]`.
+pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Box<dyn Sealer>>, String> {
+    let Some(s) = &cfg.seal else {
+        return Ok(None);
+    };
+    let key_id = match &s.key_id {
+        Some(h) => Some(hex::decode(h).map_err(|e| format!("[seal] key_id is not hex: {e}"))?),
+        None => None,
+    };
+    if s.key_label.is_none() && key_id.is_none() {
+        return Err("[seal] needs key_label or key_id".into());
+    }
+    let sealer = HsmSealer::new(SealConfig {
+        module: s.module.clone().unwrap_or_else(|| cfg.module.clone()),
+        token_label: s.token_label.clone(),
+        key_label: s.key_label.clone(),
+        key_id,
+        pin_file: s.pin_file.clone(),
+    })?;
+    Ok(Some(Box::new(sealer)))
 }
