@@ -33,6 +33,8 @@ pub struct Config {
     pub trail: TrailConfig,
     /// The hash chain: checkpoints and the optional HMAC key.
     pub integrity: IntegrityConfig,
+    /// `[seal]`: the token key a separate agent signs checkpoint heads with.
+    pub seal: Option<SealSection>,
     /// SHA-256 (hex) of the configuration file's bytes as read, for the trail's start
     /// record.
     pub source_sha256: Option<String>,
@@ -361,10 +363,31 @@ impl Default for TrailConfig {
 /// Default interval between checkpoint records.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Default length of a forward-secure epoch.
+pub const DEFAULT_EPOCH_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How records are sealed (`[integrity] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntegrityMode {
+    /// A hash chain, keyed when `key_file` is set.
+    Chained,
+    /// One HMAC key per epoch, each derived one-way from the previous one.
+    ForwardSecure,
+}
+
 /// The hash chain (`[integrity]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntegrityConfig {
+    /// `"chained"` (default: SHA-256, or HMAC with `key_file`) or `"forward-secure"`
+    /// (one key per epoch, see docs/integrity.md).
+    pub mode: IntegrityMode,
+    /// Forward-secure mode: the length of an epoch.
+    pub epoch_interval: Interval,
+    /// Forward-secure mode: where the initial key is written once, when `key_file` does
+    /// not exist yet, for the verifier (move it off the host).
+    pub initial_key_file: Option<PathBuf>,
     /// How often a checkpoint record carrying the head of the chain is written, even when
     /// idle: `"60s"`, `"5m"`, or an integer number of seconds; `0` or `"off"` disables.
     pub checkpoint_interval: Interval,
@@ -382,6 +405,9 @@ pub struct IntegrityConfig {
 impl Default for IntegrityConfig {
     fn default() -> Self {
         IntegrityConfig {
+            mode: IntegrityMode::Chained,
+            epoch_interval: Interval(Some(DEFAULT_EPOCH_INTERVAL)),
+            initial_key_file: None,
             checkpoint_interval: Interval(Some(DEFAULT_CHECKPOINT_INTERVAL)),
             key_file: None,
             anchor_file: None,
@@ -430,6 +456,23 @@ struct FileConfig {
     trail: TrailConfig,
     #[serde(default)]
     integrity: IntegrityConfig,
+    seal: Option<SealSection>,
+}
+
+/// `[seal]`: where the key that signs checkpoint heads is (see `keytrail::seal`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealSection {
+    /// The module holding the key; the trail's module when absent.
+    pub module: Option<PathBuf>,
+    /// The token's label.
+    pub token_label: String,
+    /// The private key's CKA_LABEL.
+    pub key_label: Option<String>,
+    /// The private key's CKA_ID, in hex.
+    pub key_id: Option<String>,
+    /// A file holding the user PIN, readable by its owner only.
+    pub pin_file: PathBuf,
 }
 
 /// A configuration problem, worded for the operator: it names the file, the key and what
@@ -562,7 +605,10 @@ impl Config {
                 problem: "must be at least 1".into(),
             });
         }
-        if let Some(key_file) = &file.integrity.key_file {
+        if let Some(key_file) = &file.integrity.key_file
+            // A forward-secure key file is made on first use.
+            && (file.integrity.mode == IntegrityMode::Chained || key_file.exists())
+        {
             crate::sink::chain::check_key_file(key_file).map_err(|problem| ConfigError {
                 file: Some(path.to_path_buf()),
                 key: Some("integrity.key_file".into()),
@@ -577,6 +623,7 @@ impl Config {
             audit: file.audit,
             trail: file.trail,
             integrity: file.integrity,
+            seal: file.seal,
             source_sha256,
             env_ignored: Vec::new(),
         })

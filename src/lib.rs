@@ -19,5 +19,6 @@ pub mod entry;
 pub mod names;
 pub mod os;
 pub mod probe;
+pub mod seal;
 pub mod sink;
 pub mod trust;

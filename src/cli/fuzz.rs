@@ -168,6 +168,7 @@ fn no_trail_content_panics_a_reader() {
             super::verify::run(&super::verify::VerifyArgs {
                 inputs: inputs.clone(),
                 key: None,
+                initial_key: None,
                 head: Vec::new(),
                 json,
                 keep_order: true,

@@ -11,6 +11,7 @@ use super::input::{self, Line, Progress};
 use super::text::{self, outln};
 use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
+use keytrail::sink::chain::epoch::{ALG_FS, EpochKeys};
 use keytrail::sink::chain::{self, ALG_HMAC, Hasher, Key};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -52,6 +53,9 @@ pub struct VerifyArgs {
     /// The HMAC key file of a keyed trail (`[integrity] key_file`).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The initial key file of a forward-secure trail (`[integrity] initial_key_file`).
+    #[arg(long, value_name = "FILE")]
+    pub initial_key: Option<PathBuf>,
     /// A head of the chain kept elsewhere: a checkpoint (or stop) record's JSON line, a
     /// file whose lines are such records, or STREAM:SEQ:HASH. Detects truncation.
     #[arg(long, value_name = "RECORD|FILE|STREAM:SEQ:HASH")]
@@ -443,6 +447,7 @@ struct Integrity<'a> {
     alg: Option<Cow<'a, str>>,
     #[serde(borrow)]
     key: Option<Cow<'a, str>>,
+    epoch: Option<u64>,
     #[serde(borrow)]
     hash: Cow<'a, str>,
 }
@@ -668,6 +673,8 @@ struct Verifier {
     strings: HashSet<Rc<str>>,
     hasher: Option<Hasher>,
     key_id: Option<String>,
+    /// Forward-secure trails: the keys of every epoch, from the initial key.
+    epochs: Option<EpochKeys>,
     heads: Heads,
     hex: [u8; 64],
 }
@@ -686,6 +693,7 @@ impl Verifier {
             strings: HashSet::new(),
             hasher,
             key_id,
+            epochs: None,
             heads,
             hex: [0u8; 64],
         }
@@ -773,8 +781,16 @@ impl Verifier {
         };
         let stated = integrity.hash.as_bytes();
         // Check the hash over the signed prefix.
-        let keyed = integrity.alg.as_deref() == Some(ALG_HMAC);
+        let fs = integrity.alg.as_deref() == Some(ALG_FS);
+        let keyed = fs || integrity.alg.as_deref() == Some(ALG_HMAC);
         let check = match (&self.hasher, keyed) {
+            _ if fs => self.epoch_check(
+                integrity,
+                rec.timestamp.as_deref(),
+                prefix,
+                stated,
+                suffix_hash,
+            ),
             (Some(Hasher::Keyed { .. }), false) => Check::NotKeyed,
             (Some(h @ Hasher::Keyed { .. }), true) => {
                 let kid = integrity.key.as_deref().unwrap_or("");
@@ -862,6 +878,38 @@ impl Verifier {
             config_sha256,
             version,
         })
+    }
+
+    /// Checks a forward-secure record: its epoch's key from the initial key, and an epoch
+    /// that fits the record's time (a record forged with a later epoch's key cannot claim
+    /// an earlier time).
+    fn epoch_check(
+        &mut self,
+        integrity: &Integrity<'_>,
+        timestamp: Option<&str>,
+        prefix: &[u8],
+        stated: &[u8],
+        suffix: &[u8],
+    ) -> Check {
+        let kid = integrity.key.as_deref().unwrap_or("");
+        let Some(keys) = &mut self.epochs else {
+            return Check::NoKey;
+        };
+        if kid != keys.id() {
+            return Check::OtherKey(kid.to_string());
+        }
+        let epoch = integrity.epoch.unwrap_or(u64::MAX);
+        let t_ms = timestamp
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
+        if !t_ms.is_some_and(|t| keys.plausible(epoch, t)) {
+            return Check::Bad;
+        }
+        match keys.hash(epoch, prefix) {
+            Some(h) => self.hash_check(h, stated, suffix),
+            None => Check::Bad,
+        }
     }
 
     fn hash_check<T: AsRef<[u8]>>(&mut self, computed: T, stated: &[u8], suffix: &[u8]) -> Check {
@@ -1208,6 +1256,9 @@ pub fn run(args: &VerifyArgs) -> Result<u8> {
     };
     let heads = Heads::parse(&args.head)?;
     let mut v = Verifier::new(files.clone(), hasher, key_id, heads);
+    if let Some(p) = &args.initial_key {
+        v.epochs = Some(EpochKeys::load(p).map_err(anyhow::Error::msg)?);
+    }
     let mut progress = Progress::new(&files, args.quiet);
     let mut errors = Vec::new();
     input::for_each_line(

@@ -28,6 +28,8 @@
 //! After `fork()` the child starts a stream of its own: a new `Chain` (new id, sequence
 //! from 1) whose first record is the child's `trail_start` (see `SinkSlot`).
 
+pub mod epoch;
+
 use super::json::{self, Origin};
 use crate::audit::event::Event;
 use crate::config::IntegrityConfig;
@@ -84,9 +86,14 @@ impl Key {
     /// A short public identifier of the key: the first 8 hex digits of SHA-256 over
     /// `keytrail key id` and the key. It tells which key a stream used, not the key.
     pub fn id(&self) -> String {
+        Key::id_of(&self.bytes)
+    }
+
+    /// The public identifier of key bytes (see [`Key::id`]).
+    pub fn id_of(bytes: &[u8]) -> String {
         let mut h = Sha256::new();
         h.update(b"keytrail key id\0");
-        h.update(&self.bytes);
+        h.update(bytes);
         hex::encode(&h.finalize()[..4])
     }
 
@@ -193,6 +200,25 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Signs the heads of a chain (checkpoints and `trail_stop`) with a key kept elsewhere,
+/// such as a private key inside an HSM.
+pub trait Sealer: Send {
+    /// Signs `message` (see [`seal_message`]); returns the algorithm's name and the
+    /// signature, or why it could not sign (the checkpoint then says it is unsealed).
+    fn seal(&mut self, message: &[u8]) -> Result<(String, Vec<u8>), String>;
+}
+
+/// The bytes a seal signs: a fixed label, the stream id, the head's sequence number and
+/// the head's hash (all zero before the first record).
+pub fn seal_message(stream: &str, seq: u64, head: Option<&[u8; 32]>) -> Vec<u8> {
+    let mut m = b"keytrail seal v1\0".to_vec();
+    m.extend_from_slice(stream.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(head.unwrap_or(&[0u8; 32]));
+    m
+}
+
 /// The writer's side of the chain of one stream.
 #[derive(Clone)]
 pub struct Chain {
@@ -209,11 +235,31 @@ pub struct Chain {
     syslog: bool,
     /// Head records (start, checkpoint, stop) waiting to be copied there.
     anchors: Vec<u8>,
+    /// Forward-secure mode: the current epoch's key, which replaces `hasher`.
+    epochs: Option<epoch::Epochs>,
+    /// The epoch `hasher` is keyed for (forward-secure mode).
+    hasher_epoch: u64,
+    /// Signs each checkpoint's and `trail_stop`'s head, when set.
+    sealer: Option<std::sync::Arc<std::sync::Mutex<dyn Sealer>>>,
 }
 
 impl Chain {
     /// A new stream with the configured key (read now) and checkpoint interval.
     pub fn new(config: &IntegrityConfig) -> Result<Chain, String> {
+        if config.mode == crate::config::IntegrityMode::ForwardSecure {
+            let Some(path) = &config.key_file else {
+                return Err("forward-secure mode needs [integrity] key_file".into());
+            };
+            let interval = config
+                .epoch_interval
+                .0
+                .unwrap_or(crate::config::DEFAULT_EPOCH_INTERVAL);
+            let epochs = epoch::Epochs::open(path, config.initial_key_file.as_deref(), interval)?;
+            let mut chain = Chain::forward_secure(epochs, config.checkpoint_interval.0)?;
+            chain.anchor_file = config.anchor_file.clone();
+            chain.syslog = config.syslog;
+            return Ok(chain);
+        }
         let key = match &config.key_file {
             Some(p) => Some(Key::load(p)?),
             None => None,
@@ -238,7 +284,27 @@ impl Chain {
             anchor_file: None,
             syslog: false,
             anchors: Vec::new(),
+            epochs: None,
+            hasher_epoch: 0,
+            sealer: None,
         }
+    }
+
+    /// A new forward-secure stream: every record is keyed with its epoch's key.
+    pub fn forward_secure(
+        mut epochs: epoch::Epochs,
+        interval: Option<Duration>,
+    ) -> Result<Chain, String> {
+        let k = epochs.current();
+        let hasher = Hasher::Keyed {
+            mac: Box::new(k.mac()?),
+            id: k.id.clone(),
+        };
+        let hasher_epoch = k.epoch;
+        let mut c = Chain::with(hasher, interval);
+        c.epochs = Some(epochs);
+        c.hasher_epoch = hasher_epoch;
+        Ok(c)
     }
 
     /// Copies the head records written since the last call to the anchor file (opened by
@@ -269,6 +335,11 @@ impl Chain {
     /// The anchor file, if one is configured.
     pub fn anchor_file(&self) -> Option<&Path> {
         self.anchor_file.as_deref()
+    }
+
+    /// Seals every later checkpoint and `trail_stop` with `sealer`.
+    pub fn set_sealer(&mut self, sealer: std::sync::Arc<std::sync::Mutex<dyn Sealer>>) {
+        self.sealer = Some(sealer);
     }
 
     /// The stream id.
@@ -335,7 +406,11 @@ impl Chain {
                     detail.insert("module_sha256".into(), digest);
                 }
                 let mut integrity = serde_json::json!({
-                    "alg": match self.hasher { Hasher::Plain => "sha256", Hasher::Keyed { .. } => ALG_HMAC },
+                    "alg": match self.hasher {
+                        _ if self.epochs.is_some() => epoch::ALG_FS,
+                        Hasher::Plain => "sha256",
+                        Hasher::Keyed { .. } => ALG_HMAC,
+                    },
                     "checkpoint_interval_s": self.interval.map(|d| d.as_secs_f64()),
                 });
                 if let Hasher::Keyed { id, .. } = &self.hasher {
@@ -354,6 +429,22 @@ impl Chain {
                         "hash": self.prev.map(hex::encode),
                     }),
                 );
+                if let Some(sealer) = &self.sealer {
+                    let message = seal_message(&self.stream, self.seq, self.prev.as_ref());
+                    let outcome = match sealer.lock() {
+                        Ok(mut s) => s.seal(&message),
+                        Err(_) => Err("the sealer failed earlier (poisoned lock)".into()),
+                    };
+                    detail.insert(
+                        "seal".into(),
+                        match outcome {
+                            Ok((alg, sig)) => {
+                                serde_json::json!({"alg": alg, "sig": hex::encode(sig)})
+                            }
+                            Err(reason) => serde_json::json!({"unsealed": reason}),
+                        },
+                    );
+                }
                 detail.insert(
                     "records_since_checkpoint".into(),
                     serde_json::json!(self.since_checkpoint),
@@ -399,7 +490,26 @@ impl Chain {
             }
             None => out.extend_from_slice(b"null"),
         }
-        if let Hasher::Keyed { id, .. } = &self.hasher {
+        if let Some(epochs) = &mut self.epochs {
+            // Forward-secure: key this record with the present epoch's key (moving the key
+            // file on, and erasing the old key, when the epoch has changed).
+            let k = epochs.current();
+            if k.epoch != self.hasher_epoch
+                && let Ok(mac) = k.mac()
+            {
+                self.hasher = Hasher::Keyed {
+                    mac: Box::new(mac),
+                    id: k.id.clone(),
+                };
+                self.hasher_epoch = k.epoch;
+            }
+            out.extend_from_slice(b",\"alg\":\"");
+            out.extend_from_slice(epoch::ALG_FS.as_bytes());
+            out.extend_from_slice(b"\",\"key\":\"");
+            out.extend_from_slice(k.id.as_bytes());
+            out.extend_from_slice(b"\",\"epoch\":");
+            out.extend_from_slice(self.hasher_epoch.to_string().as_bytes());
+        } else if let Hasher::Keyed { id, .. } = &self.hasher {
             out.extend_from_slice(b",\"alg\":\"");
             out.extend_from_slice(ALG_HMAC.as_bytes());
             out.extend_from_slice(b"\",\"key\":\"");
@@ -538,5 +648,46 @@ mod tests {
             recs[0]["integrity"]["hash"]
         );
         assert_eq!(recs[2]["keytrail"]["head"]["seq"], 2);
+    }
+
+    /// Signs by hashing (a stand-in for an HSM), or fails once asked to.
+    struct FakeSealer {
+        down: bool,
+    }
+
+    impl Sealer for FakeSealer {
+        fn seal(&mut self, message: &[u8]) -> Result<(String, Vec<u8>), String> {
+            if self.down {
+                return Err("token not present".into());
+            }
+            Ok(("test".into(), Sha256::digest(message).to_vec()))
+        }
+    }
+
+    #[test]
+    fn a_sealer_signs_each_head_or_the_checkpoint_says_why_not() {
+        let sealer = std::sync::Arc::new(std::sync::Mutex::new(FakeSealer { down: false }));
+        let mut c = Chain::with(Hasher::Plain, Some(Duration::from_millis(1)));
+        c.set_sealer(sealer.clone());
+        let mut buf = Vec::new();
+        let ev = |a| Event::audit(a, "x".into(), serde_json::json!({}));
+        c.append(&ev("trail_start"), &origin(), &mut buf);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(c.tick(&origin(), &mut buf));
+        sealer.lock().expect("lock").down = true;
+        c.append(&ev("trail_stop"), &origin(), &mut buf);
+        let recs = lines(&buf);
+        assert!(
+            recs[0]["keytrail"].get("seal").is_none(),
+            "the start is not a head"
+        );
+        let head: [u8; 32] = hex::decode(recs[0]["integrity"]["hash"].as_str().expect("hash"))
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes");
+        let want = Sha256::digest(seal_message(c.stream(), 1, Some(&head)));
+        assert_eq!(recs[1]["keytrail"]["seal"]["alg"], "test");
+        assert_eq!(recs[1]["keytrail"]["seal"]["sig"], hex::encode(want));
+        assert_eq!(recs[2]["keytrail"]["seal"]["unsealed"], "token not present");
     }
 }
