@@ -89,6 +89,24 @@ pub struct SealConfig {
     pub pin_file: PathBuf,
 }
 
+/// A module's refusal in the standard's words: the function and its CKR_ code (cryptoki's
+/// own text for an error is a paragraph of the specification).
+fn ck(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, f) => {
+            let mut name = String::from("CKR");
+            for c in format!("{rv:?}").chars() {
+                if c.is_ascii_uppercase() {
+                    name.push('_');
+                }
+                name.push(c.to_ascii_uppercase());
+            }
+            format!("C_{f:?} returned {name}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// A loaded module, and whether this holder's C_Initialize is the one that took effect
 /// (then it may also finalize it, to start afresh).
 struct Module {
@@ -104,7 +122,7 @@ impl Module {
             Ok(()) => true,
             // Another part of this process initialised the module: share it.
             Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => false,
-            Err(e) => return Err(format!("C_Initialize failed: {e}")),
+            Err(e) => return Err(format!("C_Initialize failed: {}", ck(&e))),
         };
         Ok(Module { pkcs11, owned })
     }
@@ -123,7 +141,7 @@ impl Module {
         let p = &self.pkcs11;
         let slots = p
             .get_slots_with_token()
-            .map_err(|e| format!("C_GetSlotList failed: {e}"))?;
+            .map_err(|e| format!("C_GetSlotList failed: {}", ck(&e)))?;
         slots
             .into_iter()
             .find(|s| {
@@ -146,7 +164,7 @@ impl Module {
         } else {
             self.pkcs11.open_ro_session(slot)
         }
-        .map_err(|e| format!("C_OpenSession failed: {e}"))?;
+        .map_err(|e| format!("C_OpenSession failed: {}", ck(&e)))?;
         match session.login(UserType::User, Some(&AuthPin::new(pin.trim_end().into()))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(format!(
@@ -156,7 +174,7 @@ impl Module {
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
                 Err(format!("the user PIN of token {label:?} is locked"))
             }
-            Err(e) => Err(format!("C_Login failed: {e}")),
+            Err(e) => Err(format!("C_Login failed: {}", ck(&e))),
         }
     }
 }
@@ -277,7 +295,7 @@ fn find_key(cfg: &SealConfig, session: &Session) -> Result<(ObjectHandle, SealAl
     }
     let keys = session
         .find_objects(&template)
-        .map_err(|e| format!("C_FindObjects failed: {e}"))?;
+        .map_err(|e| format!("C_FindObjects failed: {}", ck(&e)))?;
     let key = match keys.as_slice() {
         [k] => *k,
         [] => {
@@ -297,7 +315,7 @@ fn find_key(cfg: &SealConfig, session: &Session) -> Result<(ObjectHandle, SealAl
                 AttributeType::EcParams,
             ],
         )
-        .map_err(|e| format!("C_GetAttributeValue failed: {e}"))?;
+        .map_err(|e| format!("C_GetAttributeValue failed: {}", ck(&e)))?;
     let (mut extractable, mut sign, mut key_type, mut params) = (true, false, None, Vec::new());
     for a in attrs {
         match a {
@@ -352,7 +370,7 @@ impl Sealer for HsmSealer {
             Err(e) => {
                 // Drop the session: the next checkpoint logs in again.
                 self.open = None;
-                Err(format!("C_Sign failed: {e}"))
+                Err(format!("C_Sign failed: {}", ck(&e)))
             }
         }
     }
@@ -435,7 +453,7 @@ fn create_on(m: &Module, k: &NewKey) -> Result<CreatedKey, String> {
     let mechs = m
         .pkcs11
         .get_mechanism_list(slot)
-        .map_err(|e| format!("C_GetMechanismList failed: {e}"))?;
+        .map_err(|e| format!("C_GetMechanismList failed: {}", ck(&e)))?;
     let offers = |generate: MechanismType, sign: MechanismType| {
         mechs.contains(&generate) && mechs.contains(&sign)
     };
@@ -480,7 +498,7 @@ fn generate(session: &Session, k: &NewKey, alg: SealAlg) -> Result<CreatedKey, S
         session
             .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), a])
             .map(|v| !v.is_empty())
-            .map_err(|e| format!("C_FindObjects failed: {e}"))
+            .map_err(|e| format!("C_FindObjects failed: {}", ck(&e)))
     };
     if taken(Attribute::Label(label.clone()))? {
         return Err(format!(
@@ -528,10 +546,10 @@ fn generate(session: &Session, k: &NewKey, alg: SealAlg) -> Result<CreatedKey, S
                 Attribute::Id(id.clone()),
             ],
         )
-        .map_err(|e| format!("C_GenerateKeyPair failed: {e}"))?;
+        .map_err(|e| format!("C_GenerateKeyPair failed: {}", ck(&e)))?;
     let point = session
         .get_attributes(public, &[AttributeType::EcPoint])
-        .map_err(|e| format!("C_GetAttributeValue(CKA_EC_POINT) failed: {e}"))?
+        .map_err(|e| format!("C_GetAttributeValue(CKA_EC_POINT) failed: {}", ck(&e)))?
         .into_iter()
         .find_map(|a| match a {
             Attribute::EcPoint(p) => Some(p),
@@ -631,6 +649,62 @@ impl SealKey {
                 k.verify_strict(message, &sig)
                     .map_err(|_| "the signature does not verify".to_string())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+
+    /// Tokens return whichever `s` they computed; both must verify, as the token's own
+    /// C_Verify accepts both.
+    #[test]
+    fn p256_seals_verify_with_either_s_and_only_for_their_message() {
+        let sk = p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).expect("key");
+        let key = SealKey::P256(*sk.verifying_key());
+        let pem = key.to_pem().expect("pem");
+        let key = SealKey::from_pem(&pem).expect("from pem");
+        let message = seal_message("s", 3, Some(&[9; 32]));
+        let sig: p256::ecdsa::Signature = sk.sign_prehash(&Sha256::digest(&message)).expect("sign");
+        let (r, s) = sig.split_scalars();
+        let flipped = p256::ecdsa::Signature::from_scalars(r, -*s).expect("signature");
+        for sig in [sig, flipped] {
+            key.verify(ALG_P256, &message, &sig.to_bytes())
+                .expect("verifies");
+            assert!(
+                key.verify(
+                    ALG_P256,
+                    &seal_message("s", 4, Some(&[9; 32])),
+                    &sig.to_bytes()
+                )
+                .is_err()
+            );
+        }
+        let e = key
+            .verify(ALG_ED25519, &message, &sig.to_bytes())
+            .expect_err("another algorithm");
+        assert!(e.contains("ed25519"), "{e}");
+    }
+
+    #[test]
+    fn ed25519_keys_round_trip_through_pem_and_token_points() {
+        use ed25519_dalek::Signer;
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let point = sk.verifying_key().to_bytes();
+        // Modules give CKA_EC_POINT raw or wrapped in a DER OCTET STRING.
+        let mut wrapped = vec![0x04, 32];
+        wrapped.extend_from_slice(&point);
+        for p in [&point[..], &wrapped[..]] {
+            let key = SealKey::from_point(SealAlg::Ed25519, p).expect("point");
+            let key = SealKey::from_pem(&key.to_pem().expect("pem")).expect("from pem");
+            let message = seal_message("s", 1, None);
+            let sig = sk.sign(&message).to_bytes();
+            key.verify(ALG_ED25519, &message, &sig).expect("verifies");
+            let mut bad = sig;
+            bad[0] ^= 1;
+            assert!(key.verify(ALG_ED25519, &message, &bad).is_err());
         }
     }
 }
