@@ -1244,7 +1244,8 @@ fn seal_check(
                 };
                 match (head, hex::decode(sig)) {
                     (Some(head), Ok(sig)) => {
-                        let message = chain::seal_message(stream, seq - 1, head.as_ref());
+                        let message =
+                            chain::seal_message(stream, seq.saturating_sub(1), head.as_ref());
                         key.verify(alg, &message, &sig).map_err(|e| ("bad", e))
                     }
                     (None, _) => Err(("bad", "the record's prev is not a hash".into())),
