@@ -212,6 +212,30 @@ fn rewritten_trail_fails_at_the_first_rewritten_checkpoint(alg: &str, want: &str
     assert_eq!(v["streams"][0]["seal"]["valid_seals"], 4, "{text}");
     assert_eq!(v["streams"][0]["seal"]["unsealed_tail"], 0, "{text}");
 
+    // The stop's own fields are covered by no later seal; the head it states must still
+    // be the chain's.
+    let text = std::fs::read_to_string(&trail).expect("trail");
+    let last = text.lines().last().expect("stop");
+    let edited = last.replacen("\"seq\":14},", "\"seq\":13},", 1);
+    assert_ne!(edited, last, "{last}");
+    let (prefix, _) = split_signed(edited.as_bytes()).expect("signed");
+    let prefix = String::from_utf8(prefix.to_vec()).expect("utf8");
+    let hash = hex::encode(Sha256::digest(prefix.as_bytes()));
+    let forged = fx.path().join("forged-head.jsonl");
+    let body = &text[..text.len() - last.len() - 1];
+    std::fs::write(
+        &forged,
+        format!("{body}\n{prefix},\"hash\":\"{hash}\"}}}}\n"),
+    )
+    .expect("write");
+    let (code, v, text) = verify(&forged, Some(&pem));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        v["streams"][0]["seal"]["first_failure"]["seq"], 15,
+        "{text}"
+    );
+    assert!(text.contains("the head it states"), "{text}");
+
     // Record 3 ("group 0 record 2") rewritten, every hash after it recomputed.
     rewrite(&trail, 4);
     let (code, _, text) = verify(&trail, None);

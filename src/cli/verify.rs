@@ -1226,7 +1226,18 @@ fn seal_check(
     fs: &mut FileState,
 ) {
     let seal = detail.and_then(|d| d.get("seal"));
+    // The head a record states must be the one the chain (and so the seal) has: the seal
+    // covers `prev`, and a head edited apart from it would mislead whoever copies it.
+    let stated = detail.and_then(|d| d.get("head"));
+    let head_agrees = stated.is_none_or(|h| {
+        h.get("seq").and_then(|n| n.as_u64()) == Some(seq.saturating_sub(1))
+            && h.get("hash").and_then(|x| x.as_str()) == prev
+    });
     let outcome: Result<(), (&'static str, String)> = match seal {
+        Some(_) if !head_agrees => Err((
+            "bad",
+            "the head it states is not the record before it".into(),
+        )),
         None => Err(("unsealed", "no seal".into())),
         Some(v) => match (
             v.get("unsealed"),
