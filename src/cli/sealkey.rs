@@ -42,29 +42,35 @@ pub struct SealKeyArgs {
 /// Runs `keytrail seal-key`; returns the exit status.
 pub fn run(a: &SealKeyArgs) -> Result<u8> {
     // The configuration only fills in what the command line leaves out.
-    let cfg = Config::load().ok();
+    let loaded = Config::load();
+    // Said when a value is missing, in case the configuration was meant to give it.
+    let why = match &loaded {
+        Ok(_) => String::new(),
+        Err(e) => format!(" (the configuration was not read: {e})"),
+    };
+    let cfg = loaded.ok();
     let section = cfg.as_ref().and_then(|c| c.seal.clone());
     let module = a
         .module
         .clone()
         .or_else(|| section.as_ref().and_then(|s| s.module.clone()))
         .or_else(|| cfg.as_ref().map(|c| c.module.clone()))
-        .context("no module: give --module (or configure one)")?;
+        .with_context(|| format!("no module: give --module (or configure one){why}"))?;
     let token_label = a
         .token
         .clone()
         .or_else(|| section.as_ref().map(|s| s.token_label.clone()))
-        .context("no token: give --token (or [seal] token_label)")?;
+        .with_context(|| format!("no token: give --token (or [seal] token_label){why}"))?;
     let pin_file = a
         .pin_file
         .clone()
         .or_else(|| section.as_ref().map(|s| s.pin_file.clone()))
-        .context("no PIN file: give --pin-file (or [seal] pin_file)")?;
+        .with_context(|| format!("no PIN file: give --pin-file (or [seal] pin_file){why}"))?;
     let label = a
         .label
         .clone()
         .or_else(|| section.as_ref().and_then(|s| s.key_label.clone()))
-        .context("no key label: give --label (or [seal] key_label)")?;
+        .with_context(|| format!("no key label: give --label (or [seal] key_label){why}"))?;
     let id = match a
         .id
         .clone()
