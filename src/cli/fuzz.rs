@@ -169,6 +169,7 @@ fn no_trail_content_panics_a_reader() {
                 inputs: inputs.clone(),
                 key: None,
                 initial_key: None,
+                seal_key: None,
                 head: Vec::new(),
                 json,
                 keep_order: true,

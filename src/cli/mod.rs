@@ -1,4 +1,4 @@
-//! The `keytrail` command-line tool: `verify`, `report`, `show` and `doctor`.
+//! The `keytrail` command-line tool: `verify`, `report`, `show`, `doctor` and `seal-key`.
 //!
 //! Compiled into the `keytrail` binary only (the library does not link clap).
 
@@ -8,6 +8,7 @@ mod fuzz;
 pub mod input;
 pub mod record;
 pub mod report;
+pub mod sealkey;
 pub mod show;
 pub mod text;
 pub mod verify;
@@ -33,6 +34,8 @@ enum Command {
     Show(show::ShowArgs),
     /// Check the setup the library would use: configuration, module, tokens, trail.
     Doctor(doctor::DoctorArgs),
+    /// Create the key pair that seals checkpoints on a token, and export its public key.
+    SealKey(sealkey::SealKeyArgs),
 }
 
 /// Parses the command line and runs the subcommand; errors go to stderr with exit status 2.
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Report(a) => report::run(a),
         Command::Show(a) => show::run(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::SealKey(a) => sealkey::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

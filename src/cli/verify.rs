@@ -11,6 +11,7 @@ use super::input::{self, Line, Progress};
 use super::text::{self, outln};
 use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
+use keytrail::seal::SealKey;
 use keytrail::sink::chain::epoch::{ALG_FS, EpochKeys};
 use keytrail::sink::chain::{self, ALG_HMAC, Hasher, Key};
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,8 @@ unanchored tail; 1 on evidence of tampering or loss (a hash mismatch, missing, \
 reordered or duplicated records, damaged lines, truncation against --head, a head \
 that contradicts the trail); 2 on bad usage or unreadable files; 3 when nothing is \
 wrong but not everything could be proven (a stream without a stop record: crash, kill, \
-still running or truncated; keyed records without --key).\n\n\
+still running or truncated; keyed records without --key; with --seal-key, records after \
+the last valid seal of a closed stream).\n\n\
 Every head given with --head is checked: one whose record differs, or that lies past \
 the end of its stream, is a finding whatever the other heads say.")]
 pub struct VerifyArgs {
@@ -60,6 +62,11 @@ pub struct VerifyArgs {
     /// file whose lines are such records, or STREAM:SEQ:HASH. Detects truncation.
     #[arg(long, value_name = "RECORD|FILE|STREAM:SEQ:HASH")]
     pub head: Vec<String>,
+    /// The public key (PEM) of the token key that seals checkpoints (`keytrail seal-key`):
+    /// checks every seal, and reports unsealed or badly sealed checkpoints and the records
+    /// after the last valid seal.
+    #[arg(long, value_name = "PUBKEY.pem")]
+    pub seal_key: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -132,6 +139,12 @@ enum Problem {
         seq: u64,
         head: String,
     },
+    /// A checkpoint's or stop's seal does not verify with `--seal-key`.
+    BadSeal {
+        seq: u64,
+        at: At,
+        reason: String,
+    },
 }
 
 impl Problem {
@@ -192,6 +205,10 @@ impl Problem {
             ),
             Problem::HeadMismatch { seq, head } => format!(
                 "INVALID at seq {seq}: the record's hash differs from the head ({head}): the trail or that head was forged"
+            ),
+            Problem::BadSeal { seq, at: a, reason } => format!(
+                "INVALID at seq {seq}: badly sealed checkpoint: {reason}; the records before it were rewritten, or the seal forged ({})",
+                at(a)
             ),
         }
     }
@@ -285,6 +302,7 @@ enum Verdict {
     #[default]
     Valid,
     Open,
+    Unsealed,
     Unverified,
     Reordered,
     MissingRecords,
@@ -297,6 +315,7 @@ impl Verdict {
         match self {
             Verdict::Valid => "valid",
             Verdict::Open => "OPEN",
+            Verdict::Unsealed => "UNSEALED",
             Verdict::Unverified => "UNVERIFIED",
             Verdict::Reordered => "REORDERED",
             Verdict::MissingRecords => "MISSING RECORDS",
@@ -332,6 +351,48 @@ struct Stream {
     last_time: Option<Box<str>>,
     start: Option<Box<Start>>,
     rare: Option<Box<Rare>>,
+    /// The seals found, with `--seal-key`.
+    seals: Option<Box<Seals>>,
+}
+
+/// A stream's seals (`--seal-key`).
+#[derive(Debug, Default, Serialize)]
+struct Seals {
+    /// Heads whose seal verified.
+    valid: u64,
+    /// The seq of the last head whose seal verified (0: none).
+    last_valid_seq: u64,
+    /// Heads without a seal.
+    unsealed: u64,
+    /// Heads whose seal did not verify.
+    bad: u64,
+    /// The first head without a valid seal.
+    first_failure: Option<SealFailure>,
+    /// Runs of unsealed heads with no valid seal between them.
+    unsealed_spans: Vec<UnsealedSpan>,
+    more_spans: u64,
+}
+
+/// A head without a valid seal.
+#[derive(Debug, Clone, Serialize)]
+struct SealFailure {
+    seq: u64,
+    at: At,
+    /// `unsealed` or `bad`.
+    kind: &'static str,
+    reason: String,
+}
+
+/// Consecutive unsealed heads.
+#[derive(Debug, Clone, Serialize)]
+struct UnsealedSpan {
+    from_seq: u64,
+    to_seq: u64,
+    checkpoints: u64,
+    /// The reason the first of them states.
+    reason: String,
+    /// Whether a valid seal came after the span (which then proves its records).
+    sealed_after: bool,
 }
 
 impl Stream {
@@ -658,7 +719,8 @@ fn severity(p: &Problem) -> Verdict {
         | Problem::Damaged { .. }
         | Problem::NotKeyed { .. }
         | Problem::BadStart { .. }
-        | Problem::HeadMismatch { .. } => Verdict::Invalid,
+        | Problem::HeadMismatch { .. }
+        | Problem::BadSeal { .. } => Verdict::Invalid,
         Problem::Truncated { .. } => Verdict::Truncated,
         Problem::Missing { .. } => Verdict::MissingRecords,
         Problem::Reordered { .. } | Problem::Duplicate { .. } => Verdict::Reordered,
@@ -677,6 +739,8 @@ struct Verifier {
     epochs: Option<EpochKeys>,
     heads: Heads,
     hex: [u8; 64],
+    /// `--seal-key`.
+    seal_key: Option<SealKey>,
 }
 
 impl Verifier {
@@ -696,6 +760,7 @@ impl Verifier {
             epochs: None,
             heads,
             hex: [0u8; 64],
+            seal_key: None,
         }
     }
 
@@ -837,6 +902,9 @@ impl Verifier {
             s.checkpoints += 1;
         }
         let anchor = matches!(action, "checkpoint" | "trail_stop");
+        if anchor && let Some(key) = &self.seal_key {
+            seal_check(s, key, stream_id, seq, prev, rec.keytrail.as_ref(), at, fs);
+        }
         Self::sequence(s, seq, prev, Some(hash), action == "trail_stop", at, fs);
         if anchor && seq > s.last_anchor {
             s.last_anchor = seq;
@@ -1065,6 +1133,7 @@ impl Verifier {
             .any(|f| f.invalid > 0 && f.streams == 0);
         let mut any_unproven = false;
         let heads = &self.heads;
+        let sealing = self.seal_key.is_some();
         for (id, s) in self.streams.iter_mut() {
             let mut found = FileState::default();
             let gaps = s.rare.as_mut().map(|r| std::mem::take(&mut r.gaps));
@@ -1109,6 +1178,8 @@ impl Verifier {
                 s.rare.as_ref().map_or(Verdict::Invalid, |r| r.worst)
             } else if s.unverified > 0 {
                 Verdict::Unverified
+            } else if sealing && s.closed && unsealed_tail(s) > 0 {
+                Verdict::Unsealed
             } else if !s.closed {
                 Verdict::Open
             } else {
@@ -1116,7 +1187,7 @@ impl Verifier {
             };
             match s.verdict {
                 Verdict::Valid => {}
-                Verdict::Unverified | Verdict::Open => any_unproven = true,
+                Verdict::Unverified | Verdict::Open | Verdict::Unsealed => any_unproven = true,
                 _ => any_invalid = true,
             }
         }
@@ -1140,6 +1211,110 @@ impl Verifier {
     }
 }
 
+/// Checks the seal of a head record (checkpoint or stop) at `seq`: it must sign the head
+/// before it, which the chain states as `prev` (record `seq - 1`), so any rewrite of the
+/// records before it changes the message.
+#[allow(clippy::too_many_arguments)]
+fn seal_check(
+    s: &mut Stream,
+    key: &SealKey,
+    stream: &str,
+    seq: u64,
+    prev: Option<&str>,
+    detail: Option<&serde_json::Value>,
+    at: At,
+    fs: &mut FileState,
+) {
+    let seal = detail.and_then(|d| d.get("seal"));
+    // The head a record states must be the one the chain (and so the seal) has: the seal
+    // covers `prev`, and a head edited apart from it would mislead whoever copies it.
+    let stated = detail.and_then(|d| d.get("head"));
+    let head_agrees = stated.is_none_or(|h| {
+        h.get("seq").and_then(|n| n.as_u64()) == Some(seq.saturating_sub(1))
+            && h.get("hash").and_then(|x| x.as_str()) == prev
+    });
+    let outcome: Result<(), (&'static str, String)> = match seal {
+        Some(_) if !head_agrees => Err((
+            "bad",
+            "the head it states is not the record before it".into(),
+        )),
+        None => Err(("unsealed", "no seal".into())),
+        Some(v) => match (
+            v.get("unsealed"),
+            v.get("alg").and_then(|a| a.as_str()),
+            v.get("sig").and_then(|a| a.as_str()),
+        ) {
+            (Some(reason), _, _) => Err((
+                "unsealed",
+                reason.as_str().unwrap_or("no reason given").to_string(),
+            )),
+            (None, Some(alg), Some(sig)) => {
+                let head = match prev {
+                    None => Some(None),
+                    Some(p) => parse_hash(p).map(Some),
+                };
+                match (head, hex::decode(sig)) {
+                    (Some(head), Ok(sig)) => {
+                        let message =
+                            chain::seal_message(stream, seq.saturating_sub(1), head.as_ref());
+                        key.verify(alg, &message, &sig).map_err(|e| ("bad", e))
+                    }
+                    (None, _) => Err(("bad", "the record's prev is not a hash".into())),
+                    (_, Err(_)) => Err(("bad", "the signature is not hex".into())),
+                }
+            }
+            _ => Err((
+                "bad",
+                "the seal has neither alg and sig nor unsealed".into(),
+            )),
+        },
+    };
+    let seals = s.seals.get_or_insert_with(Default::default);
+    match outcome {
+        Ok(()) => {
+            seals.valid += 1;
+            seals.last_valid_seq = seals.last_valid_seq.max(seq);
+            if let Some(last) = seals.unsealed_spans.last_mut() {
+                last.sealed_after = true;
+            }
+        }
+        Err((kind, reason)) => {
+            if seals.first_failure.is_none() {
+                seals.first_failure = Some(SealFailure {
+                    seq,
+                    at,
+                    kind,
+                    reason: reason.clone(),
+                });
+            }
+            if kind == "bad" {
+                seals.bad += 1;
+                s.problem(Problem::BadSeal { seq, at, reason }, fs);
+                return;
+            }
+            seals.unsealed += 1;
+            let open_span = seals.unsealed_spans.last().is_some_and(|x| !x.sealed_after);
+            let room = seals.unsealed_spans.len() < KEEP;
+            match seals.unsealed_spans.last_mut() {
+                Some(span) if open_span => {
+                    span.to_seq = seq;
+                    span.checkpoints += 1;
+                }
+                _ if room => {
+                    seals.unsealed_spans.push(UnsealedSpan {
+                        from_seq: seq,
+                        to_seq: seq,
+                        checkpoints: 1,
+                        reason,
+                        sealed_after: false,
+                    });
+                }
+                _ => seals.more_spans += 1,
+            }
+        }
+    }
+}
+
 fn file_verdict(state: &FileState) -> &'static str {
     if state.error.is_some() {
         "UNREADABLE"
@@ -1148,6 +1323,26 @@ fn file_verdict(state: &FileState) -> &'static str {
     } else {
         "valid"
     }
+}
+
+/// The records after the last valid seal (the whole stream when none verified).
+fn unsealed_tail(s: &Stream) -> u64 {
+    let last = s.seals.as_ref().map_or(0, |x| x.last_valid_seq);
+    s.max_seq.saturating_sub(last)
+}
+
+/// A stream's seals, for output (`--seal-key`).
+#[derive(Debug, Serialize)]
+struct SealReport<'a> {
+    valid_seals: u64,
+    last_valid_seal_seq: Option<u64>,
+    unsealed_checkpoints: u64,
+    bad_seals: u64,
+    first_failure: Option<&'a SealFailure>,
+    unsealed_spans: &'a [UnsealedSpan],
+    more_unsealed_spans: u64,
+    /// Records after the last valid seal.
+    unsealed_tail: u64,
 }
 
 /// The verdict on one stream, for output.
@@ -1171,6 +1366,8 @@ struct StreamReport<'a> {
     problems: Vec<String>,
     more_problems: u64,
     findings: &'a [Problem],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seal: Option<SealReport<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1198,12 +1395,9 @@ struct Streams<'a> {
 
 impl Serialize for Streams<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        ser.collect_seq(
-            self.v
-                .streams
-                .iter()
-                .map(|(id, s)| stream_report(id, s, self.names, &self.v.files)),
-        )
+        ser.collect_seq(self.v.streams.iter().map(|(id, s)| {
+            stream_report(id, s, self.names, &self.v.files, self.v.seal_key.is_some())
+        }))
     }
 }
 
@@ -1212,6 +1406,7 @@ fn stream_report<'a>(
     s: &'a Stream,
     names: &'a [String],
     paths: &[PathBuf],
+    sealing: bool,
 ) -> StreamReport<'a> {
     let mut files: Vec<&str> = Vec::new();
     for f in s.files() {
@@ -1238,6 +1433,19 @@ fn stream_report<'a>(
         problems: s.problems().iter().map(|p| p.describe(paths)).collect(),
         more_problems: s.rare.as_ref().map_or(0, |r| r.more_problems),
         findings: s.problems(),
+        seal: sealing.then(|| {
+            let x = s.seals.as_deref();
+            SealReport {
+                valid_seals: x.map_or(0, |x| x.valid),
+                last_valid_seal_seq: x.map(|x| x.last_valid_seq).filter(|n| *n > 0),
+                unsealed_checkpoints: x.map_or(0, |x| x.unsealed),
+                bad_seals: x.map_or(0, |x| x.bad),
+                first_failure: x.and_then(|x| x.first_failure.as_ref()),
+                unsealed_spans: x.map_or(&[], |x| &x.unsealed_spans),
+                more_unsealed_spans: x.map_or(0, |x| x.more_spans),
+                unsealed_tail: unsealed_tail(s),
+            }
+        }),
     }
 }
 
@@ -1256,6 +1464,14 @@ pub fn run(args: &VerifyArgs) -> Result<u8> {
     };
     let heads = Heads::parse(&args.head)?;
     let mut v = Verifier::new(files.clone(), hasher, key_id, heads);
+    if let Some(p) = &args.seal_key {
+        let pem = std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the seal key {}", p.display()))?;
+        v.seal_key = Some(
+            SealKey::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("the seal key {}: {e}", p.display()))?,
+        );
+    }
     if let Some(p) = &args.initial_key {
         v.epochs = Some(EpochKeys::load(p).map_err(anyhow::Error::msg)?);
     }
@@ -1340,7 +1556,13 @@ fn print_text(r: &Report<'_>) {
     }
     outln!("streams:");
     for (id, st) in &r.streams.v.streams {
-        let s = stream_report(id, st, r.streams.names, &r.streams.v.files);
+        let s = stream_report(
+            id,
+            st,
+            r.streams.names,
+            &r.streams.v.files,
+            r.streams.v.seal_key.is_some(),
+        );
         let who = s
             .start
             .as_ref()
@@ -1393,9 +1615,65 @@ fn print_text(r: &Report<'_>) {
         if let Some(h) = s.anchored_by_head {
             outln!("    anchored by --head at seq {h}");
         }
+        if let Some(x) = &s.seal {
+            print_seals(x, &r.streams.v.files);
+        }
     }
     for m in r.missing_streams {
         outln!("  stream {m}: MISSING — named by --head but absent from the trail");
     }
     outln!("verdict: {}", r.verdict);
+}
+
+fn print_seals(x: &SealReport<'_>, files: &[PathBuf]) {
+    outln!(
+        "    seals: {} valid{}, {} unsealed, {} bad",
+        x.valid_seals,
+        x.last_valid_seal_seq
+            .map(|n| format!(" (last at seq {n})"))
+            .unwrap_or_default(),
+        x.unsealed_checkpoints,
+        x.bad_seals
+    );
+    if let Some(f) = x.first_failure {
+        outln!(
+            "    first {} checkpoint: seq {} ({}:{}): {}",
+            if f.kind == "bad" {
+                "badly sealed"
+            } else {
+                "unsealed"
+            },
+            f.seq,
+            files[f.at.file].display(),
+            f.at.line,
+            f.reason
+        );
+    }
+    for span in x.unsealed_spans {
+        outln!(
+            "    unsealed span: {} checkpoint{} at seq {}..{}: {}{}",
+            span.checkpoints,
+            if span.checkpoints == 1 { "" } else { "s" },
+            span.from_seq,
+            span.to_seq,
+            span.reason,
+            if span.sealed_after {
+                "; a later seal covers its records"
+            } else {
+                ""
+            }
+        );
+    }
+    if x.more_unsealed_spans > 0 {
+        outln!("    … and {} more unsealed spans", x.more_unsealed_spans);
+    }
+    if x.unsealed_tail > 0 {
+        outln!(
+            "    unsealed tail of {} records: after the last valid seal{}, nothing proves them against a rewrite",
+            x.unsealed_tail,
+            x.last_valid_seal_seq
+                .map(|n| format!(" (seq {n})"))
+                .unwrap_or_default()
+        );
+    }
 }

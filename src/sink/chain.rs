@@ -206,6 +206,24 @@ pub trait Sealer: Send {
     /// Signs `message` (see [`seal_message`]); returns the algorithm's name and the
     /// signature, or why it could not sign (the checkpoint then says it is unsealed).
     fn seal(&mut self, message: &[u8]) -> Result<(String, Vec<u8>), String>;
+
+    /// Called before each head is taken (and so before [`Sealer::seal`]): gets ready to
+    /// sign (an HSM sealer logs in again after a failure) and returns records of the
+    /// sealer's own use of its key since the last call, which the chain writes before the
+    /// head, so that the seal covers them. They must never hold a secret.
+    fn prepare(&mut self) -> Vec<Event> {
+        Vec::new()
+    }
+}
+
+impl<S: Sealer + ?Sized> Sealer for Box<S> {
+    fn seal(&mut self, message: &[u8]) -> Result<(String, Vec<u8>), String> {
+        (**self).seal(message)
+    }
+
+    fn prepare(&mut self) -> Vec<Event> {
+        (**self).prepare()
+    }
 }
 
 /// The bytes a seal signs: a fixed label, the stream id, the head's sequence number and
@@ -358,6 +376,17 @@ impl Chain {
     pub fn append(&mut self, e: &Event, origin: &Origin, out: &mut Vec<u8>) {
         match e.action {
             "trail_start" | "trail_stop" | "trail_resume" | "checkpoint" => {
+                if matches!(e.action, "trail_stop" | "checkpoint")
+                    && let Some(sealer) = &self.sealer
+                {
+                    let own = match sealer.lock() {
+                        Ok(mut s) => s.prepare(),
+                        Err(_) => Vec::new(),
+                    };
+                    for r in &own {
+                        self.encode(r, origin, out);
+                    }
+                }
                 let mut e = e.clone();
                 self.annotate(&mut e);
                 let from = out.len();
