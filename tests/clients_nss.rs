@@ -207,11 +207,9 @@ fn nss_modutil_and_certutil_request_self_signed_certificate_and_listings() {
     assert!(keys.contains(&"CKO_PRIVATE_KEY -".to_string()), "{keys:#?}");
 }
 
-/// Once `keytrail report` follows a CKA_ID set after generation, each key certutil made
+/// `keytrail report` follows a CKA_ID set after generation: each key certutil made
 /// is one entry: created by C_GenerateKeyPair, changed once, with its signatures.
 #[test]
-#[ignore = "keytrail report splits a key whose CKA_ID is set after generation into two: \
-            un-ignore once report identity follows C_SetAttributeValue"]
 fn report_follows_the_cka_id_nss_sets_after_generation() {
     let mask = Mask::standard();
     let m = nss_matrix(&mask);

@@ -2,6 +2,7 @@
 //! failures — streaming, with memory in proportion to keys and distinct groups.
 
 use super::input::{self, Progress};
+use super::keybook::{KeyBook, Place, Rename};
 use super::record::{FilterArgs, Filters, KeyRec, Rec};
 use super::text::{self, errln, outln};
 use anyhow::Result;
@@ -89,15 +90,30 @@ struct KeyReport {
     id_hex: Option<String>,
     label: Option<String>,
     unique_id: Option<String>,
+    /// The token's serial number.
     token: Option<String>,
+    /// CKA_TOKEN: a token (persistent) object, or a session object.
+    token_object: Option<bool>,
     created: Option<Row>,
-    /// Uses by `operation/mechanism`.
+    /// The key this one is a copy of (C_CopyObject).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copy_of: Option<String>,
+    /// Copies made of this key (C_CopyObject).
+    copies: u64,
+    /// Uses by `operation/mechanism`, the uses of its copies included (the same key
+    /// material).
     uses: BTreeMap<String, Counts>,
     exports: Counts,
     export_rows: Vec<Row>,
     changes: Counts,
+    /// Its identities before C_SetAttributeValue changed its CKA_ID or CKA_LABEL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    formerly: Vec<String>,
     destroyed: Option<Row>,
     destroy_failures: u64,
+    /// A session object's end with its session or process, when not destroyed before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<Row>,
     first_seen: Option<String>,
     last_seen: Option<String>,
 }
@@ -141,50 +157,23 @@ struct Report {
     damaged: Vec<String>,
 }
 
-fn key_identity(k: &KeyRec<'_>, token: Option<&str>) -> String {
-    if let Some(u) = &k.unique_id {
-        return format!("unique_id:{u}");
-    }
-    format!(
-        "{}/{}/id:{}/label:{}@{}",
-        k.class.as_deref().unwrap_or("?"),
-        k.key_type.as_deref().unwrap_or("?"),
-        k.id_hex.as_deref().unwrap_or(""),
-        k.label.as_deref().unwrap_or(""),
-        token.unwrap_or("?")
-    )
-}
-
 struct Aggregator {
     max_rows: usize,
     report: Report,
-    keys: HashMap<String, KeyReport>,
-    key_order: Vec<String>,
+    book: KeyBook,
+    /// Per key of the book, by its number.
+    keys: Vec<KeyReport>,
     logins: HashMap<(String, Option<String>, Actor), FailedLogins>,
     pids: std::collections::HashSet<u64>,
 }
 
 impl Aggregator {
-    fn key_entry(
-        &mut self,
-        k: &KeyRec<'_>,
-        token: Option<&str>,
-        time: Option<&str>,
-    ) -> &mut KeyReport {
-        let id = key_identity(k, token);
-        if !self.keys.contains_key(&id) {
-            self.key_order.push(id.clone());
+    /// The report entry of the book's key `key`, seen at `time`.
+    fn key_entry(&mut self, key: usize, time: Option<&str>) -> &mut KeyReport {
+        while self.keys.len() <= key {
+            self.keys.push(KeyReport::default());
         }
-        let e = self.keys.entry(id.clone()).or_insert_with(|| KeyReport {
-            identity: id,
-            class: k.class.as_deref().map(str::to_string),
-            key_type: k.key_type.as_deref().map(str::to_string),
-            id_hex: k.id_hex.as_deref().map(str::to_string),
-            label: k.label.as_deref().map(str::to_string),
-            unique_id: k.unique_id.as_deref().map(str::to_string),
-            token: token.map(str::to_string),
-            ..KeyReport::default()
-        });
+        let e = &mut self.keys[key];
         if e.first_seen.is_none() {
             e.first_seen = time.map(str::to_string);
         }
@@ -249,13 +238,50 @@ impl Aggregator {
             key,
             flags: p.flags.iter().map(|f| f.to_string()).collect(),
         };
-        // Keys, by role.
+        // Keys, by role: the keys a record names before those it creates, so that a copy
+        // knows its source.
+        let place = Place {
+            stream: r
+                .integrity
+                .as_ref()
+                .and_then(|i| i.stream.as_deref())
+                .unwrap_or(""),
+            serial,
+            session: p.session.as_ref().and_then(|s| s.handle),
+            pid: actor.pid,
+            time,
+        };
         let mut keys: Vec<(&str, &KeyRec<'_>)> = Vec::new();
         if let Some(k) = &p.key {
             keys.push(("key", k));
         }
         for (role, k) in &p.keys {
             keys.push((role.as_ref(), k));
+        }
+        let creating = |role: &str| {
+            matches!(lifecycle, "generate" | "import")
+                && matches!(role, "key" | "public" | "private" | "new")
+        };
+        let mut resolved: Vec<(&str, &KeyRec<'_>, usize)> = Vec::new();
+        let mut source = None;
+        for &(role, k) in keys.iter().filter(|(role, _)| !creating(role)) {
+            let key = self.book.named(&place, k);
+            if role == "source" {
+                source = Some(key);
+            }
+            resolved.push((role, k, key));
+        }
+        // A failed creation made no key.
+        if outcome == "success" {
+            for &(role, k) in keys.iter().filter(|(role, _)| creating(role)) {
+                let copy_of = if p.function.as_deref() == Some("C_CopyObject") {
+                    source
+                } else {
+                    None
+                };
+                let key = self.book.created(&place, k, copy_of);
+                resolved.push((role, k, key));
+            }
         }
         let mech = p
             .mechanism
@@ -270,30 +296,41 @@ impl Aggregator {
         // A usage summary counts as the operations it stands for.
         let count = p.operation.as_ref().and_then(|o| o.count).unwrap_or(1);
         let max_rows = self.max_rows;
-        for (role, k) in keys {
-            let id = key_identity(k, serial);
-            let creating = matches!(lifecycle, "generate" | "import")
-                && matches!(role, "key" | "public" | "private" | "new");
-            let exporting = lifecycle == "export" && role == "key";
+        let mut failed_key = None;
+        for (role, k, key) in resolved {
+            let id = self.book.names(key).identity.clone();
+            if role == "key" {
+                failed_key = Some(id.clone());
+            }
             let r_row = row(Some(id));
-            let e = self.key_entry(k, serial, time);
-            if creating {
-                if outcome == "success" && e.created.is_none() {
-                    e.created = Some(r_row);
+            if creating(role) {
+                let copy_of = self.book.copy_of(key);
+                let e = self.key_entry(key, time);
+                e.created = Some(r_row);
+                if let Some(s) = copy_of {
+                    self.key_entry(s, time).copies += 1;
                 }
-            } else if exporting {
+            } else if lifecycle == "export" && role == "key" {
+                let e = self.key_entry(key, time);
                 e.exports.add(outcome);
                 if e.export_rows.len() < max_rows {
                     e.export_rows.push(r_row);
                 }
             } else {
                 match lifecycle {
-                    "modify" => e.changes.add(outcome),
+                    "modify" => {
+                        let rename = (outcome == "success").then(|| Rename::of(p)).flatten();
+                        let formerly = rename.map(|r| self.book.renamed(key, r));
+                        let e = self.key_entry(key, time);
+                        e.changes.add(outcome);
+                        e.formerly.extend(formerly);
+                    }
                     "destroy" => {
                         if outcome == "success" {
-                            e.destroyed = Some(r_row);
+                            self.book.destroyed(&place, k.handle, key);
+                            self.key_entry(key, time).destroyed = Some(r_row);
                         } else {
-                            e.destroy_failures += 1;
+                            self.key_entry(key, time).destroy_failures += 1;
                         }
                     }
                     _ => {
@@ -302,9 +339,35 @@ impl Aggregator {
                         } else {
                             format!("{op} ({role}) / {mech}")
                         };
-                        e.uses.entry(what).or_default().add_n(outcome, count);
+                        // A copy's use is a use of the key it was copied from too.
+                        let mut next = Some(key);
+                        while let Some(k) = next {
+                            let e = self.key_entry(k, time);
+                            e.uses
+                                .entry(what.clone())
+                                .or_default()
+                                .add_n(outcome, count);
+                            next = self.book.copy_of(k);
+                        }
                     }
                 }
+            }
+        }
+        // Session objects end with their session, or their process.
+        let ended = match (lifecycle, p.function.as_deref(), outcome) {
+            ("session", Some("C_CloseSession"), "success") => self
+                .book
+                .sessions_closed(&place, place.session.map(Some).unwrap_or(None)),
+            ("session", Some("C_CloseAllSessions"), "success") => {
+                self.book.sessions_closed(&place, None)
+            }
+            ("audit", _, _) if action == "trail_stop" => self.book.stream_ended(place.stream),
+            _ => Vec::new(),
+        };
+        for key in ended {
+            let e = self.key_entry(key, time);
+            if e.destroyed.is_none() && e.ended.is_none() {
+                e.ended = Some(row(None));
             }
         }
         if lifecycle == "auth" && outcome == "failure" && action.starts_with("login") {
@@ -352,8 +415,7 @@ impl Aggregator {
             );
             *self.report.failures_by_function.entry(f).or_default() += 1;
             if self.report.failures.len() < self.max_rows {
-                let key = p.key.as_ref().map(|k| key_identity(k, serial));
-                self.report.failures.push(row(key));
+                self.report.failures.push(row(failed_key));
             } else {
                 self.report.failures_more += 1;
             }
@@ -368,8 +430,8 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
     let mut agg = Aggregator {
         max_rows: args.max_rows,
         report: Report::default(),
-        keys: HashMap::new(),
-        key_order: Vec::new(),
+        book: KeyBook::default(),
+        keys: Vec::new(),
         logins: HashMap::new(),
         pids: Default::default(),
     };
@@ -421,12 +483,22 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
     }
     let mut report = agg.report;
     report.summary.processes = agg.pids.len() as u64;
-    let mut keys = agg.keys;
-    report.keys = agg
-        .key_order
-        .iter()
-        .filter_map(|id| keys.remove(id))
-        .collect();
+    report.keys = agg.keys;
+    for (key, e) in report.keys.iter_mut().enumerate() {
+        let n = agg.book.names(key);
+        e.identity = n.identity.clone();
+        e.class = n.class.clone();
+        e.key_type = n.key_type.clone();
+        e.id_hex = n.id_hex.clone();
+        e.label = n.label.clone();
+        e.unique_id = n.unique_id.clone();
+        e.token = n.token.clone();
+        e.token_object = n.token_object;
+        e.copy_of = agg
+            .book
+            .copy_of(key)
+            .map(|s| agg.book.names(s).identity.clone());
+    }
     let mut logins: Vec<FailedLogins> = agg.logins.into_values().collect();
     logins.sort_by(|a, b| b.count.cmp(&a.count).then(a.actor.cmp(&b.actor)));
     report.failed_logins = logins;
@@ -488,6 +560,18 @@ fn print_text(r: &Report) {
             ),
             None => outln!("    created   (not in this trail)"),
         }
+        if let Some(s) = &k.copy_of {
+            outln!("    copy of   {s}");
+        }
+        if k.copies > 0 {
+            outln!(
+                "    copied    {} time(s); uses below include the copies'",
+                k.copies
+            );
+        }
+        for f in &k.formerly {
+            outln!("    formerly  {f}");
+        }
         if !k.uses.is_empty() {
             outln!(
                 "    {:<44} {:>9} {:>9} {:>9}",
@@ -526,6 +610,18 @@ fn print_text(r: &Report) {
             outln!(
                 "    destroyed {} by {}",
                 d.time.as_deref().unwrap_or("?"),
+                actor(&d.actor)
+            );
+        }
+        if let Some(d) = &k.ended {
+            outln!(
+                "    ended     {} with its {} ({})",
+                d.time.as_deref().unwrap_or("?"),
+                if d.action == "trail_stop" {
+                    "process"
+                } else {
+                    "session"
+                },
                 actor(&d.actor)
             );
         }
