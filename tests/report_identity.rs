@@ -194,7 +194,12 @@ fn python_copy_of_a_token_key_destroyed_leaves_the_token_key_alive() {
     assert_verifies(&fx.trail_path(), 1);
     let r = report(&fx.trail_path());
     let secret = by_class(&r, "CKO_SECRET_KEY");
-    assert_eq!(secret.len(), 2, "the token key and its copy: {:#}", r["keys"]);
+    assert_eq!(
+        secret.len(),
+        2,
+        "the token key and its copy: {:#}",
+        r["keys"]
+    );
     let token = secret
         .iter()
         .find(|k| k["token_object"] == true)
@@ -283,10 +288,7 @@ fn keys_without_id_or_label_in_different_processes_stay_apart() {
         let found = by_class(&r, class);
         assert_eq!(found.len(), 3 * per_process, "{class}: {:#}", r["keys"]);
         for pid in pids {
-            let made = found
-                .iter()
-                .filter(|k| k["created"]["pid"] == pid)
-                .count();
+            let made = found.iter().filter(|k| k["created"]["pid"] == pid).count();
             assert_eq!(made, per_process, "{class} by {pid}: {:#}", r["keys"]);
         }
     }
@@ -327,7 +329,9 @@ fn a_cka_id_set_after_generation_carries_the_key_forward() {
     assert_eq!(uses(k).get("sign / CKM_ECDSA"), Some(&3), "{k:#}");
     assert_eq!(k["destroyed"]["pid"], destroyer, "{k:#}");
     assert!(
-        k["identity"].as_str().is_some_and(|i| i.contains("id:0a0b")),
+        k["identity"]
+            .as_str()
+            .is_some_and(|i| i.contains("id:0a0b")),
         "{k:#}"
     );
     let o = private
@@ -419,9 +423,7 @@ fn plan(processes: &[Vec<Step>]) -> (Vec<String>, Vec<Model>) {
                             let l = fresh();
                             (l.clone(), Some(l))
                         }
-                        (true, false) if models[src].label.is_none() => {
-                            ("-".to_string(), None)
-                        }
+                        (true, false) if models[src].label.is_none() => ("-".to_string(), None),
                         (true, false) => {
                             let l = fresh();
                             (l.clone(), Some(l))
@@ -506,7 +508,8 @@ fn seen_of_model(models: &[Model]) -> Vec<Seen> {
                 m.creator,
                 m.token,
                 m.label.clone(),
-                m.copy_of.map(|s| models[s].label.clone().unwrap_or_default()),
+                m.copy_of
+                    .map(|s| models[s].label.clone().unwrap_or_default()),
                 m.uses,
                 m.changes,
                 m.copies,
@@ -532,7 +535,9 @@ fn seen_of_report(r: &Value, pids: &[u64]) -> Vec<Seen> {
         .map(|k| {
             let created = &k["created"];
             assert_eq!(
-                created["function"].as_str().map(|f| f == "C_GenerateKey" || f == "C_CopyObject"),
+                created["function"]
+                    .as_str()
+                    .map(|f| f == "C_GenerateKey" || f == "C_CopyObject"),
                 Some(true),
                 "every key was made on this trail: {k:#}"
             );
@@ -551,7 +556,10 @@ fn seen_of_report(r: &Value, pids: &[u64]) -> Vec<Seen> {
             (
                 proc(created),
                 k["token_object"] == true,
-                k["label"].as_str().filter(|l| !l.is_empty()).map(str::to_string),
+                k["label"]
+                    .as_str()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
                 copy_of,
                 k["uses"]
                     .as_object()
