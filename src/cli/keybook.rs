@@ -65,8 +65,17 @@ struct Key {
     origin: (Option<u64>, Option<u64>),
 }
 
-/// A handle in one stream: (stream number, token serial, handle).
-type Slot = (u32, Option<String>, u64);
+/// A handle in one stream: (token serial, handle).
+type Slot = (Option<String>, u64);
+
+/// What the handles of one running stream stand for.
+#[derive(Default)]
+struct Stream {
+    handles: HashMap<Slot, Bound>,
+    /// The key a handle stood for until the time given: a usage summary written later,
+    /// dated from its first use, still names it.
+    retired: HashMap<Slot, (usize, Option<String>)>,
+}
 
 /// What a handle stands for in one stream.
 struct Bound {
@@ -83,13 +92,9 @@ pub struct KeyBook {
     aliases: HashMap<String, usize>,
     /// Identities in use, so that each key's is unique.
     identities: HashMap<String, usize>,
-    /// Stream → its number.
-    streams: HashMap<String, u32>,
-    /// (stream, token serial, handle) → key.
-    handles: HashMap<Slot, Bound>,
-    /// (stream, token serial, handle) → the key it stood for until the time given: a usage
-    /// summary written later, dated from its first use, still names it.
-    retired: HashMap<Slot, (usize, Option<String>)>,
+    /// Running streams by `integrity.stream` (forgotten when they end: memory stays in
+    /// proportion to keys and running streams).
+    streams: HashMap<String, Stream>,
 }
 
 fn nonempty(s: Option<&str>) -> Option<&str> {
@@ -205,13 +210,13 @@ impl Rename {
 }
 
 impl KeyBook {
-    fn stream(&mut self, stream: &str) -> u32 {
-        let n = self.streams.len() as u32;
-        *self.streams.entry(stream.to_string()).or_insert(n)
-    }
-
-    fn slot(&mut self, place: &Place<'_>, handle: u64) -> Slot {
-        (self.stream(place.stream), owned(place.serial), handle)
+    fn stream(&mut self, stream: &str) -> &mut Stream {
+        if !self.streams.contains_key(stream) {
+            self.streams.insert(stream.to_string(), Stream::default());
+        }
+        self.streams
+            .get_mut(stream)
+            .expect("inserted above if it was missing")
     }
 
     /// A key's current names.
@@ -296,9 +301,8 @@ impl KeyBook {
         let session_object = names.token_object == Some(false);
         let key = self.new_key(names, copy_of, (place.pid, k.handle));
         if let Some(h) = k.handle {
-            let slot = self.slot(place, h);
-            self.handles.insert(
-                slot,
+            self.stream(place.stream).handles.insert(
+                (owned(place.serial), h),
                 Bound {
                     key,
                     owner: session_object.then_some(place.session).flatten(),
@@ -311,10 +315,12 @@ impl KeyBook {
     /// The key a record names (not one it creates): the handle's key in this stream, else
     /// a token object known by name, else a key first seen here.
     pub fn named(&mut self, place: &Place<'_>, k: &KeyRec<'_>) -> usize {
-        let slot = k.handle.map(|h| self.slot(place, h));
+        let slot = k.handle.map(|h| (owned(place.serial), h));
         if let Some(slot) = &slot {
-            if let Some(b) = self.handles.get(slot) {
-                let key = b.key;
+            let stream = self.stream(place.stream);
+            let bound = stream.handles.get(slot).map(|b| b.key);
+            let retired = stream.retired.get(slot).cloned();
+            if let Some(key) = bound {
                 if self.keys[key].names.compatible(k) {
                     let before = self.keys[key].aliases.is_empty();
                     self.keys[key].names.complete(k);
@@ -324,17 +330,15 @@ impl KeyBook {
                     return key;
                 }
                 // The handle stands for another object now.
-                self.handles.remove(slot);
+                self.stream(place.stream).handles.remove(slot);
             }
-        }
-        if let Some(slot) = &slot {
-            if let Some((key, until)) = self.retired.get(slot) {
+            if let Some((key, until)) = retired {
                 let before = match (place.time, until) {
                     (Some(t), Some(u)) => t < u.as_str(),
                     _ => false,
                 };
-                if before && self.keys[*key].names.compatible(k) {
-                    return *key;
+                if before && self.keys[key].names.compatible(k) {
+                    return key;
                 }
             }
         }
@@ -349,7 +353,9 @@ impl KeyBook {
         };
         if let Some(slot) = slot {
             let owner = None;
-            self.handles.insert(slot, Bound { key, owner });
+            self.stream(place.stream)
+                .handles
+                .insert(slot, Bound { key, owner });
         }
         key
     }
@@ -388,9 +394,10 @@ impl KeyBook {
     /// names.
     pub fn destroyed(&mut self, place: &Place<'_>, handle: Option<u64>, key: usize) {
         if let Some(h) = handle {
-            let slot = self.slot(place, h);
-            self.handles.remove(&slot);
-            self.retired.insert(slot, (key, owned(place.time)));
+            let stream = self.stream(place.stream);
+            let slot = (owned(place.serial), h);
+            stream.handles.remove(&slot);
+            stream.retired.insert(slot, (key, owned(place.time)));
         }
         for a in &self.keys[key].aliases {
             if self.aliases.get(a) == Some(&key) {
@@ -403,16 +410,18 @@ impl KeyBook {
     /// (`None`: C_CloseAllSessions), taking their session objects with them. Returns the
     /// keys that ended.
     pub fn sessions_closed(&mut self, place: &Place<'_>, session: Option<u64>) -> Vec<usize> {
-        let stream = self.stream(place.stream);
         let serial = owned(place.serial);
         let mut ended = Vec::new();
         let time = owned(place.time);
-        let retired = &mut self.retired;
-        self.handles.retain(|slot, b| {
+        let Some(stream) = self.streams.get_mut(place.stream) else {
+            return ended;
+        };
+        let keys = &self.keys;
+        let retired = &mut stream.retired;
+        stream.handles.retain(|slot, b| {
             // An object whose session is unknown goes only when all sessions close.
-            let gone = slot.0 == stream
-                && slot.1 == serial
-                && self.keys[b.key].names.token_object == Some(false)
+            let gone = slot.0 == serial
+                && keys[b.key].names.token_object == Some(false)
                 && (session.is_none() || b.owner == session);
             if gone {
                 ended.push(b.key);
@@ -425,17 +434,15 @@ impl KeyBook {
 
     /// The stream ended (C_Finalize, trail_stop): its handles stand for nothing. Returns
     /// its session objects, which ended with it.
-    pub fn stream_ended(&mut self, stream: &str) -> Vec<usize> {
-        let stream = self.stream(stream);
-        let mut ended = Vec::new();
-        self.handles.retain(|(s, _, _), b| {
-            let gone = *s == stream;
-            if gone && self.keys[b.key].names.token_object == Some(false) {
-                ended.push(b.key);
-            }
-            !gone
-        });
-        self.retired.retain(|(s, _, _), _| *s != stream);
-        ended
+    pub fn stream_ended(&mut self, name: &str) -> Vec<usize> {
+        let Some(stream) = self.streams.remove(name) else {
+            return Vec::new();
+        };
+        stream
+            .handles
+            .into_values()
+            .filter(|b| self.keys[b.key].names.token_object == Some(false))
+            .map(|b| b.key)
+            .collect()
     }
 }
