@@ -168,6 +168,43 @@ struct Aggregator {
 }
 
 impl Aggregator {
+    fn new(max_rows: usize) -> Aggregator {
+        Aggregator {
+            max_rows,
+            report: Report::default(),
+            book: KeyBook::default(),
+            keys: Vec::new(),
+            logins: HashMap::new(),
+            pids: Default::default(),
+        }
+    }
+
+    /// The report, each key under the names it ended with.
+    fn finish(self) -> Report {
+        let mut report = self.report;
+        report.summary.processes = self.pids.len() as u64;
+        report.keys = self.keys;
+        for (key, e) in report.keys.iter_mut().enumerate() {
+            let n = self.book.names(key);
+            e.identity = n.identity.clone();
+            e.class = n.class.clone();
+            e.key_type = n.key_type.clone();
+            e.id_hex = n.id_hex.clone();
+            e.label = n.label.clone();
+            e.unique_id = n.unique_id.clone();
+            e.token = n.token.clone();
+            e.token_object = n.token_object;
+            e.copy_of = self
+                .book
+                .copy_of(key)
+                .map(|s| self.book.names(s).identity.clone());
+        }
+        let mut logins: Vec<FailedLogins> = self.logins.into_values().collect();
+        logins.sort_by(|a, b| b.count.cmp(&a.count).then(a.actor.cmp(&b.actor)));
+        report.failed_logins = logins;
+        report
+    }
+
     /// The report entry of the book's key `key`, seen at `time`.
     fn key_entry(&mut self, key: usize, time: Option<&str>) -> &mut KeyReport {
         while self.keys.len() <= key {
@@ -240,12 +277,17 @@ impl Aggregator {
         };
         // Keys, by role: the keys a record names before those it creates, so that a copy
         // knows its source.
+        // A record without a stream (damaged, or hand-made) stands for its process.
+        let by_pid;
+        let stream = match r.integrity.as_ref().and_then(|i| i.stream.as_deref()) {
+            Some(s) => s,
+            None => {
+                by_pid = format!("pid:{}", actor.pid.unwrap_or(0));
+                &by_pid
+            }
+        };
         let place = Place {
-            stream: r
-                .integrity
-                .as_ref()
-                .and_then(|i| i.stream.as_deref())
-                .unwrap_or(""),
+            stream,
             serial,
             session: p.session.as_ref().and_then(|s| s.handle),
             pid: actor.pid,
@@ -427,14 +469,7 @@ impl Aggregator {
 pub fn run(args: &ReportArgs) -> Result<u8> {
     let filters = Filters::new(&args.filter)?;
     let files = input::trail_files(&args.inputs, args.keep_order)?;
-    let mut agg = Aggregator {
-        max_rows: args.max_rows,
-        report: Report::default(),
-        book: KeyBook::default(),
-        keys: Vec::new(),
-        logins: HashMap::new(),
-        pids: Default::default(),
-    };
+    let mut agg = Aggregator::new(args.max_rows);
     agg.report.summary.files = files.iter().map(|p| p.display().to_string()).collect();
     let mut progress = Progress::new(&files, args.quiet);
     let mut errors = Vec::new();
@@ -481,27 +516,7 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
     for e in &errors {
         errln!("keytrail: {e}");
     }
-    let mut report = agg.report;
-    report.summary.processes = agg.pids.len() as u64;
-    report.keys = agg.keys;
-    for (key, e) in report.keys.iter_mut().enumerate() {
-        let n = agg.book.names(key);
-        e.identity = n.identity.clone();
-        e.class = n.class.clone();
-        e.key_type = n.key_type.clone();
-        e.id_hex = n.id_hex.clone();
-        e.label = n.label.clone();
-        e.unique_id = n.unique_id.clone();
-        e.token = n.token.clone();
-        e.token_object = n.token_object;
-        e.copy_of = agg
-            .book
-            .copy_of(key)
-            .map(|s| agg.book.names(s).identity.clone());
-    }
-    let mut logins: Vec<FailedLogins> = agg.logins.into_values().collect();
-    logins.sort_by(|a, b| b.count.cmp(&a.count).then(a.actor.cmp(&b.actor)));
-    report.failed_logins = logins;
+    let report = agg.finish();
     if args.json {
         text::print_json(&report)?;
     } else {
@@ -698,5 +713,132 @@ fn print_text(r: &Report) {
     }
     if r.failures_more > 0 {
         outln!("  … and {} more", r.failures_more);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of stream `stream` (pid = stream), as keytrail writes it, with `pkcs11` the
+    /// given fields (token serial `T`).
+    fn line(stream: u64, time: u32, action: &str, outcome: &str, pkcs11: &str) -> String {
+        format!(
+            r#"{{"@timestamp":"2026-01-01T00:00:{time:02}.000000Z","event":{{"action":"{action}","outcome":"{outcome}"}},"pkcs11":{{"token":{{"serial":"T"}},{pkcs11}}},"process":{{"pid":{stream}}},"integrity":{{"stream":"s{stream}"}}}}"#
+        )
+    }
+
+    fn report_of(lines: &[String]) -> Report {
+        let mut agg = Aggregator::new(10);
+        for l in lines {
+            let r: Rec<'_> = serde_json::from_str(l).expect("record");
+            agg.record(&r);
+        }
+        agg.finish()
+    }
+
+    const AES: &str = r#""class":"CKO_SECRET_KEY","key_type":"CKK_AES""#;
+
+    #[test]
+    fn a_usage_summary_written_after_the_destroy_names_the_destroyed_key() {
+        let key = format!(r#""key":{{"handle":5,{AES},"id_hex":"","label":"","token":false}}"#);
+        let r = report_of(&[
+            line(
+                1,
+                1,
+                "key_generate",
+                "success",
+                &format!(
+                    r#""lifecycle":"generate","function":"C_GenerateKey","session":{{"handle":1}},{key}"#
+                ),
+            ),
+            line(
+                1,
+                3,
+                "object_destroy",
+                "success",
+                &format!(r#""lifecycle":"destroy","function":"C_DestroyObject",{key}"#),
+            ),
+            // Dated from its first use, before the destroy.
+            line(
+                1,
+                2,
+                "encrypt",
+                "success",
+                &format!(r#""lifecycle":"use","operation":{{"kind":"encrypt","count":7}},{key}"#),
+            ),
+            // A later record of handle 5 is another object.
+            line(
+                1,
+                4,
+                "encrypt",
+                "success",
+                &format!(r#""lifecycle":"use","operation":{{"kind":"encrypt"}},{key}"#),
+            ),
+        ]);
+        assert_eq!(r.keys.len(), 2, "{:#?}", r.keys);
+        assert_eq!(r.keys[0].uses["encrypt / -"].success, 7);
+        assert!(r.keys[0].destroyed.is_some());
+        assert!(r.keys[1].created.is_none());
+    }
+
+    #[test]
+    fn a_handle_reused_by_an_object_of_another_class_is_another_key() {
+        let r = report_of(&[
+            line(1, 1, "key_generate", "success", &format!(r#""lifecycle":"generate","function":"C_GenerateKey","key":{{"handle":5,{AES},"label":"a","token":true}}"#)),
+            line(1, 2, "sign", "success", r#""lifecycle":"use","key":{"handle":5,"class":"CKO_PRIVATE_KEY","key_type":"CKK_EC","label":"b","token":true}"#.to_string().as_str()),
+        ]);
+        assert_eq!(r.keys.len(), 2, "{:#?}", r.keys);
+        assert_eq!(r.keys[1].label.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_token_key_renamed_in_one_stream_is_found_by_its_new_name_in_another() {
+        let r = report_of(&[
+            line(
+                1,
+                1,
+                "key_generate",
+                "success",
+                &format!(
+                    r#""lifecycle":"generate","function":"C_GenerateKey","key":{{"handle":5,{AES},"label":"old","token":true}}"#
+                ),
+            ),
+            line(
+                2,
+                2,
+                "attribute_set",
+                "success",
+                &format!(
+                    r#""lifecycle":"modify","function":"C_SetAttributeValue","key":{{"handle":9,{AES},"label":"old","token":true}},"attributes":{{"set":[{{"type":"CKA_LABEL","text":"new"}}]}}"#
+                ),
+            ),
+            line(
+                3,
+                3,
+                "encrypt",
+                "success",
+                &format!(
+                    r#""lifecycle":"use","operation":{{"kind":"encrypt"}},"key":{{"handle":2,{AES},"label":"new","token":true}}"#
+                ),
+            ),
+            // The old name is free again: a new key may take it.
+            line(
+                3,
+                4,
+                "encrypt",
+                "success",
+                &format!(
+                    r#""lifecycle":"use","operation":{{"kind":"encrypt"}},"key":{{"handle":3,{AES},"label":"old","token":true}}"#
+                ),
+            ),
+        ]);
+        assert_eq!(r.keys.len(), 2, "{:#?}", r.keys);
+        let k = &r.keys[0];
+        assert_eq!(k.label.as_deref(), Some("new"));
+        assert_eq!(k.formerly, ["CKO_SECRET_KEY/CKK_AES/id:/label:old@T"]);
+        assert_eq!(k.uses["encrypt / -"].success, 1);
+        assert_eq!(r.keys[1].label.as_deref(), Some("old"));
+        assert!(r.keys[1].created.is_none());
     }
 }
