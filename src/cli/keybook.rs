@@ -237,10 +237,10 @@ impl KeyBook {
             None => k.names.attrs(),
         };
         if k.aliases.is_empty() {
-            let kind = if k.names.token_object == Some(false) {
-                "session object"
-            } else {
-                "object"
+            let kind = match k.names.token_object {
+                Some(false) => "session object",
+                Some(true) => "token object",
+                None => "object",
             };
             let n = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
             base = format!(
