@@ -275,8 +275,6 @@ impl Aggregator {
             key,
             flags: p.flags.iter().map(|f| f.to_string()).collect(),
         };
-        // Keys, by role: the keys a record names before those it creates, so that a copy
-        // knows its source.
         // A record without a stream (damaged, or hand-made) stands for its process.
         let by_pid;
         let stream = match r.integrity.as_ref().and_then(|i| i.stream.as_deref()) {
@@ -293,6 +291,8 @@ impl Aggregator {
             pid: actor.pid,
             time,
         };
+        // Keys, by role: the keys a record names before those it creates, so that a copy
+        // knows its source.
         let mut keys: Vec<(&str, &KeyRec<'_>)> = Vec::new();
         if let Some(k) = &p.key {
             keys.push(("key", k));
@@ -397,9 +397,10 @@ impl Aggregator {
         }
         // Session objects end with their session, or their process.
         let ended = match (lifecycle, p.function.as_deref(), outcome) {
-            ("session", Some("C_CloseSession"), "success") => self
-                .book
-                .sessions_closed(&place, place.session.map(Some).unwrap_or(None)),
+            ("session", Some("C_CloseSession"), "success") => match place.session {
+                Some(s) => self.book.sessions_closed(&place, Some(s)),
+                None => Vec::new(),
+            },
             ("session", Some("C_CloseAllSessions"), "success") => {
                 self.book.sessions_closed(&place, None)
             }
