@@ -60,6 +60,10 @@ struct Key {
     copy_of: Option<usize>,
     /// Names under which other streams find it.
     aliases: Vec<String>,
+    /// Session copies of this key that have a key of their own.
+    copies_listed: usize,
+    /// This key stands for the session copies of its source beyond those listed.
+    folded: bool,
     /// The process and handle of the record that first named it (for the name of a key
     /// recognisable in its own process only).
     origin: (Option<u64>, Option<u64>),
@@ -88,6 +92,12 @@ struct Bound {
 #[derive(Default)]
 pub struct KeyBook {
     keys: Vec<Key>,
+    /// Session copies of one key that get a key of their own; later ones share one key per
+    /// source (pkcs11-provider makes a copy per signature: a key each would make the
+    /// report, and its memory, grow with every use).
+    copies_listed: usize,
+    /// Source key → the key its further session copies share.
+    folded: HashMap<usize, usize>,
     /// A token object's name → the latest key known by it.
     aliases: HashMap<String, usize>,
     /// Identities in use, so that each key's is unique.
@@ -210,6 +220,21 @@ impl Rename {
 }
 
 impl KeyBook {
+    /// A book that gives at most `copies_listed` session copies of each key a key of
+    /// their own.
+    pub fn new(copies_listed: usize) -> KeyBook {
+        KeyBook {
+            copies_listed,
+            ..KeyBook::default()
+        }
+    }
+
+    /// Whether `key` stands for several session copies of its source (those beyond the
+    /// listed ones).
+    pub fn folded(&self, key: usize) -> bool {
+        self.keys[key].folded
+    }
+
     fn stream(&mut self, stream: &str) -> &mut Stream {
         if !self.streams.contains_key(stream) {
             self.streams.insert(stream.to_string(), Stream::default());
@@ -236,7 +261,12 @@ impl KeyBook {
             Some(a) => a.clone(),
             None => k.names.attrs(),
         };
-        if k.aliases.is_empty() {
+        if k.folded {
+            base = format!(
+                "{base} (session copies beyond the first {})",
+                self.copies_listed
+            );
+        } else if k.aliases.is_empty() {
             let kind = match k.names.token_object {
                 Some(false) => "session object",
                 Some(true) => "token object",
@@ -281,6 +311,8 @@ impl KeyBook {
             names,
             copy_of,
             aliases,
+            copies_listed: 0,
+            folded: false,
             origin,
         });
         self.name(key);
@@ -299,7 +331,26 @@ impl KeyBook {
             };
         }
         let session_object = names.token_object == Some(false);
-        let key = self.new_key(names, copy_of, (place.pid, k.handle));
+        let key = match copy_of {
+            Some(s) if session_object && self.keys[s].copies_listed >= self.copies_listed => {
+                match self.folded.get(&s) {
+                    Some(&f) => f,
+                    None => {
+                        let f = self.new_key(names, copy_of, (None, None));
+                        self.keys[f].folded = true;
+                        self.name(f);
+                        self.folded.insert(s, f);
+                        f
+                    }
+                }
+            }
+            _ => {
+                if let (Some(s), true) = (copy_of, session_object) {
+                    self.keys[s].copies_listed += 1;
+                }
+                self.new_key(names, copy_of, (place.pid, k.handle))
+            }
+        };
         if let Some(h) = k.handle {
             self.stream(place.stream).handles.insert(
                 (owned(place.serial), h),

@@ -100,6 +100,11 @@ struct KeyReport {
     copy_of: Option<String>,
     /// Copies made of this key (C_CopyObject).
     copies: u64,
+    /// This entry stands for this many session copies of `copy_of` (those beyond the first
+    /// `--max-rows`, which have an entry each): `created` is the first's, `destroyed` or
+    /// `ended` the last's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folded_copies: Option<u64>,
     /// Uses by `operation/mechanism`, the uses of its copies included (the same key
     /// material).
     uses: BTreeMap<String, Counts>,
@@ -172,7 +177,7 @@ impl Aggregator {
         Aggregator {
             max_rows,
             report: Report::default(),
-            book: KeyBook::default(),
+            book: KeyBook::new(max_rows),
             keys: Vec::new(),
             logins: HashMap::new(),
             pids: Default::default(),
@@ -347,8 +352,14 @@ impl Aggregator {
             let r_row = row(Some(id));
             if creating(role) {
                 let copy_of = self.book.copy_of(key);
+                let folded = self.book.folded(key);
                 let e = self.key_entry(key, time);
-                e.created = Some(r_row);
+                if folded {
+                    *e.folded_copies.get_or_insert(0) += 1;
+                    e.created.get_or_insert(r_row);
+                } else {
+                    e.created = Some(r_row);
+                }
                 if let Some(s) = copy_of {
                     self.key_entry(s, time).copies += 1;
                 }
@@ -578,6 +589,9 @@ fn print_text(r: &Report) {
         }
         if let Some(s) = &k.copy_of {
             outln!("    copy of   {s}");
+        }
+        if let Some(n) = k.folded_copies {
+            outln!("    stands for {n} session copies: created is the first's, the end the last's");
         }
         if k.copies > 0 {
             outln!(
@@ -841,5 +855,68 @@ mod tests {
         assert_eq!(k.uses["encrypt / -"].success, 1);
         assert_eq!(r.keys[1].label.as_deref(), Some("old"));
         assert!(r.keys[1].created.is_none());
+    }
+
+    #[test]
+    fn session_copies_beyond_max_rows_share_one_entry_per_source() {
+        let source = format!(r#""handle":1,{AES},"label":"k","token":true"#);
+        let mut lines = vec![line(
+            1,
+            0,
+            "key_generate",
+            "success",
+            &format!(r#""lifecycle":"generate","function":"C_GenerateKey","key":{{{source}}}"#),
+        )];
+        for i in 0..5u32 {
+            let copy = format!(
+                r#""key":{{"handle":{},{AES},"label":"k","token":false}}"#,
+                10 + i
+            );
+            lines.push(line(1, 1 + 3 * i, "object_copy", "success", &format!(r#""lifecycle":"import","function":"C_CopyObject",{copy},"keys":{{"source":{{{source}}}}}"#)));
+            lines.push(line(
+                1,
+                2 + 3 * i,
+                "encrypt",
+                "success",
+                &format!(r#""lifecycle":"use","operation":{{"kind":"encrypt"}},{copy}"#),
+            ));
+            lines.push(line(
+                1,
+                3 + 3 * i,
+                "object_destroy",
+                "success",
+                &format!(r#""lifecycle":"destroy","function":"C_DestroyObject",{copy}"#),
+            ));
+        }
+        let mut agg = Aggregator::new(2);
+        for l in &lines {
+            let r: Rec<'_> = serde_json::from_str(l).expect("record");
+            agg.record(&r);
+        }
+        let r = agg.finish();
+        assert_eq!(
+            r.keys.len(),
+            4,
+            "the source, two copies, the rest: {:#?}",
+            r.keys
+        );
+        assert_eq!(r.keys[0].copies, 5);
+        assert_eq!(r.keys[0].uses["encrypt / -"].success, 5);
+        assert!(r.keys[0].destroyed.is_none());
+        for c in &r.keys[1..3] {
+            assert_eq!(c.folded_copies, None);
+            assert_eq!(c.uses["encrypt / -"].success, 1);
+        }
+        let rest = &r.keys[3];
+        assert_eq!(rest.folded_copies, Some(3));
+        assert_eq!(rest.uses["encrypt / -"].success, 3);
+        assert_eq!(rest.copy_of.as_deref(), Some(r.keys[0].identity.as_str()));
+        assert!(
+            rest.identity
+                .ends_with("(session copies beyond the first 2)"),
+            "{}",
+            rest.identity
+        );
+        assert!(rest.destroyed.is_some());
     }
 }
