@@ -487,6 +487,105 @@ fn initialize_with_nss_style_reserved_matches_direct() {
             softhsm_module().display()
         )
     );
+    // The refusal is on the trail: a stream of its own, written synchronously and
+    // stopped; the accepted C_Initialize that followed started the trail as usual.
+    let trail = fx.trail();
+    let streams = streams_of(&trail);
+    assert_eq!(streams.len(), 2, "{streams:#?}");
+    assert_eq!(
+        streams[0],
+        [
+            "trail_start/success/-",
+            "initialize/failure/CKR_ARGUMENTS_BAD",
+            "trail_stop/success/-"
+        ]
+    );
+    assert_eq!(
+        trail[0]["keytrail"]["writer"], "synchronous",
+        "{:#}",
+        trail[0]
+    );
+    assert_eq!(
+        streams[1][..2],
+        ["trail_start/success/-", "initialize/success/CKR_OK"]
+    );
+    assert_eq!(
+        streams[1].last().map(String::as_str),
+        Some("trail_stop/success/-")
+    );
+    let start = trail
+        .iter()
+        .filter(|r| r["event"]["action"] == "trail_start")
+        .nth(1)
+        .expect("second stream");
+    assert_eq!(start["keytrail"]["writer"], "thread", "{start:#}");
+    common::clients::assert_verifies(&fx.trail_path(), 2);
+}
+
+/// After C_Finalize, a refused C_Initialize resumes the stopped stream for its record and
+/// stops it again; the accepted one after it resumes it once more.
+#[test]
+fn initialize_refused_after_finalize_is_on_the_resumed_stream() {
+    let (fx, calls) = compare_raw_keep(|l| {
+        let mut c = Calls::new();
+        rec(&mut c, "C_Initialize", raw::initialize(l));
+        rec(&mut c, "C_Finalize", raw::finalize(l));
+        rec(&mut c, "C_Initialize with pReserved", nss_initialize(l));
+        rec(&mut c, "C_Initialize again", raw::initialize(l));
+        rec(&mut c, "C_Finalize again", raw::finalize(l));
+        c
+    });
+    assert_eq!(
+        rv_of(&calls, "C_Initialize with pReserved"),
+        CKR_ARGUMENTS_BAD
+    );
+    let trail = fx.trail();
+    let streams = streams_of(&trail);
+    assert_eq!(streams.len(), 1, "{streams:#?}");
+    assert_eq!(
+        streams[0],
+        [
+            "trail_start/success/-",
+            "initialize/success/CKR_OK",
+            "finalize/success/CKR_OK",
+            "trail_stop/success/-",
+            "trail_resume/success/-",
+            "initialize/failure/CKR_ARGUMENTS_BAD",
+            "trail_stop/success/-",
+            "trail_resume/success/-",
+            "initialize/success/CKR_OK",
+            "finalize/success/CKR_OK",
+            "trail_stop/success/-",
+        ]
+    );
+    common::clients::assert_verifies(&fx.trail_path(), 1);
+}
+
+/// Each stream's records as `action/outcome/rv_name`, streams in order of their start.
+fn streams_of(trail: &[serde_json::Value]) -> Vec<Vec<String>> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for r in trail {
+        let id = r["integrity"]["stream"]
+            .as_str()
+            .expect("stream")
+            .to_string();
+        let i = match ids.iter().position(|s| *s == id) {
+            Some(i) => i,
+            None => {
+                ids.push(id);
+                out.push(Vec::new());
+                out.len() - 1
+            }
+        };
+        out[i].push(format!(
+            "{}/{}/{}",
+            r["event"]["action"].as_str().unwrap_or("?"),
+            r["event"]["outcome"].as_str().unwrap_or("unknown"),
+            r["pkcs11"]["rv_name"].as_str().unwrap_or("-")
+        ));
+    }
+    out
 }
 
 #[test]

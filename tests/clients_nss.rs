@@ -38,6 +38,14 @@ fn certutil(side: &Side, args: &[&str]) -> Command {
     c
 }
 
+/// `modutil -add NAME` of the side's module to the NSS database in `db`.
+fn modutil_add(side: &Side, name: &str) -> Command {
+    let mut c = side.command(need("modutil", "libnss3-tools"));
+    c.args(["-force", "-dbdir", "sql:db", "-add", name, "-libfile"])
+        .arg(&side.module);
+    c
+}
+
 /// The token's listings, whose order follows SoftHSM's file names (random): lines sorted,
 /// `certutil -K`'s running index masked.
 fn sorted_lines(text: &str) -> String {
@@ -61,17 +69,7 @@ fn nss_matrix(mask: &Mask) -> Matrix {
     let db = m.step(mask, |s| certutil(s, &["-N", "--empty-password"]));
     assert_eq!(db.code, Some(0), "{db:?}");
     let add = m.step(&mask_module_path(), |s| {
-        let mut c = s.command(need("modutil", "libnss3-tools"));
-        c.args([
-            "-force",
-            "-dbdir",
-            "sql:db",
-            "-add",
-            "keytrail-test-module",
-            "-libfile",
-        ])
-        .arg(&s.module);
-        c
+        modutil_add(s, "keytrail-test-module")
     });
     assert_eq!(add.code, Some(0), "{add:?}");
     assert!(
@@ -207,11 +205,9 @@ fn nss_modutil_and_certutil_request_self_signed_certificate_and_listings() {
     assert!(keys.contains(&"CKO_PRIVATE_KEY -".to_string()), "{keys:#?}");
 }
 
-/// Once `keytrail report` follows a CKA_ID set after generation, each key certutil made
+/// `keytrail report` follows a CKA_ID set after generation: each key certutil made
 /// is one entry: created by C_GenerateKeyPair, changed once, with its signatures.
 #[test]
-#[ignore = "keytrail report splits a key whose CKA_ID is set after generation into two: \
-            un-ignore once report identity follows C_SetAttributeValue"]
 fn report_follows_the_cka_id_nss_sets_after_generation() {
     let mask = Mask::standard();
     let m = nss_matrix(&mask);
@@ -233,4 +229,85 @@ fn report_follows_the_cka_id_nss_sets_after_generation() {
     assert_eq!(k["created"]["function"], "C_GenerateKeyPair", "{k:#}");
     assert_eq!(k["changes"]["success"], 1, "{k:#}");
     assert_eq!(uses(k).get("sign / CKM_ECDSA"), Some(&2), "{k:#}");
+}
+
+/// `modutil -add … -string PARAMS`: NSS hands the parameters to the module in pReserved,
+/// and SoftHSM refuses them. The client fails the same way through keytrail, and each
+/// refused C_Initialize is on the trail, in a stream of its own that verifies.
+#[test]
+fn a_module_refusing_nss_s_parameter_string_leaves_each_refusal_on_the_trail() {
+    let mask = mask_module_path();
+    let m = Matrix::new();
+    for side in [&m.direct, &m.keytrail] {
+        std::fs::create_dir_all(side.work.join("db")).expect("db dir");
+    }
+    let db = m.step(&mask, |s| certutil(s, &["-N", "--empty-password"]));
+    assert_eq!(db.code, Some(0), "{db:?}");
+    let add = |s: &Side| {
+        let mut c = modutil_add(s, "with-params");
+        c.args(["-string", "configdir='sql:elsewhere'"]);
+        c
+    };
+    let direct = m.direct.run(add(&m.direct), &mask);
+    let through = m.keytrail.run(add(&m.keytrail), &mask);
+    assert_ne!(
+        direct.code,
+        Some(0),
+        "SoftHSM refuses pReserved: {direct:?}"
+    );
+    assert_eq!(through.code, direct.code, "{through:?}");
+    assert_eq!(through.stdout, direct.stdout);
+    // keytrail's stderr adds only its own diagnostic of each refusal.
+    let own: Vec<&str> = through
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("keytrail:"))
+        .collect();
+    let rest: Vec<&str> = through
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("keytrail:"))
+        .collect();
+    assert_eq!(rest, direct.stderr.lines().collect::<Vec<_>>());
+    assert!(!own.is_empty(), "{through:?}");
+    for l in &own {
+        assert!(
+            l.ends_with("returned CKR_ARGUMENTS_BAD from C_Initialize"),
+            "{l}"
+        );
+    }
+
+    let trail = m.fx.trail();
+    let streams = trail
+        .iter()
+        .filter(|r| r["event"]["action"] == "trail_start")
+        .count();
+    assert_eq!(streams, own.len(), "a stream per refusal: {trail:#?}");
+    let mut expected = Vec::new();
+    for _ in 0..streams {
+        expected.extend([
+            "trail_start/success/-",
+            "initialize/failure/CKR_ARGUMENTS_BAD",
+            "trail_stop/success/-",
+        ]);
+    }
+    let got: Vec<String> = trail
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}/{}",
+                r["event"]["action"].as_str().unwrap_or("?"),
+                r["event"]["outcome"].as_str().unwrap_or("?"),
+                r["pkcs11"]["rv_name"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert!(trail.iter().all(|r| r["process"]["name"] == "modutil"));
+    assert_verifies(&m.fx.trail_path(), streams);
+    let r = report(&m.fx.trail_path());
+    assert_eq!(
+        r["failures_by_function"]["C_Initialize CKR_ARGUMENTS_BAD"], streams,
+        "{r:#}"
+    );
 }

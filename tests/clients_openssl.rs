@@ -364,12 +364,10 @@ fn openssl_3_with_pkcs11_provider_generates_signs_and_makes_a_certificate() {
     );
 }
 
-/// Once `keytrail report` tells a token key from its session copies, the token key
+/// `keytrail report` tells a token key from its session copies: the token key
 /// pkcs11-provider signed with shows as generated, used twice and never destroyed (only
 /// its copies were).
 #[test]
-#[ignore = "keytrail report merges a token key with its session copies (C_CopyObject): \
-            un-ignore once report identity tells them apart"]
 fn report_tells_the_provider_s_token_key_from_its_session_copies() {
     let Some(provider) = pkcs11_provider() else {
         eprintln!("SKIPPED: pkcs11-provider is not installed");

@@ -63,16 +63,7 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
     let mut created = false;
     let auditor = AUDITOR.get_or_init(|| {
         created = true;
-        // Every stream's first record (the writer adds the module's SHA-256 and the
-        // chain's settings).
-        let start = serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "module": backend.path.display().to_string(),
-            "config": config.source.as_ref().map(|p| p.display().to_string()),
-            "config_sha256": config.source_sha256,
-            "trail": config.trail.path.display().to_string(),
-            "writer": if threads { "thread" } else { "synchronous" },
-        });
+        let start = start_detail(backend, threads);
         Auditor {
             config: config.audit.clone(),
             backend,
@@ -98,6 +89,64 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
         crate::os::register_process_hooks();
     }
     auditor
+}
+
+/// What every stream's first record says (the writer adds the module's SHA-256 and the
+/// chain's settings).
+fn start_detail(backend: &Backend, threads: bool) -> serde_json::Value {
+    let config = &backend.config;
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "module": backend.path.display().to_string(),
+        "config": config.source.as_ref().map(|p| p.display().to_string()),
+        "config_sha256": config.source_sha256,
+        "trail": config.trail.path.display().to_string(),
+        "writer": if threads { "thread" } else { "synchronous" },
+    })
+}
+
+/// Records a C_Initialize the real module refused (`e`). A refusal is an event even when
+/// no stream runs yet: it then gets a short stream of its own — `trail_start`, the refusal,
+/// `trail_stop` — written synchronously on this thread (the refused arguments cannot be
+/// trusted to say whether the application allows threads) and closed at once, so that a
+/// later C_Initialize the module accepts starts the trail exactly as it would have. After
+/// C_Finalize, the stopped stream is resumed for the refusal and stopped again.
+pub fn initialize_refused(backend: &'static Backend, mut e: Event) {
+    if let Some(a) = get() {
+        if a.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            a.resume();
+            a.emit(e);
+            a.stop("a refused C_Initialize");
+            a.flush_and_report("C_Initialize");
+        } else {
+            a.emit(e);
+        }
+        return;
+    }
+    let config = &backend.config;
+    let slot = SinkSlot::new(
+        config.trail.clone(),
+        config.integrity.clone(),
+        config.service.clone(),
+        false,
+        start_detail(backend, false),
+    );
+    if let Some(sink) = slot.get() {
+        e.thread_id = context::thread_id();
+        e.labels = context::labels();
+        sink.send(e);
+        let mut stop = Event::audit(
+            "trail_stop",
+            "trail stopped at a refused C_Initialize".into(),
+            serde_json::json!({ "reason": "a refused C_Initialize" }),
+        );
+        stop.thread_id = context::thread_id();
+        sink.send(stop);
+        if !sink.flush(std::time::Duration::from_secs(5)) {
+            crate::diag::report("the record of a refused C_Initialize may not be on the trail");
+        }
+    }
+    slot.close();
 }
 
 /// CK_RV of an audited call refused because the trail cannot be written and the operator

@@ -6,6 +6,7 @@ pub mod doctor;
 #[cfg(test)]
 mod fuzz;
 pub mod input;
+pub mod keybook;
 pub mod record;
 pub mod report;
 pub mod sealkey;

@@ -48,6 +48,17 @@ pub struct Rec<'a> {
     /// `process.*`.
     #[serde(borrow)]
     pub process: Option<Proc<'a>>,
+    /// `integrity.*`.
+    #[serde(borrow)]
+    pub integrity: Option<Integrity<'a>>,
+}
+
+/// `integrity.*`, as far as the readers need it.
+#[derive(Deserialize)]
+pub struct Integrity<'a> {
+    /// `integrity.stream`: one per process (a child after fork starts its own).
+    #[serde(borrow)]
+    pub stream: Option<Cow<'a, str>>,
 }
 
 /// `event.*`.
@@ -97,6 +108,8 @@ pub struct P11<'a> {
     /// `pkcs11.token.*`.
     #[serde(borrow)]
     pub token: Option<Tok<'a>>,
+    /// `pkcs11.session.*`.
+    pub session: Option<Sess>,
     /// `pkcs11.auth.*`.
     #[serde(borrow)]
     pub auth: Option<Auth<'a>>,
@@ -117,6 +130,38 @@ pub struct P11<'a> {
     /// `pkcs11.flags`.
     #[serde(borrow, default)]
     pub flags: Vec<Cow<'a, str>>,
+    /// `pkcs11.attributes.*`: the sanitized lists.
+    #[serde(borrow)]
+    pub attributes: Option<Attrs<'a>>,
+}
+
+/// `pkcs11.session.*`.
+#[derive(Deserialize)]
+pub struct Sess {
+    /// The session handle.
+    pub handle: Option<u64>,
+}
+
+/// `pkcs11.attributes.*`, as far as the readers need them.
+#[derive(Deserialize)]
+pub struct Attrs<'a> {
+    /// `set`: what C_SetAttributeValue changed.
+    #[serde(borrow, default)]
+    pub set: Vec<Attr<'a>>,
+}
+
+/// One sanitized attribute.
+#[derive(Deserialize)]
+pub struct Attr<'a> {
+    /// `CKA_…`.
+    #[serde(borrow, rename = "type")]
+    pub type_: Option<Cow<'a, str>>,
+    /// A byte value in hex (CKA_ID, …).
+    #[serde(borrow)]
+    pub hex: Option<Cow<'a, str>>,
+    /// A text value (CKA_LABEL, …).
+    #[serde(borrow)]
+    pub text: Option<Cow<'a, str>>,
 }
 
 /// `pkcs11.token.*`.
@@ -197,6 +242,9 @@ pub struct KeyRec<'a> {
     pub unique_id: Option<Cow<'a, str>>,
     /// CKA_TOKEN.
     pub token: Option<bool>,
+    /// SHA-256 of a public key's material, in hex.
+    #[serde(borrow)]
+    pub public_sha256: Option<Cow<'a, str>>,
 }
 
 impl KeyRec<'_> {

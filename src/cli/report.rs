@@ -2,6 +2,7 @@
 //! failures — streaming, with memory in proportion to keys and distinct groups.
 
 use super::input::{self, Progress};
+use super::keybook::{KeyBook, Place, Rename};
 use super::record::{FilterArgs, Filters, KeyRec, Rec};
 use super::text::{self, errln, outln};
 use anyhow::Result;
@@ -89,15 +90,35 @@ struct KeyReport {
     id_hex: Option<String>,
     label: Option<String>,
     unique_id: Option<String>,
+    /// The token's serial number.
     token: Option<String>,
+    /// CKA_TOKEN: a token (persistent) object, or a session object.
+    token_object: Option<bool>,
     created: Option<Row>,
-    /// Uses by `operation/mechanism`.
+    /// The key this one is a copy of (C_CopyObject).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copy_of: Option<String>,
+    /// Copies made of this key (C_CopyObject).
+    copies: u64,
+    /// This entry stands for this many session copies of `copy_of` (those beyond the first
+    /// `--max-rows`, which have an entry each): `created` is the first's, `destroyed` or
+    /// `ended` the last's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folded_copies: Option<u64>,
+    /// Uses by `operation/mechanism`, the uses of its copies included (the same key
+    /// material).
     uses: BTreeMap<String, Counts>,
     exports: Counts,
     export_rows: Vec<Row>,
     changes: Counts,
+    /// Its identities before C_SetAttributeValue changed its CKA_ID or CKA_LABEL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    formerly: Vec<String>,
     destroyed: Option<Row>,
     destroy_failures: u64,
+    /// A session object's end with its session or process, when not destroyed before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<Row>,
     first_seen: Option<String>,
     last_seen: Option<String>,
 }
@@ -141,50 +162,60 @@ struct Report {
     damaged: Vec<String>,
 }
 
-fn key_identity(k: &KeyRec<'_>, token: Option<&str>) -> String {
-    if let Some(u) = &k.unique_id {
-        return format!("unique_id:{u}");
-    }
-    format!(
-        "{}/{}/id:{}/label:{}@{}",
-        k.class.as_deref().unwrap_or("?"),
-        k.key_type.as_deref().unwrap_or("?"),
-        k.id_hex.as_deref().unwrap_or(""),
-        k.label.as_deref().unwrap_or(""),
-        token.unwrap_or("?")
-    )
-}
-
 struct Aggregator {
     max_rows: usize,
     report: Report,
-    keys: HashMap<String, KeyReport>,
-    key_order: Vec<String>,
+    book: KeyBook,
+    /// Per key of the book, by its number.
+    keys: Vec<KeyReport>,
     logins: HashMap<(String, Option<String>, Actor), FailedLogins>,
     pids: std::collections::HashSet<u64>,
 }
 
 impl Aggregator {
-    fn key_entry(
-        &mut self,
-        k: &KeyRec<'_>,
-        token: Option<&str>,
-        time: Option<&str>,
-    ) -> &mut KeyReport {
-        let id = key_identity(k, token);
-        if !self.keys.contains_key(&id) {
-            self.key_order.push(id.clone());
+    fn new(max_rows: usize) -> Aggregator {
+        Aggregator {
+            max_rows,
+            report: Report::default(),
+            book: KeyBook::new(max_rows),
+            keys: Vec::new(),
+            logins: HashMap::new(),
+            pids: Default::default(),
         }
-        let e = self.keys.entry(id.clone()).or_insert_with(|| KeyReport {
-            identity: id,
-            class: k.class.as_deref().map(str::to_string),
-            key_type: k.key_type.as_deref().map(str::to_string),
-            id_hex: k.id_hex.as_deref().map(str::to_string),
-            label: k.label.as_deref().map(str::to_string),
-            unique_id: k.unique_id.as_deref().map(str::to_string),
-            token: token.map(str::to_string),
-            ..KeyReport::default()
-        });
+    }
+
+    /// The report, each key under the names it ended with.
+    fn finish(self) -> Report {
+        let mut report = self.report;
+        report.summary.processes = self.pids.len() as u64;
+        report.keys = self.keys;
+        for (key, e) in report.keys.iter_mut().enumerate() {
+            let n = self.book.names(key);
+            e.identity = n.identity.clone();
+            e.class = n.class.clone();
+            e.key_type = n.key_type.clone();
+            e.id_hex = n.id_hex.clone();
+            e.label = n.label.clone();
+            e.unique_id = n.unique_id.clone();
+            e.token = n.token.clone();
+            e.token_object = n.token_object;
+            e.copy_of = self
+                .book
+                .copy_of(key)
+                .map(|s| self.book.names(s).identity.clone());
+        }
+        let mut logins: Vec<FailedLogins> = self.logins.into_values().collect();
+        logins.sort_by(|a, b| b.count.cmp(&a.count).then(a.actor.cmp(&b.actor)));
+        report.failed_logins = logins;
+        report
+    }
+
+    /// The report entry of the book's key `key`, seen at `time`.
+    fn key_entry(&mut self, key: usize, time: Option<&str>) -> &mut KeyReport {
+        while self.keys.len() <= key {
+            self.keys.push(KeyReport::default());
+        }
+        let e = &mut self.keys[key];
         if e.first_seen.is_none() {
             e.first_seen = time.map(str::to_string);
         }
@@ -249,13 +280,55 @@ impl Aggregator {
             key,
             flags: p.flags.iter().map(|f| f.to_string()).collect(),
         };
-        // Keys, by role.
+        // A record without a stream (damaged, or hand-made) stands for its process.
+        let by_pid;
+        let stream = match r.integrity.as_ref().and_then(|i| i.stream.as_deref()) {
+            Some(s) => s,
+            None => {
+                by_pid = format!("pid:{}", actor.pid.unwrap_or(0));
+                &by_pid
+            }
+        };
+        let place = Place {
+            stream,
+            serial,
+            session: p.session.as_ref().and_then(|s| s.handle),
+            pid: actor.pid,
+            time,
+        };
+        // Keys, by role: the keys a record names before those it creates, so that a copy
+        // knows its source.
         let mut keys: Vec<(&str, &KeyRec<'_>)> = Vec::new();
         if let Some(k) = &p.key {
             keys.push(("key", k));
         }
         for (role, k) in &p.keys {
             keys.push((role.as_ref(), k));
+        }
+        let creating = |role: &str| {
+            matches!(lifecycle, "generate" | "import")
+                && matches!(role, "key" | "public" | "private" | "new")
+        };
+        let mut resolved: Vec<(&str, &KeyRec<'_>, usize)> = Vec::new();
+        let mut source = None;
+        for &(role, k) in keys.iter().filter(|(role, _)| !creating(role)) {
+            let key = self.book.named(&place, k);
+            if role == "source" {
+                source = Some(key);
+            }
+            resolved.push((role, k, key));
+        }
+        // A failed creation made no key.
+        if outcome == "success" {
+            for &(role, k) in keys.iter().filter(|(role, _)| creating(role)) {
+                let copy_of = if p.function.as_deref() == Some("C_CopyObject") {
+                    source
+                } else {
+                    None
+                };
+                let key = self.book.created(&place, k, copy_of);
+                resolved.push((role, k, key));
+            }
         }
         let mech = p
             .mechanism
@@ -270,30 +343,47 @@ impl Aggregator {
         // A usage summary counts as the operations it stands for.
         let count = p.operation.as_ref().and_then(|o| o.count).unwrap_or(1);
         let max_rows = self.max_rows;
-        for (role, k) in keys {
-            let id = key_identity(k, serial);
-            let creating = matches!(lifecycle, "generate" | "import")
-                && matches!(role, "key" | "public" | "private" | "new");
-            let exporting = lifecycle == "export" && role == "key";
+        let mut failed_key = None;
+        for (role, k, key) in resolved {
+            let id = self.book.names(key).identity.clone();
+            if role == "key" {
+                failed_key = Some(id.clone());
+            }
             let r_row = row(Some(id));
-            let e = self.key_entry(k, serial, time);
-            if creating {
-                if outcome == "success" && e.created.is_none() {
+            if creating(role) {
+                let copy_of = self.book.copy_of(key);
+                let folded = self.book.folded(key);
+                let e = self.key_entry(key, time);
+                if folded {
+                    *e.folded_copies.get_or_insert(0) += 1;
+                    e.created.get_or_insert(r_row);
+                } else {
                     e.created = Some(r_row);
                 }
-            } else if exporting {
+                if let Some(s) = copy_of {
+                    self.key_entry(s, time).copies += 1;
+                }
+            } else if lifecycle == "export" && role == "key" {
+                let e = self.key_entry(key, time);
                 e.exports.add(outcome);
                 if e.export_rows.len() < max_rows {
                     e.export_rows.push(r_row);
                 }
             } else {
                 match lifecycle {
-                    "modify" => e.changes.add(outcome),
+                    "modify" => {
+                        let rename = (outcome == "success").then(|| Rename::of(p)).flatten();
+                        let formerly = rename.map(|r| self.book.renamed(key, r));
+                        let e = self.key_entry(key, time);
+                        e.changes.add(outcome);
+                        e.formerly.extend(formerly);
+                    }
                     "destroy" => {
                         if outcome == "success" {
-                            e.destroyed = Some(r_row);
+                            self.book.destroyed(&place, k.handle, key);
+                            self.key_entry(key, time).destroyed = Some(r_row);
                         } else {
-                            e.destroy_failures += 1;
+                            self.key_entry(key, time).destroy_failures += 1;
                         }
                     }
                     _ => {
@@ -302,9 +392,36 @@ impl Aggregator {
                         } else {
                             format!("{op} ({role}) / {mech}")
                         };
-                        e.uses.entry(what).or_default().add_n(outcome, count);
+                        // A copy's use is a use of the key it was copied from too.
+                        let mut next = Some(key);
+                        while let Some(k) = next {
+                            let e = self.key_entry(k, time);
+                            e.uses
+                                .entry(what.clone())
+                                .or_default()
+                                .add_n(outcome, count);
+                            next = self.book.copy_of(k);
+                        }
                     }
                 }
+            }
+        }
+        // Session objects end with their session, or their process.
+        let ended = match (lifecycle, p.function.as_deref(), outcome) {
+            ("session", Some("C_CloseSession"), "success") => match place.session {
+                Some(s) => self.book.sessions_closed(&place, Some(s)),
+                None => Vec::new(),
+            },
+            ("session", Some("C_CloseAllSessions"), "success") => {
+                self.book.sessions_closed(&place, None)
+            }
+            ("audit", _, _) if action == "trail_stop" => self.book.stream_ended(place.stream),
+            _ => Vec::new(),
+        };
+        for key in ended {
+            let e = self.key_entry(key, time);
+            if e.destroyed.is_none() && e.ended.is_none() {
+                e.ended = Some(row(None));
             }
         }
         if lifecycle == "auth" && outcome == "failure" && action.starts_with("login") {
@@ -352,8 +469,7 @@ impl Aggregator {
             );
             *self.report.failures_by_function.entry(f).or_default() += 1;
             if self.report.failures.len() < self.max_rows {
-                let key = p.key.as_ref().map(|k| key_identity(k, serial));
-                self.report.failures.push(row(key));
+                self.report.failures.push(row(failed_key));
             } else {
                 self.report.failures_more += 1;
             }
@@ -365,14 +481,7 @@ impl Aggregator {
 pub fn run(args: &ReportArgs) -> Result<u8> {
     let filters = Filters::new(&args.filter)?;
     let files = input::trail_files(&args.inputs, args.keep_order)?;
-    let mut agg = Aggregator {
-        max_rows: args.max_rows,
-        report: Report::default(),
-        keys: HashMap::new(),
-        key_order: Vec::new(),
-        logins: HashMap::new(),
-        pids: Default::default(),
-    };
+    let mut agg = Aggregator::new(args.max_rows);
     agg.report.summary.files = files.iter().map(|p| p.display().to_string()).collect();
     let mut progress = Progress::new(&files, args.quiet);
     let mut errors = Vec::new();
@@ -419,17 +528,7 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
     for e in &errors {
         errln!("keytrail: {e}");
     }
-    let mut report = agg.report;
-    report.summary.processes = agg.pids.len() as u64;
-    let mut keys = agg.keys;
-    report.keys = agg
-        .key_order
-        .iter()
-        .filter_map(|id| keys.remove(id))
-        .collect();
-    let mut logins: Vec<FailedLogins> = agg.logins.into_values().collect();
-    logins.sort_by(|a, b| b.count.cmp(&a.count).then(a.actor.cmp(&b.actor)));
-    report.failed_logins = logins;
+    let report = agg.finish();
     if args.json {
         text::print_json(&report)?;
     } else {
@@ -488,6 +587,21 @@ fn print_text(r: &Report) {
             ),
             None => outln!("    created   (not in this trail)"),
         }
+        if let Some(s) = &k.copy_of {
+            outln!("    copy of   {s}");
+        }
+        if let Some(n) = k.folded_copies {
+            outln!("    stands for {n} session copies: created is the first's, the end the last's");
+        }
+        if k.copies > 0 {
+            outln!(
+                "    copied    {} time(s); uses below include the copies'",
+                k.copies
+            );
+        }
+        for f in &k.formerly {
+            outln!("    formerly  {f}");
+        }
         if !k.uses.is_empty() {
             outln!(
                 "    {:<44} {:>9} {:>9} {:>9}",
@@ -526,6 +640,18 @@ fn print_text(r: &Report) {
             outln!(
                 "    destroyed {} by {}",
                 d.time.as_deref().unwrap_or("?"),
+                actor(&d.actor)
+            );
+        }
+        if let Some(d) = &k.ended {
+            outln!(
+                "    ended     {} with its {} ({})",
+                d.time.as_deref().unwrap_or("?"),
+                if d.action == "trail_stop" {
+                    "process"
+                } else {
+                    "session"
+                },
                 actor(&d.actor)
             );
         }
@@ -602,5 +728,195 @@ fn print_text(r: &Report) {
     }
     if r.failures_more > 0 {
         outln!("  … and {} more", r.failures_more);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of stream `stream` (pid = stream), as keytrail writes it, with `pkcs11` the
+    /// given fields (token serial `T`).
+    fn line(stream: u64, time: u32, action: &str, outcome: &str, pkcs11: &str) -> String {
+        format!(
+            r#"{{"@timestamp":"2026-01-01T00:00:{time:02}.000000Z","event":{{"action":"{action}","outcome":"{outcome}"}},"pkcs11":{{"token":{{"serial":"T"}},{pkcs11}}},"process":{{"pid":{stream}}},"integrity":{{"stream":"s{stream}"}}}}"#
+        )
+    }
+
+    fn report_of(lines: &[String]) -> Report {
+        let mut agg = Aggregator::new(10);
+        for l in lines {
+            let r: Rec<'_> = serde_json::from_str(l).expect("record");
+            agg.record(&r);
+        }
+        agg.finish()
+    }
+
+    const AES: &str = r#""class":"CKO_SECRET_KEY","key_type":"CKK_AES""#;
+
+    #[test]
+    fn a_usage_summary_written_after_the_destroy_names_the_destroyed_key() {
+        let key = format!(r#""key":{{"handle":5,{AES},"id_hex":"","label":"","token":false}}"#);
+        let r = report_of(&[
+            line(
+                1,
+                1,
+                "key_generate",
+                "success",
+                &format!(
+                    r#""lifecycle":"generate","function":"C_GenerateKey","session":{{"handle":1}},{key}"#
+                ),
+            ),
+            line(
+                1,
+                3,
+                "object_destroy",
+                "success",
+                &format!(r#""lifecycle":"destroy","function":"C_DestroyObject",{key}"#),
+            ),
+            // Dated from its first use, before the destroy.
+            line(
+                1,
+                2,
+                "encrypt",
+                "success",
+                &format!(r#""lifecycle":"use","operation":{{"kind":"encrypt","count":7}},{key}"#),
+            ),
+            // A later record of handle 5 is another object.
+            line(
+                1,
+                4,
+                "encrypt",
+                "success",
+                &format!(r#""lifecycle":"use","operation":{{"kind":"encrypt"}},{key}"#),
+            ),
+        ]);
+        assert_eq!(r.keys.len(), 2, "{:#?}", r.keys);
+        assert_eq!(r.keys[0].uses["encrypt / -"].success, 7);
+        assert!(r.keys[0].destroyed.is_some());
+        assert!(r.keys[1].created.is_none());
+    }
+
+    #[test]
+    fn a_handle_reused_by_an_object_of_another_class_is_another_key() {
+        let r = report_of(&[
+            line(1, 1, "key_generate", "success", &format!(r#""lifecycle":"generate","function":"C_GenerateKey","key":{{"handle":5,{AES},"label":"a","token":true}}"#)),
+            line(1, 2, "sign", "success", r#""lifecycle":"use","key":{"handle":5,"class":"CKO_PRIVATE_KEY","key_type":"CKK_EC","label":"b","token":true}"#.to_string().as_str()),
+        ]);
+        assert_eq!(r.keys.len(), 2, "{:#?}", r.keys);
+        assert_eq!(r.keys[1].label.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_token_key_renamed_in_one_stream_is_found_by_its_new_name_in_another() {
+        let r = report_of(&[
+            line(
+                1,
+                1,
+                "key_generate",
+                "success",
+                &format!(
+                    r#""lifecycle":"generate","function":"C_GenerateKey","key":{{"handle":5,{AES},"label":"old","token":true}}"#
+                ),
+            ),
+            line(
+                2,
+                2,
+                "attribute_set",
+                "success",
+                &format!(
+                    r#""lifecycle":"modify","function":"C_SetAttributeValue","key":{{"handle":9,{AES},"label":"old","token":true}},"attributes":{{"set":[{{"type":"CKA_LABEL","text":"new"}}]}}"#
+                ),
+            ),
+            line(
+                3,
+                3,
+                "encrypt",
+                "success",
+                &format!(
+                    r#""lifecycle":"use","operation":{{"kind":"encrypt"}},"key":{{"handle":2,{AES},"label":"new","token":true}}"#
+                ),
+            ),
+            // The old name is free again: a new key may take it.
+            line(
+                3,
+                4,
+                "encrypt",
+                "success",
+                &format!(
+                    r#""lifecycle":"use","operation":{{"kind":"encrypt"}},"key":{{"handle":3,{AES},"label":"old","token":true}}"#
+                ),
+            ),
+        ]);
+        assert_eq!(r.keys.len(), 2, "{:#?}", r.keys);
+        let k = &r.keys[0];
+        assert_eq!(k.label.as_deref(), Some("new"));
+        assert_eq!(k.formerly, ["CKO_SECRET_KEY/CKK_AES/id:/label:old@T"]);
+        assert_eq!(k.uses["encrypt / -"].success, 1);
+        assert_eq!(r.keys[1].label.as_deref(), Some("old"));
+        assert!(r.keys[1].created.is_none());
+    }
+
+    #[test]
+    fn session_copies_beyond_max_rows_share_one_entry_per_source() {
+        let source = format!(r#""handle":1,{AES},"label":"k","token":true"#);
+        let mut lines = vec![line(
+            1,
+            0,
+            "key_generate",
+            "success",
+            &format!(r#""lifecycle":"generate","function":"C_GenerateKey","key":{{{source}}}"#),
+        )];
+        for i in 0..5u32 {
+            let copy = format!(
+                r#""key":{{"handle":{},{AES},"label":"k","token":false}}"#,
+                10 + i
+            );
+            lines.push(line(1, 1 + 3 * i, "object_copy", "success", &format!(r#""lifecycle":"import","function":"C_CopyObject",{copy},"keys":{{"source":{{{source}}}}}"#)));
+            lines.push(line(
+                1,
+                2 + 3 * i,
+                "encrypt",
+                "success",
+                &format!(r#""lifecycle":"use","operation":{{"kind":"encrypt"}},{copy}"#),
+            ));
+            lines.push(line(
+                1,
+                3 + 3 * i,
+                "object_destroy",
+                "success",
+                &format!(r#""lifecycle":"destroy","function":"C_DestroyObject",{copy}"#),
+            ));
+        }
+        let mut agg = Aggregator::new(2);
+        for l in &lines {
+            let r: Rec<'_> = serde_json::from_str(l).expect("record");
+            agg.record(&r);
+        }
+        let r = agg.finish();
+        assert_eq!(
+            r.keys.len(),
+            4,
+            "the source, two copies, the rest: {:#?}",
+            r.keys
+        );
+        assert_eq!(r.keys[0].copies, 5);
+        assert_eq!(r.keys[0].uses["encrypt / -"].success, 5);
+        assert!(r.keys[0].destroyed.is_none());
+        for c in &r.keys[1..3] {
+            assert_eq!(c.folded_copies, None);
+            assert_eq!(c.uses["encrypt / -"].success, 1);
+        }
+        let rest = &r.keys[3];
+        assert_eq!(rest.folded_copies, Some(3));
+        assert_eq!(rest.uses["encrypt / -"].success, 3);
+        assert_eq!(rest.copy_of.as_deref(), Some(r.keys[0].identity.as_str()));
+        assert!(
+            rest.identity
+                .ends_with("(session copies beyond the first 2)"),
+            "{}",
+            rest.identity
+        );
+        assert!(rest.destroyed.is_some());
     }
 }

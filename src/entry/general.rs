@@ -52,14 +52,11 @@ pub unsafe extern "C" fn C_Initialize(init_args: CK_VOID_PTR) -> CK_RV {
                 Lifecycle::Audit,
                 rv,
             ));
-        } else if let Some(a) = audit::get() {
-            a.emit(Event::call(
-                started,
-                "C_Initialize",
-                "initialize",
-                Lifecycle::Audit,
-                rv,
-            ));
+        } else {
+            audit::initialize_refused(
+                backend,
+                Event::call(started, "C_Initialize", "initialize", Lifecycle::Audit, rv),
+            );
         }
         rv
     })

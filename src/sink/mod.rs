@@ -732,6 +732,18 @@ impl SinkSlot {
         self.config.on_failure == OnFailure::Deny
     }
 
+    /// Ends a slot that carried one short synchronous stream, closing its files. (The
+    /// process's own slot lives as long as the process and is never closed.)
+    pub fn close(self) {
+        let p = self.current.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            debug_assert!(!self.threads, "only a synchronous slot is closed");
+            // SAFETY: a non-null pointer came from Box::leak in `create`; `self` is consumed,
+            // so no reference handed out by `get` remains.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+
     /// In a child after fork: forget (and deliberately leak) the parent's sink.
     pub fn after_fork_in_child(&self) {
         self.current.store(std::ptr::null_mut(), Ordering::Release);
