@@ -1,4 +1,4 @@
-//! The `keytrail` command-line tool: `verify`, `report`, `show` and `doctor`.
+//! The `keytrail` command-line tool: `verify`, `report`, `show`, `doctor` and `watch`.
 //!
 //! Compiled into the `keytrail` binary only (the library does not link clap).
 
@@ -11,6 +11,7 @@ pub mod report;
 pub mod show;
 pub mod text;
 pub mod verify;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Show(show::ShowArgs),
     /// Check the setup the library would use: configuration, module, tokens, trail.
     Doctor(doctor::DoctorArgs),
+    /// Follow a trail and raise an alert, one JSON line, when a [watch] rule matches.
+    Watch(watch::WatchArgs),
 }
 
 /// Parses the command line and runs the subcommand; errors go to stderr with exit status 2.
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Report(a) => report::run(a),
         Command::Show(a) => show::run(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::Watch(a) => watch::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
