@@ -132,6 +132,21 @@ fn routine(p: &Pkcs11) {
     drop(s);
 }
 
+/// The lines a child writes on its standard output, as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 #[test]
 fn a_routine_workload_raises_no_alert() {
     let fx = Fixture::new();
@@ -527,16 +542,7 @@ fn following_a_trail_alerts_on_records_written_after_it_started() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start keytrail watch");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(&mut child);
     // Written after watch started, in a file that did not exist then.
     let p = open(&keytrail_module());
     routine(&p);
@@ -560,6 +566,99 @@ fn following_a_trail_alerts_on_records_written_after_it_started() {
     assert_eq!(status.code(), Some(0), "stopped by SIGTERM");
     assert!(
         rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "one alert only"
+    );
+}
+
+#[test]
+fn a_trail_rotated_across_files_is_one_chain_and_its_alerts_are_found_in_any_file() {
+    let fx = Fixture::new();
+    fx.configure(&format!(
+        "[trail]\npath = \"{}\"\nmax_bytes = 4096\n",
+        fx.trail_path().display()
+    ));
+    let p = open(&keytrail_module());
+    routine(&p);
+    let s = user_session(&p);
+    let k = token_aes(&s, "rotated", 0x0d, &[]);
+    s.destroy_object(k).expect("destroy");
+    drop(s);
+    routine(&p);
+    p.finalize().expect("finalize");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(trail_dir(&fx))
+        .expect("trail dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    // The names sort in time order.
+    files.sort();
+    assert!(files.len() >= 3, "rotated into several files: {files:?}");
+    let destroy: Vec<(String, u64)> = files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .expect("file")
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+                .filter(|r| record_action(r) == "object_destroy")
+                .map(|r| place_of(&r))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let (code, alerts, _) = watch_once(&fx, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(alerts.len(), 1, "no chain alert across files: {alerts:#?}");
+    assert_eq!(alerts[0]["rule"], "key_destroyed");
+    // The session keys of the two routines are destroyed too, without alerts.
+    assert_eq!(destroy.len(), 3);
+    assert_eq!(named(&alerts[0]), vec![destroy[1].clone()]);
+}
+
+#[test]
+fn a_line_written_in_two_parts_is_evaluated_once_whole() {
+    let fx = Fixture::new();
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let k = token_aes(&s, "halves", 0x0e, &[]);
+    s.destroy_object(k).expect("destroy");
+    drop(s);
+    p.finalize().expect("finalize");
+    let text = std::fs::read_to_string(fx.trail_path()).expect("trail");
+    let at = text.find("\"object_destroy\"").expect("destroy record") + 40;
+    let watched = fx.path().join("watched");
+    std::fs::create_dir(&watched).expect("dir");
+    let copy = watched.join("copy.jsonl");
+    std::fs::write(&copy, &text[..at]).expect("first part");
+    append_config(&fx, "[watch]\npoll_ms = 50\n");
+    let mut child = Command::new(keytrail_bin())
+        .arg("watch")
+        .arg("--config")
+        .arg(&fx.keytrail_conf)
+        .arg(&watched)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start keytrail watch");
+    let rx = lines_of(&mut child);
+    // Several rounds see the unfinished line and leave it be.
+    assert!(
+        rx.recv_timeout(Duration::from_millis(600)).is_err(),
+        "nothing is raised from half a line"
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&copy)
+        .expect("open");
+    std::io::Write::write_all(&mut f, text[at..].as_bytes()).expect("second part");
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("an alert once the line is whole");
+    let a: Value = serde_json::from_str(&line).expect("alert JSON");
+    assert_eq!(a["rule"], "key_destroyed");
+    assert_eq!(named(&a), places(&fx, "object_destroy", Some("success")));
+    // SAFETY (test): asking our own child to stop.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(child.wait().expect("watch ends").code(), Some(0));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
         "one alert only"
     );
 }
