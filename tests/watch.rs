@@ -647,7 +647,7 @@ fn a_line_written_in_two_parts_is_evaluated_once_whole() {
         .append(true)
         .open(&copy)
         .expect("open");
-    std::io::Write::write_all(&mut f, text[at..].as_bytes()).expect("second part");
+    std::io::Write::write_all(&mut f, &text.as_bytes()[at..]).expect("second part");
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("an alert once the line is whole");
