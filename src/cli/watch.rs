@@ -214,6 +214,46 @@ struct Place {
     line: u64,
 }
 
+/// A record's place while it is evaluated, borrowed from its line: most records raise
+/// nothing, and then nothing is copied.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    stream: &'a str,
+    seq: u64,
+    time: Option<&'a str>,
+    file: &'a str,
+    line: u64,
+}
+
+impl At<'_> {
+    fn place(&self) -> Place {
+        Place {
+            stream: self.stream.to_string(),
+            seq: self.seq,
+            time: self.time.map(str::to_string),
+            file: self.file.to_string(),
+            line: self.line,
+        }
+    }
+
+    /// Makes `p` this place, reusing its strings.
+    fn store(&self, p: &mut Place) {
+        p.stream.clear();
+        p.stream.push_str(self.stream);
+        p.seq = self.seq;
+        match (&mut p.time, self.time) {
+            (Some(t), Some(new)) => {
+                t.clear();
+                t.push_str(new);
+            }
+            (t, new) => *t = new.map(str::to_string),
+        }
+        p.file.clear();
+        p.file.push_str(self.file);
+        p.line = self.line;
+    }
+}
+
 struct Watcher {
     sources: Vec<PathBuf>,
     tails: Vec<Tail>,
@@ -636,7 +676,7 @@ impl Rules {
             .map(|r| r.severity)
     }
 
-    fn chain_finding(&mut self, f: verify::Finding, path: &str, line: u64, out: &mut Vec<Value>) {
+    fn chain_finding(&mut self, f: verify::Finding, path: &str, line: u64, out: &mut Vec<Alert>) {
         let Some(severity) = self.on("chain_invalid") else {
             return;
         };
@@ -667,7 +707,7 @@ impl Rules {
         extra: &Extra<'_>,
         path: &str,
         line: u64,
-        out: &mut Vec<Value>,
+        out: &mut Vec<Alert>,
     ) {
         let Some(integrity) = &extra.integrity else {
             return;
@@ -676,34 +716,31 @@ impl Rules {
             .timestamp
             .as_deref()
             .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-        let place = Place {
-            stream: integrity.stream.to_string(),
+        let place = At {
+            stream: &integrity.stream,
             seq: integrity.seq,
-            time: rec.timestamp.as_deref().map(str::to_string),
-            file: path.to_string(),
+            time: rec.timestamp.as_deref(),
+            file: path,
             line,
         };
-        let who = who(rec, extra);
         let action = rec.action();
         let success = rec.outcome() == "success";
         let p11 = rec.pkcs11.as_ref();
         let key = p11.and_then(|p| p.key.as_ref());
-        let flags: Vec<&str> =
-            p11.map_or(Vec::new(), |p| p.flags.iter().map(|f| f.as_ref()).collect());
+        let flag = |f: &str| p11.is_some_and(|p| p.flags.iter().any(|g| g == f));
         let token = p11.and_then(|p| p.token.as_ref());
         let serial = token.and_then(|t| t.serial.as_deref());
-        let keyj = key.map(|k| key_json(k, token));
         let one = |rule: &'static str, sev: Severity, message: String| {
             alert(
                 rule,
                 sev,
                 message,
-                vec![place.clone()],
-                keyj.clone(),
-                who.clone(),
+                vec![place.place()],
+                key.map(|k| key_json(k, token)),
+                who(rec, extra),
             )
         };
-        self.clock_record(action, &place, time, extra);
+        self.clock_record(action, place, time, extra);
         match action {
             "object_destroy" if success => {
                 let is_key = key
@@ -738,7 +775,7 @@ impl Rules {
                 }
             }
             "attribute_read_secret" => {
-                if flags.contains(&"secret_value_read") && success {
+                if flag("secret_value_read") && success {
                     if let Some(sev) = self.on("key_exported") {
                         out.push(one(
                             "key_exported",
@@ -750,7 +787,7 @@ impl Rules {
                         ));
                     }
                 } else if let Some(sev) = self.on("secret_attribute_read") {
-                    let how = if flags.contains(&"possible_secret_read") {
+                    let how = if flag("possible_secret_read") {
                         "possibly read".to_string()
                     } else {
                         format!(
@@ -783,11 +820,14 @@ impl Rules {
                         sev,
                         format!("a token was initialized: everything on it was wiped{was}"),
                     );
-                    a["token"] = json!({
-                        "label": token.and_then(|t| t.label.as_deref()),
-                        "serial": serial,
-                        "previous": previous,
-                    });
+                    a.more.insert(
+                        "token".into(),
+                        json!({
+                            "label": token.and_then(|t| t.label.as_deref()),
+                            "serial": serial,
+                            "previous": previous,
+                        }),
+                    );
                     out.push(a);
                 }
             }
@@ -806,11 +846,11 @@ impl Rules {
                             str::to_string,
                         ),
                     );
-                    a["lost"] = json!(lost);
+                    a.more.insert("lost".into(), json!(lost));
                     out.push(a);
                 }
             }
-            "login" if !success => self.failed_login(rec, &place, time, &who, out),
+            "login" if !success => self.failed_login(rec, extra, place, time, out),
             _ => {}
         }
         // Who uses a token key: its creator and first user are learnt, others alert.
@@ -825,18 +865,21 @@ impl Rules {
                 .as_ref()
                 .and_then(|p| p.executable.as_deref())
                 .or_else(|| rec.process.as_ref().and_then(|p| p.name.as_deref()))
-                .unwrap_or("?")
-                .to_string();
+                .unwrap_or("?");
             let uid = rec
                 .user
                 .as_ref()
                 .and_then(|u| u.id.as_deref())
-                .unwrap_or("?")
-                .to_string();
-            let known = self.key_users.contains_key(&id);
-            let users = self.key_users.entry(id).or_default();
-            let new_exe = users.executables.insert(exe.clone());
-            let new_uid = users.uids.insert(uid.clone());
+                .unwrap_or("?");
+            let seen = self.key_users.get(&id);
+            let known = seen.is_some();
+            let new_exe = seen.is_none_or(|u| !u.executables.contains(exe));
+            let new_uid = seen.is_none_or(|u| !u.uids.contains(uid));
+            if new_exe || new_uid {
+                let users = self.key_users.entry(id).or_default();
+                users.executables.insert(exe.to_string());
+                users.uids.insert(uid.to_string());
+            }
             self.learnt |= new_exe || new_uid;
             if known
                 && (new_exe || new_uid)
@@ -865,10 +908,10 @@ impl Rules {
     fn failed_login(
         &mut self,
         rec: &Rec<'_>,
-        place: &Place,
+        extra: &Extra<'_>,
+        place: At<'_>,
         time: Option<SystemTime>,
-        who: &Value,
-        out: &mut Vec<Value>,
+        out: &mut Vec<Alert>,
     ) {
         let rv = rec
             .pkcs11
@@ -895,7 +938,7 @@ impl Rules {
         };
         let window = self.login_window;
         let list = self.failures.entry(group.clone()).or_default();
-        list.push_back((t, place.clone()));
+        list.push_back((t, place.place()));
         list.retain(|(u, _)| t.duration_since(*u).map_or(true, |d| d <= window));
         if list.len() as u64 >= self.login_threshold {
             let records: Vec<Place> = list.drain(..).map(|(_, p)| p).collect();
@@ -909,7 +952,7 @@ impl Rules {
                 ),
                 records,
                 None,
-                who.clone(),
+                who(rec, extra),
             ));
         }
         if list.is_empty() {
@@ -921,28 +964,30 @@ impl Rules {
     fn clock_record(
         &mut self,
         action: &str,
-        place: &Place,
+        place: At<'_>,
         time: Option<SystemTime>,
         extra: &Extra<'_>,
     ) {
         if action == "trail_stop" {
-            self.streams.remove(&place.stream);
-            self.overdue_alerted.remove(&place.stream);
+            self.streams.remove(place.stream);
+            self.overdue_alerted.remove(place.stream);
             return;
         }
         let Some(t) = time else {
             return;
         };
-        let default = self.default_interval;
-        let s = self
-            .streams
-            .entry(place.stream.clone())
-            .or_insert_with(|| StreamClock {
-                interval: default,
+        if !self.streams.contains_key(place.stream) {
+            let clock = StreamClock {
+                interval: self.default_interval,
                 last_anchor: t,
-                last: place.clone(),
+                last: place.place(),
                 anchor_seq: place.seq,
-            });
+            };
+            self.streams.insert(place.stream.to_string(), clock);
+        }
+        let Some(s) = self.streams.get_mut(place.stream) else {
+            return;
+        };
         if action == "trail_start" {
             let k = extra.keytrail.as_ref();
             let synchronous =
@@ -962,12 +1007,12 @@ impl Rules {
             s.anchor_seq = place.seq;
         }
         if place.seq >= s.last.seq {
-            s.last = place.clone();
+            place.store(&mut s.last);
         }
     }
 
     /// `checkpoint_overdue`: streams silent past their interval and slack.
-    fn clock(&mut self, now: SystemTime) -> Vec<Value> {
+    fn clock(&mut self, now: SystemTime) -> Vec<Alert> {
         let mut out = Vec::new();
         let Some(sev) = self.on("checkpoint_overdue") else {
             return out;
@@ -1078,6 +1123,23 @@ fn key_json(k: &KeyRec<'_>, token: Option<&super::record::Tok<'_>>) -> Value {
     Value::Object(v)
 }
 
+/// One alert, in the order its fields are written.
+#[derive(Serialize)]
+struct Alert {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    rule: &'static str,
+    severity: Severity,
+    message: String,
+    /// The records that raised it.
+    records: Vec<Place>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<Value>,
+    /// `user` and `process`, and what some rules add (`lost`, `token`).
+    #[serde(flatten)]
+    more: serde_json::Map<String, Value>,
+}
+
 fn alert(
     rule: &'static str,
     severity: Severity,
@@ -1085,23 +1147,19 @@ fn alert(
     records: Vec<Place>,
     key: Option<Value>,
     who: Value,
-) -> Value {
-    let mut a = json!({
-        "@timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        "rule": rule,
-        "severity": severity.as_str(),
-        "message": message,
-        "records": records,
-    });
-    if let Some(k) = key {
-        a["key"] = k;
+) -> Alert {
+    Alert {
+        timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        rule,
+        severity,
+        message,
+        records,
+        key,
+        more: match who {
+            Value::Object(w) => w,
+            _ => serde_json::Map::new(),
+        },
     }
-    if let Value::Object(w) = who {
-        for (k, v) in w {
-            a[k] = v;
-        }
-    }
-    a
 }
 
 /// Where alerts go, and the commands run for them.
@@ -1157,9 +1215,15 @@ impl Output {
         })
     }
 
-    fn raise(&mut self, a: Value) {
+    fn raise(&mut self, a: Alert) {
         self.raised += 1;
-        let line = a.to_string();
+        let line = match serde_json::to_string(&a) {
+            Ok(l) => l,
+            Err(e) => {
+                super::text::errln!("keytrail watch: cannot write an alert: {e}");
+                return;
+            }
+        };
         match self.kind {
             AlertOutput::Stdout => {
                 let mut o = std::io::stdout().lock();
@@ -1173,26 +1237,13 @@ impl Output {
                 }
             }
             AlertOutput::Syslog => {
-                let sev = a["severity"]
-                    .as_str()
-                    .and_then(|s| {
-                        [
-                            Severity::Low,
-                            Severity::Medium,
-                            Severity::High,
-                            Severity::Critical,
-                        ]
-                        .into_iter()
-                        .find(|v| v.as_str() == s)
-                    })
-                    .unwrap_or(Severity::High);
                 let msg = format!(
                     "<{}>1 {} {} keytrail-watch {} {} - {line}",
-                    FACILITY_AUTHPRIV * 8 + sev.syslog(),
-                    a["@timestamp"].as_str().unwrap_or("-"),
+                    FACILITY_AUTHPRIV * 8 + a.severity.syslog(),
+                    a.timestamp,
                     self.host,
                     std::process::id(),
-                    a["rule"].as_str().unwrap_or("-"),
+                    a.rule,
                 );
                 if let Some((s, path)) = &self.syslog
                     && let Err(e) = s.send_to(msg.as_bytes(), path)
