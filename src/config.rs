@@ -617,6 +617,24 @@ impl WatchSettings {
                     format!("unknown rule; one of {}", WATCH_RULES.join(", ")),
                 ));
             }
+            let counts = name == "failed_logins";
+            let misplaced = if !counts && rule.threshold.is_some() {
+                Some("threshold")
+            } else if !counts && rule.window.is_some() {
+                Some("window")
+            } else if !counts && rule.per.is_some() {
+                Some("per")
+            } else if name != "checkpoint_overdue" && rule.slack.is_some() {
+                Some("slack")
+            } else {
+                None
+            };
+            if let Some(key) = misplaced {
+                return Err(bad(
+                    format!("watch.rules.{name}.{key}"),
+                    format!("`{key}` is not a setting of this rule"),
+                ));
+            }
             if rule.threshold == Some(0) {
                 return Err(bad(
                     format!("watch.rules.{name}.threshold"),
@@ -1070,6 +1088,13 @@ mod tests {
         let f = write("[watch]\noutput = \"file\"\n");
         let e = WatchSettings::resolve(f.path(), true).expect_err("no file");
         assert_eq!(e.key.as_deref(), Some("watch.file"), "{e}");
+        let f = write("[watch.rules.key_destroyed]\nthreshold = 2\n");
+        let e = WatchSettings::resolve(f.path(), true).expect_err("not a counting rule");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("watch.rules.key_destroyed.threshold"),
+            "{e}"
+        );
         let f = write("[watch.rules.failed_logins]\nper = \"host\"\n");
         let e = WatchSettings::resolve(f.path(), true).expect_err("bad per");
         assert_eq!(

@@ -295,6 +295,7 @@ fn failed_logins_alert_at_the_threshold_per_process() {
     let a = &alerts[0];
     assert_eq!(a["rule"], "failed_logins");
     assert_eq!(a["severity"], "critical");
+    assert_eq!(a["count"], 3);
     assert_eq!(named(a), places(&fx, "login", Some("failure")));
     assert!(!a.to_string().contains("kt-wrong-pin"), "never a PIN");
 }
@@ -314,6 +315,14 @@ fn initializing_a_token_is_critical() {
     assert_eq!(a["severity"], "critical");
     assert_eq!(named(a), places(&fx, "token_init", Some("success")));
     assert_eq!(a["token"]["previous"]["label"], TOKEN_LABEL, "{a:#}");
+    // The same alert, appended to a file instead.
+    let file = fx.path().join("alerts.jsonl");
+    let (code, alerts, _) = watch_once(&fx, &["--alerts", file.to_str().expect("utf-8")]);
+    assert_eq!((code, alerts.len()), (1, 0), "nothing on stdout");
+    let written = alerts_of(&std::fs::read_to_string(&file).expect("alert file"));
+    assert_eq!(written.len(), 1, "{written:#?}");
+    assert_eq!(written[0]["rule"], "token_initialized");
+    assert_eq!(named(&written[0]), named(a));
 }
 
 #[test]
@@ -691,4 +700,26 @@ fn alerts_carry_no_key_material() {
     assert_eq!(rules, ["key_exported", "key_destroyed"]);
     let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(!text.contains(&"a5".repeat(8)), "{text}");
+}
+
+#[test]
+fn a_label_that_would_drive_a_terminal_is_escaped_in_the_alert() {
+    let fx = Fixture::new();
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let label = "evil\u{1b}[2J\u{202e}kek";
+    let k = token_aes(&s, label, 0x0f, &[]);
+    s.destroy_object(k).expect("destroy");
+    drop(s);
+    p.finalize().expect("finalize");
+    let (_, alerts, out) = watch_once(&fx, &[]);
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !raw.contains('\u{1b}') && !raw.contains('\u{202e}'),
+        "{raw}"
+    );
+    assert!(raw.contains("\\u001b") && raw.contains("\\u202e"), "{raw}");
+    assert_eq!(alerts.len(), 1);
+    // Still the same JSON: the label reads back as it was.
+    assert_eq!(alerts[0]["key"]["label"], label);
 }

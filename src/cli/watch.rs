@@ -598,6 +598,9 @@ struct StreamClock {
     anchor_seq: u64,
 }
 
+/// Records named in one alert at most.
+const MAX_NAMED: usize = 50;
+
 /// The rules and what they remember.
 struct Rules {
     rules: HashMap<&'static str, Rule>,
@@ -941,19 +944,26 @@ impl Rules {
         list.push_back((t, place.place()));
         list.retain(|(u, _)| t.duration_since(*u).map_or(true, |d| d <= window));
         if list.len() as u64 >= self.login_threshold {
-            let records: Vec<Place> = list.drain(..).map(|(_, p)| p).collect();
-            out.push(alert(
+            let count = list.len();
+            // An alert stays one datagram: the latest failures are named, all counted.
+            let records: Vec<Place> = list
+                .drain(..)
+                .skip(count.saturating_sub(MAX_NAMED))
+                .map(|(_, p)| p)
+                .collect();
+            let mut a = alert(
                 "failed_logins",
                 sev,
                 format!(
-                    "{} failed logins within {} by {group}",
-                    records.len(),
+                    "{count} failed logins within {} by {group}",
                     humantime::format_duration(window)
                 ),
                 records,
                 None,
                 who(rec, extra),
-            ));
+            );
+            a.more.insert("count".into(), json!(count));
+            out.push(a);
         }
         if list.is_empty() {
             self.failures.remove(&group);
@@ -1162,6 +1172,17 @@ fn alert(
     }
 }
 
+/// An alert as one line of JSON, with the characters that could drive a terminal (from
+/// labels and names in the trail) written as `\uXXXX`, as the other subcommands do.
+fn alert_line(a: &Alert) -> Result<String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut out = super::text::JsonEscaper::new(&mut buf);
+    serde_json::to_writer(&mut out, a)?;
+    out.flush()?;
+    drop(out);
+    Ok(String::from_utf8(buf)?)
+}
+
 /// Where alerts go, and the commands run for them.
 struct Output {
     kind: AlertOutput,
@@ -1217,7 +1238,7 @@ impl Output {
 
     fn raise(&mut self, a: Alert) {
         self.raised += 1;
-        let line = match serde_json::to_string(&a) {
+        let line = match alert_line(&a) {
             Ok(l) => l,
             Err(e) => {
                 super::text::errln!("keytrail watch: cannot write an alert: {e}");
