@@ -118,6 +118,17 @@ pub fn run(args: &WatchArgs) -> Result<u8> {
         state_file: w.state_file.clone(),
         suppress: HashMap::new(),
         dirty: false,
+        last_error: None,
+        skip: [
+            w.file.as_deref().filter(|_| w.output == AlertOutput::File),
+            w.state_file.as_deref(),
+            settings.integrity.anchor_file.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect(),
     };
     watcher.load_state()?;
     if !args.once {
@@ -264,6 +275,12 @@ struct Watcher {
     /// From the state file: how far each file (device:inode) was read before.
     suppress: HashMap<String, u64>,
     dirty: bool,
+    /// The latest problem finding files, said once until it changes.
+    last_error: Option<String>,
+    /// Files never read as trail even in a trail directory: the alert file (alerts would
+    /// raise alerts), the state file and the anchor file (copies of records, which would
+    /// read as duplicates).
+    skip: Vec<(u64, u64)>,
 }
 
 fn file_id(dev: u64, ino: u64) -> String {
@@ -273,7 +290,19 @@ fn file_id(dev: u64, ino: u64) -> String {
 impl Watcher {
     /// One look at the trail: new files, new lines, then the clock's rules.
     fn round(&mut self, once: bool) -> Result<()> {
-        self.discover(once)?;
+        match self.discover(once) {
+            Ok(()) => self.last_error = None,
+            Err(e) if once => return Err(e),
+            // Following, a passing problem (a directory being replaced, permissions being
+            // fixed) must not end the watch: it is said once, and tried again.
+            Err(e) => {
+                let text = format!("{e:#}");
+                if self.last_error.as_deref() != Some(&text) {
+                    super::text::errln!("keytrail watch: {text}; trying again");
+                    self.last_error = Some(text);
+                }
+            }
+        }
         for i in 0..self.tails.len() {
             self.read_tail(i);
         }
@@ -287,8 +316,11 @@ impl Watcher {
             self.dirty = true;
         }
         self.out.reap();
-        if self.dirty && !once {
-            self.save_state()?;
+        if self.dirty
+            && !once
+            && let Err(e) = self.save_state()
+        {
+            super::text::errln!("keytrail watch: {e:#}");
         }
         Ok(())
     }
@@ -324,6 +356,9 @@ impl Watcher {
             let Ok(m) = std::fs::metadata(&p) else {
                 continue;
             };
+            if self.skip.contains(&(m.dev(), m.ino())) {
+                continue;
+            }
             match self
                 .tails
                 .iter_mut()
