@@ -132,6 +132,17 @@ fn routine(p: &Pkcs11) {
     drop(s);
 }
 
+/// The trail's lines, and the index of the (first) login record among them.
+fn lines_and_login(fx: &Fixture) -> (Vec<String>, usize) {
+    let text = std::fs::read_to_string(fx.trail_path()).expect("trail");
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("\"action\":\"login\""))
+        .expect("login");
+    (lines, i)
+}
+
 /// The lines a child writes on its standard output, as they come.
 fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     let stdout = child.stdout.take().expect("stdout");
@@ -422,12 +433,7 @@ fn a_tampered_line_and_a_deleted_one_fail_the_chain_at_their_seq() {
     let p = open(&keytrail_module());
     routine(&p);
     p.finalize().expect("finalize");
-    let text = std::fs::read_to_string(fx.trail_path()).expect("trail");
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let i = lines
-        .iter()
-        .position(|l| l.contains("\"action\":\"login\""))
-        .expect("login");
+    let (mut lines, i) = lines_and_login(&fx);
     lines[i] = lines[i].replacen("rw_user", "rw_usEr", 1);
     let tampered = place_of(&serde_json::from_str(&lines[i]).expect("json"));
     let j = lines
@@ -727,4 +733,63 @@ fn a_label_that_would_drive_a_terminal_is_escaped_in_the_alert() {
     assert_eq!(alerts.len(), 1);
     // Still the same JSON: the label reads back as it was.
     assert_eq!(alerts[0]["key"]["label"], label);
+}
+
+#[test]
+fn a_keyed_trail_is_verified_with_the_configured_key() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fx = Fixture::new();
+    let key = fx.path().join("trail.key");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .and_then(|mut f| f.write_all(&[0x5a; 32]))
+        .expect("key file");
+    append_config(&fx, &format!("[integrity]\nkey_file = {key:?}\n"));
+    let p = open(&keytrail_module());
+    routine(&p);
+    p.finalize().expect("finalize");
+    let (code, alerts, _) = watch_once(&fx, &[]);
+    assert_eq!((code, alerts.len()), (0, 0), "{alerts:#?}");
+    // A record changed and its hash recomputed the only way possible without the key.
+    let (mut lines, i) = lines_and_login(&fx);
+    let changed = lines[i].replacen("rw_user", "rw_usEr", 1);
+    let (prefix, _) = keytrail::sink::chain::split_signed(changed.as_bytes()).expect("signed line");
+    let forged = hex::encode(keytrail::sink::chain::Hasher::Plain.hash(prefix));
+    lines[i] = format!(
+        "{},\"hash\":\"{forged}\"}}}}",
+        String::from_utf8_lossy(prefix)
+    );
+    let forged_at = place_of(&serde_json::from_str(&lines[i]).expect("json"));
+    std::fs::write(fx.trail_path(), lines.join("\n") + "\n").expect("write");
+    let (code, alerts, _) = watch_once(&fx, &[]);
+    assert_eq!(code, 1);
+    // The forged record, and the next one, whose prev no longer names it.
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert!(alerts.iter().all(|a| a["rule"] == "chain_invalid"));
+    let next = (forged_at.0.clone(), forged_at.1 + 1);
+    assert_eq!(named(&alerts[0]), vec![forged_at]);
+    assert_eq!(named(&alerts[1]), vec![next.clone()]);
+    assert!(
+        alerts[0]["message"]
+            .as_str()
+            .expect("m")
+            .contains("hash mismatch")
+    );
+    // Without the key the forged record itself cannot be checked: only the broken link
+    // after it shows.
+    let bare = fx.path().join("watch-only.toml");
+    std::fs::write(&bare, "[watch]\n").expect("config");
+    let out = Command::new(keytrail_bin())
+        .args(["watch", "--once", "--config"])
+        .arg(&bare)
+        .arg(trail_dir(&fx))
+        .output()
+        .expect("run keytrail watch");
+    let bare_alerts = alerts_of(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(bare_alerts.len(), 1, "{bare_alerts:#?}");
+    assert_eq!(named(&bare_alerts[0]), vec![next]);
 }
