@@ -635,6 +635,12 @@ impl WatchSettings {
                     format!("`{key}` is not a setting of this rule"),
                 ));
             }
+            if rule.window.is_some_and(|w| w.0.is_none()) {
+                return Err(bad(
+                    format!("watch.rules.{name}.window"),
+                    "must be longer than 0".into(),
+                ));
+            }
             if rule.threshold == Some(0) {
                 return Err(bad(
                     format!("watch.rules.{name}.threshold"),

@@ -119,6 +119,7 @@ pub fn run(args: &WatchArgs) -> Result<u8> {
         suppress: HashMap::new(),
         dirty: false,
         last_error: None,
+        buf: Vec::new(),
         skip: [
             w.file.as_deref().filter(|_| w.output == AlertOutput::File),
             w.state_file.as_deref(),
@@ -194,6 +195,8 @@ fn chain_keys(args: &WatchArgs, s: &WatchSettings) -> (Option<PathBuf>, Option<P
 /// A file being followed.
 struct Tail {
     path: PathBuf,
+    /// The path as alerts name it.
+    name: std::rc::Rc<str>,
     file: File,
     dev: u64,
     ino: u64,
@@ -281,6 +284,8 @@ struct Watcher {
     /// raise alerts), the state file and the anchor file (copies of records, which would
     /// read as duplicates).
     skip: Vec<(u64, u64)>,
+    /// The read buffer, kept from round to round.
+    buf: Vec<u8>,
 }
 
 fn file_id(dev: u64, ino: u64) -> String {
@@ -385,6 +390,7 @@ impl Watcher {
             let id = file_id(m.dev(), m.ino());
             let index = self.chain.add_file(path.clone());
             self.tails.push(Tail {
+                name: path.display().to_string().into(),
                 path,
                 file,
                 dev: m.dev(),
@@ -403,7 +409,13 @@ impl Watcher {
 
     /// Reads what was appended to a file and evaluates each whole line.
     fn read_tail(&mut self, i: usize) {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(64 * 1024, 0);
+        self.read_into(i, &mut buf);
+        self.buf = buf;
+    }
+
+    fn read_into(&mut self, i: usize, buf: &mut [u8]) {
         loop {
             let t = &mut self.tails[i];
             if let Ok(m) = t.file.metadata()
@@ -419,7 +431,7 @@ impl Watcher {
                 t.partial.clear();
                 t.overlong = None;
             }
-            let n = match t.file.read(&mut buf) {
+            let n = match t.file.read(buf) {
                 Ok(0) => return,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -433,20 +445,25 @@ impl Watcher {
                 let t = &mut self.tails[i];
                 match memchr::memchr(b'\n', rest) {
                     Some(j) => {
-                        take(t, &rest[..j]);
                         t.offset += j as u64 + 1;
-                        rest = &rest[j + 1..];
-                        let line = std::mem::take(&mut t.partial);
-                        let overlong = t.overlong.take();
                         t.lines += 1;
                         let (index, number, live) = (t.index, t.lines, t.offset > t.quiet_until);
-                        let path = t.path.display().to_string();
-                        self.line(index, number, &line, overlong, live, &path);
-                        let t = &mut self.tails[i];
-                        if t.partial.capacity() == 0 {
-                            t.partial = line;
-                            t.partial.clear();
+                        let name = t.name.clone();
+                        if t.partial.is_empty() && t.overlong.is_none() && j <= MAX_LINE {
+                            // The whole line is in the buffer: no copy.
+                            self.line(index, number, &rest[..j], None, live, &name);
+                        } else {
+                            take(t, &rest[..j]);
+                            let line = std::mem::take(&mut t.partial);
+                            let overlong = t.overlong.take();
+                            self.line(index, number, &line, overlong, live, &name);
+                            let t = &mut self.tails[i];
+                            if t.partial.capacity() == 0 {
+                                t.partial = line;
+                                t.partial.clear();
+                            }
                         }
+                        rest = &rest[j + 1..];
                     }
                     None => {
                         take(t, rest);
@@ -520,7 +537,9 @@ impl Watcher {
         let mut read = BTreeMap::new();
         for t in &self.tails {
             // Only what was read to a line's end counts as seen.
-            let done = t.offset - t.partial.len() as u64 - t.overlong.unwrap_or(0);
+            // (`overlong` is the unfinished line's whole length; `partial` only its end.)
+            let unfinished = t.overlong.unwrap_or(t.partial.len() as u64);
+            let done = t.offset.saturating_sub(unfinished);
             read.insert(file_id(t.dev, t.ino), done.max(t.quiet_until));
         }
         let state = StateOut {
