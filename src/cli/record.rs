@@ -48,6 +48,21 @@ pub struct Rec<'a> {
     /// `process.*`.
     #[serde(borrow)]
     pub process: Option<Proc<'a>>,
+    /// `integrity.stream` and `integrity.seq`.
+    #[serde(borrow)]
+    pub integrity: Option<Place<'a>>,
+    /// `keytrail`: the structured detail of keytrail's own records.
+    pub keytrail: Option<serde_json::Value>,
+}
+
+/// A record's place in its stream (`integrity.*`).
+#[derive(Deserialize)]
+pub struct Place<'a> {
+    /// `integrity.stream`.
+    #[serde(borrow)]
+    pub stream: Cow<'a, str>,
+    /// `integrity.seq`.
+    pub seq: u64,
 }
 
 /// `event.*`.
@@ -80,6 +95,9 @@ pub struct Proc<'a> {
     /// `process.name`.
     #[serde(borrow)]
     pub name: Option<Cow<'a, str>>,
+    /// `process.executable`.
+    #[serde(borrow)]
+    pub executable: Option<Cow<'a, str>>,
 }
 
 /// `pkcs11.*`.

@@ -24,7 +24,6 @@ use keytrail::config::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -498,9 +497,8 @@ impl Watcher {
         }
         if overlong.is_none()
             && let Ok(rec) = serde_json::from_slice::<Rec<'_>>(bytes)
-            && let Ok(extra) = serde_json::from_slice::<Extra<'_>>(bytes)
         {
-            self.rules.record(&rec, &extra, path, number, &mut alerts);
+            self.rules.record(&rec, path, number, &mut alerts);
         }
         self.dirty |= !alerts.is_empty() || self.rules.learnt;
         self.rules.learnt = false;
@@ -608,29 +606,6 @@ struct StateOut<'a> {
 struct KeyUsers {
     executables: BTreeSet<String>,
     uids: BTreeSet<String>,
-}
-
-/// The fields of a record the rules need beyond [`Rec`].
-#[derive(Deserialize)]
-struct Extra<'a> {
-    #[serde(borrow)]
-    integrity: Option<Integrity<'a>>,
-    #[serde(borrow)]
-    process: Option<ProcessX<'a>>,
-    keytrail: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Integrity<'a> {
-    #[serde(borrow)]
-    stream: Cow<'a, str>,
-    seq: u64,
-}
-
-#[derive(Deserialize)]
-struct ProcessX<'a> {
-    #[serde(borrow)]
-    executable: Option<Cow<'a, str>>,
 }
 
 /// A rule's settings with its defaults filled in.
@@ -758,15 +733,8 @@ impl Rules {
     }
 
     /// The rules that look at one record.
-    fn record(
-        &mut self,
-        rec: &Rec<'_>,
-        extra: &Extra<'_>,
-        path: &str,
-        line: u64,
-        out: &mut Vec<Alert>,
-    ) {
-        let Some(integrity) = &extra.integrity else {
+    fn record(&mut self, rec: &Rec<'_>, path: &str, line: u64, out: &mut Vec<Alert>) {
+        let Some(integrity) = &rec.integrity else {
             return;
         };
         let time = rec
@@ -794,10 +762,10 @@ impl Rules {
                 message,
                 vec![place.place()],
                 key.map(|k| key_json(k, token)),
-                who(rec, extra),
+                who(rec),
             )
         };
-        self.clock_record(action, place, time, extra);
+        self.clock_record(action, place, time, rec);
         match action {
             "object_destroy" if success => {
                 let is_key = key
@@ -861,7 +829,7 @@ impl Rules {
             }
             "token_init" if success => {
                 if let Some(sev) = self.on("token_initialized") {
-                    let previous = extra
+                    let previous = rec
                         .keytrail
                         .as_ref()
                         .and_then(|k| k.get("previous_token"))
@@ -890,7 +858,7 @@ impl Rules {
             }
             "records_lost" | "records_dropped" => {
                 if let Some(sev) = self.on("records_lost") {
-                    let lost = extra
+                    let lost = rec
                         .keytrail
                         .as_ref()
                         .and_then(|k| k.get("lost"))
@@ -907,7 +875,7 @@ impl Rules {
                     out.push(a);
                 }
             }
-            "login" if !success => self.failed_login(rec, extra, place, time, out),
+            "login" if !success => self.failed_login(rec, place, time, out),
             _ => {}
         }
         // Who uses a token key: its creator and first user are learnt, others alert.
@@ -917,11 +885,10 @@ impl Rules {
             && matches!(lifecycle, "use" | "export" | "generate" | "import")
             && let Some(id) = key_id(k, serial)
         {
-            let exe = extra
+            let exe = rec
                 .process
                 .as_ref()
-                .and_then(|p| p.executable.as_deref())
-                .or_else(|| rec.process.as_ref().and_then(|p| p.name.as_deref()))
+                .and_then(|p| p.executable.as_deref().or(p.name.as_deref()))
                 .unwrap_or("?");
             let uid = rec
                 .user
@@ -965,7 +932,6 @@ impl Rules {
     fn failed_login(
         &mut self,
         rec: &Rec<'_>,
-        extra: &Extra<'_>,
         place: At<'_>,
         time: Option<SystemTime>,
         out: &mut Vec<Alert>,
@@ -1014,7 +980,7 @@ impl Rules {
                 ),
                 records,
                 None,
-                who(rec, extra),
+                who(rec),
             );
             a.more.insert("count".into(), json!(count));
             out.push(a);
@@ -1030,7 +996,7 @@ impl Rules {
         action: &str,
         place: At<'_>,
         time: Option<SystemTime>,
-        extra: &Extra<'_>,
+        rec: &Rec<'_>,
     ) {
         if action == "trail_stop" {
             self.streams.remove(place.stream);
@@ -1053,7 +1019,7 @@ impl Rules {
             return;
         };
         if action == "trail_start" {
-            let k = extra.keytrail.as_ref();
+            let k = rec.keytrail.as_ref();
             let synchronous =
                 k.and_then(|k| k.get("writer")).and_then(Value::as_str) == Some("synchronous");
             // A synchronous writer checkpoints only when it writes: idle is not stalled.
@@ -1116,7 +1082,7 @@ impl Rules {
 }
 
 /// The user and process of a record, as alerts carry them.
-fn who(rec: &Rec<'_>, extra: &Extra<'_>) -> Value {
+fn who(rec: &Rec<'_>) -> Value {
     json!({
         "user": {
             "name": rec.user.as_ref().and_then(|u| u.name.as_deref()),
@@ -1125,7 +1091,7 @@ fn who(rec: &Rec<'_>, extra: &Extra<'_>) -> Value {
         "process": {
             "pid": rec.pid(),
             "name": rec.process.as_ref().and_then(|p| p.name.as_deref()),
-            "executable": extra.process.as_ref().and_then(|p| p.executable.as_deref()),
+            "executable": rec.process.as_ref().and_then(|p| p.executable.as_deref()),
         },
     })
 }
