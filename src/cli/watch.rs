@@ -520,6 +520,13 @@ impl Watcher {
         };
         let s: State = serde_json::from_str(&text)
             .with_context(|| format!("the state file {} is not keytrail watch's", p.display()))?;
+        if s.version != STATE_VERSION {
+            bail!(
+                "the state file {} has version {}; this keytrail writes version {STATE_VERSION}",
+                p.display(),
+                s.version
+            );
+        }
         self.suppress = s.read;
         self.rules.key_users = s.key_users;
         self.rules.overdue_alerted = s.overdue;
@@ -541,7 +548,7 @@ impl Watcher {
             read.insert(file_id(t.dev, t.ino), done.max(t.quiet_until));
         }
         let state = StateOut {
-            version: 1,
+            version: STATE_VERSION,
             read,
             key_users: &self.rules.key_users,
             overdue: &self.rules.overdue_alerted,
@@ -582,9 +589,13 @@ fn take(t: &mut Tail, chunk: &[u8]) {
     t.partial.drain(..excess);
 }
 
+/// The state file's format.
+const STATE_VERSION: u32 = 1;
+
 /// What the state file keeps.
 #[derive(Deserialize)]
 struct State {
+    version: u32,
     #[serde(default)]
     read: HashMap<String, u64>,
     #[serde(default)]
