@@ -457,6 +457,222 @@ struct FileConfig {
     #[serde(default)]
     integrity: IntegrityConfig,
     seal: Option<SealSection>,
+    #[serde(default)]
+    watch: WatchConfig,
+}
+
+/// The rules `keytrail watch` knows, in the order of the documentation.
+pub const WATCH_RULES: [&str; 9] = [
+    "key_destroyed",
+    "key_exported",
+    "secret_attribute_read",
+    "failed_logins",
+    "token_initialized",
+    "new_key_user",
+    "records_lost",
+    "chain_invalid",
+    "checkpoint_overdue",
+];
+
+/// How serious an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a look.
+    Low,
+    /// Worth a look soon.
+    Medium,
+    /// Someone should act.
+    High,
+    /// Someone should act now.
+    Critical,
+}
+
+impl Severity {
+    /// The name used in alerts and in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// The syslog severity (RFC 5424): notice, warning, error, critical.
+    pub fn syslog(self) -> u8 {
+        match self {
+            Severity::Low => 5,
+            Severity::Medium => 4,
+            Severity::High => 3,
+            Severity::Critical => 2,
+        }
+    }
+}
+
+/// One rule's settings (`[watch.rules.<name>]`); what is left out keeps the rule's
+/// default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Whether the rule runs.
+    pub enabled: Option<bool>,
+    /// The severity of its alerts.
+    pub severity: Option<Severity>,
+    /// `failed_logins`: how many failures raise an alert.
+    pub threshold: Option<u64>,
+    /// `failed_logins`: within how long.
+    pub window: Option<Interval>,
+    /// `failed_logins`: count per `"user"` or per `"process"`.
+    pub per: Option<String>,
+    /// `checkpoint_overdue`: how long past its checkpoint interval a stream may stay
+    /// silent.
+    pub slack: Option<Interval>,
+}
+
+/// Where alerts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertOutput {
+    /// One JSON line per alert on standard output.
+    #[default]
+    Stdout,
+    /// Appended to `[watch] file`.
+    File,
+    /// An RFC 5424 message to the local syslog socket (`[watch] syslog_socket`).
+    Syslog,
+}
+
+/// `keytrail watch` (`[watch]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Trail files or directories to follow; the directory of `[trail] path` when empty.
+    pub paths: Vec<PathBuf>,
+    /// Where alerts go.
+    pub output: AlertOutput,
+    /// The file alerts are appended to with `output = "file"`.
+    pub file: Option<PathBuf>,
+    /// The local syslog socket (a unix datagram socket).
+    pub syslog_socket: PathBuf,
+    /// A program run once per alert, with the alert's JSON on its standard input: the
+    /// program and its arguments, never through a shell.
+    pub command: Vec<String>,
+    /// Where what the rules learnt (which executables and users use each key) and how far
+    /// each file was read are kept across restarts.
+    pub state_file: Option<PathBuf>,
+    /// How often the trail is looked at for new records, in milliseconds.
+    pub poll_ms: u64,
+    /// Per-rule settings, by rule name.
+    pub rules: std::collections::BTreeMap<String, RuleConfig>,
+}
+
+/// The local syslog socket.
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            paths: Vec::new(),
+            output: AlertOutput::Stdout,
+            file: None,
+            syslog_socket: PathBuf::from(DEFAULT_SYSLOG_SOCKET),
+            command: Vec::new(),
+            state_file: None,
+            poll_ms: 500,
+            rules: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// What `keytrail watch` reads of the configuration file: its own section, where the
+/// trail is and how it is sealed. Unlike [`Config`], no module is needed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WatchSettings {
+    /// The file it was read from, if any.
+    pub source: Option<PathBuf>,
+    /// `[watch]`.
+    pub watch: WatchConfig,
+    /// `[trail]`.
+    pub trail: TrailConfig,
+    /// `[integrity]`.
+    pub integrity: IntegrityConfig,
+}
+
+impl WatchSettings {
+    /// Reads `path` (a missing file is an error only when `must_exist`), checked as the
+    /// library checks its configuration, and validates the `[watch]` section.
+    pub fn resolve(path: &Path, must_exist: bool) -> Result<WatchSettings, ConfigError> {
+        let bad = |key: String, problem: String| ConfigError {
+            file: Some(path.to_path_buf()),
+            key: Some(key),
+            problem,
+        };
+        let (file, source, _) = Config::read_file(path, must_exist)?;
+        let w = &file.watch;
+        for (name, rule) in &w.rules {
+            if !WATCH_RULES.contains(&name.as_str()) {
+                return Err(bad(
+                    format!("watch.rules.{name}"),
+                    format!("unknown rule; one of {}", WATCH_RULES.join(", ")),
+                ));
+            }
+            let counts = name == "failed_logins";
+            let misplaced = if !counts && rule.threshold.is_some() {
+                Some("threshold")
+            } else if !counts && rule.window.is_some() {
+                Some("window")
+            } else if !counts && rule.per.is_some() {
+                Some("per")
+            } else if name != "checkpoint_overdue" && rule.slack.is_some() {
+                Some("slack")
+            } else {
+                None
+            };
+            if let Some(key) = misplaced {
+                return Err(bad(
+                    format!("watch.rules.{name}.{key}"),
+                    format!("`{key}` is not a setting of this rule"),
+                ));
+            }
+            if rule.window.is_some_and(|w| w.0.is_none()) {
+                return Err(bad(
+                    format!("watch.rules.{name}.window"),
+                    "must be longer than 0".into(),
+                ));
+            }
+            if rule.threshold == Some(0) {
+                return Err(bad(
+                    format!("watch.rules.{name}.threshold"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if let Some(per) = &rule.per
+                && per != "user"
+                && per != "process"
+            {
+                return Err(bad(
+                    format!("watch.rules.{name}.per"),
+                    format!("`{per}`: write \"user\" or \"process\""),
+                ));
+            }
+        }
+        if w.output == AlertOutput::File && w.file.is_none() {
+            return Err(bad(
+                "watch.file".into(),
+                "output = \"file\" needs the file to append alerts to".into(),
+            ));
+        }
+        if w.poll_ms == 0 {
+            return Err(bad("watch.poll_ms".into(), "must be at least 1".into()));
+        }
+        Ok(WatchSettings {
+            source,
+            watch: file.watch,
+            trail: file.trail,
+            integrity: file.integrity,
+        })
+    }
 }
 
 /// `[seal]`: where the key that signs checkpoint heads is (see `keytrail::seal`).
@@ -538,34 +754,7 @@ impl Config {
         must_exist: bool,
         module_override: Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
-        let (file, source, source_sha256) = match read_trusted(path) {
-            Ok(text) => {
-                use sha2::Digest;
-                let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
-                (
-                    Self::parse(&text, path)?,
-                    Some(path.to_path_buf()),
-                    Some(digest),
-                )
-            }
-            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
-                (FileConfig::default(), None, None)
-            }
-            Err(ReadError::Io(e)) => {
-                return Err(ConfigError {
-                    file: Some(path.to_path_buf()),
-                    key: None,
-                    problem: format!("cannot be read: {e}"),
-                });
-            }
-            Err(ReadError::Refused(problem)) => {
-                return Err(ConfigError {
-                    file: Some(path.to_path_buf()),
-                    key: None,
-                    problem,
-                });
-            }
-        };
+        let (file, source, source_sha256) = Self::read_file(path, must_exist)?;
         let module = match module_override.or(file.module) {
             Some(m) => m,
             None => {
@@ -627,6 +816,35 @@ impl Config {
             source_sha256,
             env_ignored: Vec::new(),
         })
+    }
+
+    /// Reads and parses `path` after the trust checks: the file's contents (defaults
+    /// when it is missing and need not exist), where they came from and their SHA-256.
+    fn read_file(
+        path: &Path,
+        must_exist: bool,
+    ) -> Result<(FileConfig, Option<PathBuf>, Option<String>), ConfigError> {
+        let problem = |problem: String| ConfigError {
+            file: Some(path.to_path_buf()),
+            key: None,
+            problem,
+        };
+        match read_trusted(path) {
+            Ok(text) => {
+                use sha2::Digest;
+                let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+                Ok((
+                    Self::parse(&text, path)?,
+                    Some(path.to_path_buf()),
+                    Some(digest),
+                ))
+            }
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                Ok((FileConfig::default(), None, None))
+            }
+            Err(ReadError::Io(e)) => Err(problem(format!("cannot be read: {e}"))),
+            Err(ReadError::Refused(p)) => Err(problem(p)),
+        }
     }
 
     fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
@@ -858,6 +1076,38 @@ mod tests {
             assert!(e.problem.contains("KEYTRAIL_MODULE"), "{e}");
             assert!(e.problem.contains("AT_SECURE"), "{e}");
         }
+    }
+
+    #[test]
+    fn watch_section_needs_no_module_and_checks_rule_names() {
+        let f = write(
+            "[watch]\noutput = \"file\"\nfile = \"/tmp/a.jsonl\"\n[watch.rules.failed_logins]\nthreshold = 3\nwindow = \"10s\"\nper = \"process\"\n",
+        );
+        let w = WatchSettings::resolve(f.path(), true).expect("valid");
+        assert_eq!(w.watch.output, AlertOutput::File);
+        let r = &w.watch.rules["failed_logins"];
+        assert_eq!(r.threshold, Some(3));
+        assert_eq!(r.window, Some(Interval(Some(Duration::from_secs(10)))));
+        let f = write("[watch.rules.key_destroyd]\nenabled = false\n");
+        let e = WatchSettings::resolve(f.path(), true).expect_err("typo");
+        assert_eq!(e.key.as_deref(), Some("watch.rules.key_destroyd"), "{e}");
+        let f = write("[watch]\noutput = \"file\"\n");
+        let e = WatchSettings::resolve(f.path(), true).expect_err("no file");
+        assert_eq!(e.key.as_deref(), Some("watch.file"), "{e}");
+        let f = write("[watch.rules.key_destroyed]\nthreshold = 2\n");
+        let e = WatchSettings::resolve(f.path(), true).expect_err("not a counting rule");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("watch.rules.key_destroyed.threshold"),
+            "{e}"
+        );
+        let f = write("[watch.rules.failed_logins]\nper = \"host\"\n");
+        let e = WatchSettings::resolve(f.path(), true).expect_err("bad per");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("watch.rules.failed_logins.per"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -177,5 +177,17 @@ fn no_trail_content_panics_a_reader() {
             })
             .expect("verify");
         }
+        let config = dir.path().join("watch.toml");
+        std::fs::write(&config, "[watch]\n").expect("config");
+        super::watch::run(&super::watch::WatchArgs {
+            inputs: inputs.clone(),
+            config: Some(config),
+            once: true,
+            key: None,
+            initial_key: None,
+            state: Some(dir.path().join("watch.state")),
+            alerts: Some(dir.path().join("alerts.out")),
+        })
+        .expect("watch");
     }
 }

@@ -1,4 +1,4 @@
-//! The `keytrail` command-line tool: `verify`, `report`, `show`, `doctor` and `seal-key`.
+//! The `keytrail` command-line tool: `verify`, `report`, `show`, `doctor`, `seal-key` and `watch`.
 //!
 //! Compiled into the `keytrail` binary only (the library does not link clap).
 
@@ -13,6 +13,7 @@ pub mod sealkey;
 pub mod show;
 pub mod text;
 pub mod verify;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Create the key pair that seals checkpoints on a token, and export its public key.
     SealKey(sealkey::SealKeyArgs),
+    /// Follow a trail and raise an alert, one JSON line, when a [watch] rule matches.
+    Watch(watch::WatchArgs),
 }
 
 /// Parses the command line and runs the subcommand; errors go to stderr with exit status 2.
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
         Command::Show(a) => show::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::SealKey(a) => sealkey::run(a),
+        Command::Watch(a) => watch::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -51,6 +51,8 @@ pub struct Rec<'a> {
     /// `integrity.*`.
     #[serde(borrow)]
     pub integrity: Option<Integrity<'a>>,
+    /// `keytrail`: the structured detail of keytrail's own records.
+    pub keytrail: Option<serde_json::Value>,
 }
 
 /// `integrity.*`, as far as the readers need it.
@@ -59,6 +61,8 @@ pub struct Integrity<'a> {
     /// `integrity.stream`: one per process (a child after fork starts its own).
     #[serde(borrow)]
     pub stream: Option<Cow<'a, str>>,
+    /// `integrity.seq`.
+    pub seq: Option<u64>,
 }
 
 /// `event.*`.
@@ -91,6 +95,9 @@ pub struct Proc<'a> {
     /// `process.name`.
     #[serde(borrow)]
     pub name: Option<Cow<'a, str>>,
+    /// `process.executable`.
+    #[serde(borrow)]
+    pub executable: Option<Cow<'a, str>>,
 }
 
 /// `pkcs11.*`.

@@ -397,6 +397,9 @@ struct UnsealedSpan {
 
 impl Stream {
     fn problem(&mut self, p: Problem, file_problems: &mut FileState) {
+        if file_problems.collect {
+            file_problems.fresh.push(p.clone());
+        }
         if p.is_invalid() {
             self.invalid = true;
             file_problems.invalid += 1;
@@ -458,6 +461,12 @@ struct FileState {
     unchained_lines: Vec<u64>,
     more_unchained: u64,
     error: Option<String>,
+    /// Whether findings are also handed out as they are made ([`Verifier::check_line`]).
+    #[serde(skip)]
+    collect: bool,
+    /// Findings made since they were last handed out.
+    #[serde(skip)]
+    fresh: Vec<Problem>,
 }
 
 /// The part of a record verify reads.
@@ -741,6 +750,8 @@ struct Verifier {
     hex: [u8; 64],
     /// `--seal-key`.
     seal_key: Option<SealKey>,
+    /// The stream of the latest record read.
+    touched: Option<usize>,
 }
 
 impl Verifier {
@@ -761,13 +772,40 @@ impl Verifier {
             heads,
             hex: [0u8; 64],
             seal_key: None,
+            touched: None,
         }
+    }
+
+    /// A verifier with the HMAC key file of a keyed trail and the initial key file of a
+    /// forward-secure one, when given.
+    fn with_keys(
+        files: Vec<PathBuf>,
+        key: Option<&std::path::Path>,
+        initial_key: Option<&std::path::Path>,
+        heads: Heads,
+    ) -> Result<Verifier> {
+        let (hasher, key_id) = match key {
+            Some(p) => {
+                let key = Key::load(p).map_err(anyhow::Error::msg)?;
+                (
+                    Some(Hasher::new(Some(&key)).map_err(anyhow::Error::msg)?),
+                    Some(key.id()),
+                )
+            }
+            None => (None, None),
+        };
+        let mut v = Verifier::new(files, hasher, key_id, heads);
+        if let Some(p) = initial_key {
+            v.epochs = Some(EpochKeys::load(p).map_err(anyhow::Error::msg)?);
+        }
+        Ok(v)
     }
 
     /// The stream `id`, made on its first record, and the state of the file a record of
     /// it is in; counts the record.
     fn stream_at<'a>(
         streams: &'a mut IndexMap<Box<str>, Stream>,
+        touched: &mut Option<usize>,
         file_state: &'a mut [FileState],
         id: &str,
         file: usize,
@@ -779,6 +817,7 @@ impl Verifier {
         let fs = &mut file_state[file];
         fs.records += 1;
         let s = &mut streams[index];
+        touched.replace(index);
         if s.seen_in(file as u32) {
             fs.streams += 1;
         }
@@ -879,7 +918,13 @@ impl Verifier {
             .and_then(|e| e.action.as_deref())
             .unwrap_or("");
         let start = (action == "trail_start").then(|| self.start_of(&rec));
-        let (s, fs) = Self::stream_at(&mut self.streams, &mut self.file_state, stream_id, l.file);
+        let (s, fs) = Self::stream_at(
+            &mut self.streams,
+            &mut self.touched,
+            &mut self.file_state,
+            stream_id,
+            l.file,
+        );
         match check {
             Check::Ok => {}
             Check::Bad => s.problem(Problem::HashMismatch { seq, at }, fs),
@@ -1022,6 +1067,15 @@ impl Verifier {
                 }
             }
         } else if seq > s.max_seq {
+            if fs.collect {
+                // Read as it is written, a stream's records arrive in order: a gap is
+                // missing records now, not a rotated file still to come.
+                fs.fresh.push(Problem::Missing {
+                    from: s.max_seq + 1,
+                    to: seq - 1,
+                    at: Some(at),
+                });
+            }
             if s.gaps().len() < MAX_GAPS {
                 let gap = Gap {
                     from: s.max_seq + 1,
@@ -1108,7 +1162,13 @@ impl Verifier {
         hash: Option<String>,
         reason: String,
     ) {
-        let (s, fs) = Self::stream_at(&mut self.streams, &mut self.file_state, stream, at.file);
+        let (s, fs) = Self::stream_at(
+            &mut self.streams,
+            &mut self.touched,
+            &mut self.file_state,
+            stream,
+            at.file,
+        );
         s.problem(Problem::Damaged { seq, at, reason }, fs);
         Self::sequence(s, seq, None, hash.as_deref(), false, at, fs);
     }
@@ -1449,21 +1509,110 @@ fn stream_report<'a>(
     }
 }
 
+/// A finding of the incremental verifier: what `keytrail watch` alerts on.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// The stream, when the line could be told to belong to one.
+    pub stream: Option<String>,
+    /// The record's sequence number (for missing records, the first missing one).
+    pub seq: Option<u64>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// The hash chains of a trail verified as its lines arrive, by the same checks as
+/// `keytrail verify`: each line is checked on arrival and its findings handed back at
+/// once instead of in a report at the end.
+pub struct Incremental {
+    v: Verifier,
+}
+
+impl Incremental {
+    /// A verifier with the HMAC key of a keyed trail and the initial key of a
+    /// forward-secure one, when given (records sealed with a key that is not given are
+    /// counted as unverified, not as findings).
+    pub fn new(
+        key: Option<&std::path::Path>,
+        initial_key: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        Ok(Incremental {
+            v: Verifier::with_keys(Vec::new(), key, initial_key, Heads::default())?,
+        })
+    }
+
+    /// Registers a file; its index is the `file` of its [`Line`]s.
+    pub fn add_file(&mut self, path: PathBuf) -> usize {
+        self.v.files.push(path);
+        self.v.file_state.push(FileState {
+            collect: true,
+            ..FileState::default()
+        });
+        self.v.files.len() - 1
+    }
+
+    /// Checks one line (complete, or over-long) and returns what it revealed.
+    pub fn check_line(&mut self, l: Line<'_>) -> Vec<Finding> {
+        let file = l.file;
+        let number = l.number;
+        let invalid_before = self.v.file_state[file].invalid;
+        self.v.touched = None;
+        self.v.line(l);
+        let fs = &mut self.v.file_state[file];
+        let fresh = std::mem::take(&mut fs.fresh);
+        let unattributed = (fs.invalid - invalid_before)
+            .saturating_sub(fresh.iter().filter(|p| p.is_invalid()).count() as u64);
+        let stream = self
+            .v
+            .touched
+            .and_then(|i| self.v.streams.get_index(i))
+            .map(|(id, _)| id.to_string());
+        let mut out: Vec<Finding> = fresh
+            .iter()
+            .filter(|p| !matches!(p, Problem::OtherKey { .. }))
+            .map(|p| Finding {
+                stream: stream.clone(),
+                seq: match p {
+                    Problem::Missing { from, .. } => Some(*from),
+                    Problem::HashMismatch { seq, .. }
+                    | Problem::PrevMismatch { seq, .. }
+                    | Problem::Damaged { seq, .. }
+                    | Problem::Reordered { seq, .. }
+                    | Problem::Duplicate { seq, .. }
+                    | Problem::NotKeyed { seq, .. }
+                    | Problem::BadStart { seq, .. }
+                    | Problem::HeadMismatch { seq, .. }
+                    | Problem::BadSeal { seq, .. } => Some(*seq),
+                    Problem::OtherKey { .. } | Problem::Truncated { .. } => None,
+                },
+                message: p.describe(&self.v.files),
+            })
+            .collect();
+        if unattributed > 0 {
+            let last = fs.damaged_lines.last().filter(|(n, _)| *n == number);
+            out.push(Finding {
+                stream: None,
+                seq: None,
+                message: format!(
+                    "INVALID line {}:{number}: {}",
+                    self.v.files[file].display(),
+                    last.map_or("a record without integrity fields", |(_, r)| r.as_str())
+                ),
+            });
+        }
+        out
+    }
+}
+
 /// Runs `keytrail verify`; returns the exit status.
 pub fn run(args: &VerifyArgs) -> Result<u8> {
     let files = input::trail_files(&args.inputs, args.keep_order)?;
-    let (hasher, key_id) = match &args.key {
-        Some(p) => {
-            let key = Key::load(p).map_err(anyhow::Error::msg)?;
-            (
-                Some(Hasher::new(Some(&key)).map_err(anyhow::Error::msg)?),
-                Some(key.id()),
-            )
-        }
-        None => (None, None),
-    };
     let heads = Heads::parse(&args.head)?;
-    let mut v = Verifier::new(files.clone(), hasher, key_id, heads);
+    let mut v = Verifier::with_keys(
+        files.clone(),
+        args.key.as_deref(),
+        args.initial_key.as_deref(),
+        heads,
+    )?;
     if let Some(p) = &args.seal_key {
         let pem = std::fs::read_to_string(p)
             .with_context(|| format!("cannot read the seal key {}", p.display()))?;
@@ -1471,9 +1620,6 @@ pub fn run(args: &VerifyArgs) -> Result<u8> {
             SealKey::from_pem(&pem)
                 .map_err(|e| anyhow::anyhow!("the seal key {}: {e}", p.display()))?,
         );
-    }
-    if let Some(p) = &args.initial_key {
-        v.epochs = Some(EpochKeys::load(p).map_err(anyhow::Error::msg)?);
     }
     let mut progress = Progress::new(&files, args.quiet);
     let mut errors = Vec::new();

@@ -119,6 +119,14 @@ impl Fixture {
         std::fs::write(&self.keytrail_conf, text).expect("write keytrail.toml");
     }
 
+    /// A queue of one record that drops what does not fit (`on_full = "drop"`).
+    pub fn configure_dropping_queue(&self) {
+        self.configure(&format!(
+            "[trail]\npath = \"{}\"\nqueue = 1\non_full = \"drop\"\n",
+            self.trail_path().display()
+        ));
+    }
+
     /// The trail file.
     pub fn trail_path(&self) -> PathBuf {
         self.dir.path().join("trail").join("keytrail.jsonl")
@@ -172,6 +180,25 @@ fn init_softhsm_store(base: &Path, name: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     conf
+}
+
+/// Four threads opening and closing 2,000 sessions each: 16,000 session records, more
+/// than a small queue under `on_full = "drop"` can hold.
+pub fn flood_sessions(p: &Pkcs11) {
+    let slot = token_slot(p);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    drop(p.open_ro_session(slot).expect("open"));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
 }
 
 /// Loads and initialises a PKCS#11 module through the cryptoki crate, the way a Rust
