@@ -48,6 +48,120 @@ pub struct Rec<'a> {
     /// `process.*`.
     #[serde(borrow)]
     pub process: Option<Proc<'a>>,
+    /// OCSF (`[trail] format = "ocsf"`): `metadata.event_code`, the action.
+    #[serde(borrow)]
+    metadata: Option<OcsfMeta<'a>>,
+    /// OCSF: `Success`, `Failure` or `Unknown`.
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    /// OCSF: `CKR_…`.
+    #[serde(borrow)]
+    status_code: Option<Cow<'a, str>>,
+    /// OCSF: `api.operation`, the function.
+    #[serde(borrow)]
+    api: Option<OcsfApi<'a>>,
+    /// OCSF: the process and its user.
+    #[serde(borrow)]
+    actor: Option<OcsfActor<'a>>,
+    /// OCSF: keys and the token.
+    #[serde(borrow, default)]
+    resources: Vec<OcsfResource<'a>>,
+    /// OCSF: `pkcs11` and `labels`.
+    #[serde(borrow)]
+    unmapped: Option<OcsfUnmapped<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfMeta<'a> {
+    #[serde(borrow)]
+    event_code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfApi<'a> {
+    #[serde(borrow)]
+    operation: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfActor<'a> {
+    #[serde(borrow)]
+    user: Option<User<'a>>,
+    #[serde(borrow)]
+    process: Option<Proc<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfResource<'a> {
+    #[serde(rename = "type", borrow)]
+    type_: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<KeyRec<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfUnmapped<'a> {
+    #[serde(borrow)]
+    pkcs11: Option<P11<'a>>,
+    #[serde(borrow, default)]
+    labels: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+}
+
+impl<'a> Rec<'a> {
+    /// Reads a record, ECS or OCSF; an OCSF record's fields are moved to their ECS places.
+    pub fn parse(bytes: &'a [u8]) -> serde_json::Result<Rec<'a>> {
+        let mut r: Rec<'a> = serde_json::from_slice(bytes)?;
+        if let Some(m) = r.metadata.take() {
+            let outcome = r.status.take().map(|s| match s.as_ref() {
+                "Success" => Cow::Borrowed("success"),
+                "Failure" => Cow::Borrowed("failure"),
+                _ => Cow::Borrowed("unknown"),
+            });
+            r.event = r.event.or(Some(Ev {
+                action: m.event_code,
+                outcome,
+            }));
+        }
+        if let Some(a) = r.actor.take() {
+            r.user = a.user.or(r.user);
+            r.process = a.process.or(r.process);
+        }
+        if let Some(u) = r.unmapped.take() {
+            if r.labels.is_empty() {
+                r.labels = u.labels;
+            }
+            if let Some(mut p) = u.pkcs11.filter(|_| r.pkcs11.is_none()) {
+                p.function = r.api.take().and_then(|a| a.operation);
+                p.rv_name = r.status_code.take();
+                for res in std::mem::take(&mut r.resources) {
+                    match res.type_.as_deref() {
+                        Some("pkcs11_token") => {
+                            p.token = Some(Tok {
+                                label: res.name,
+                                serial: res.uid,
+                            })
+                        }
+                        Some("pkcs11_key") => {
+                            let Some(k) = res.data else { continue };
+                            match k.role.as_deref() {
+                                Some("key") | None => p.key = Some(k),
+                                Some(role) => {
+                                    p.keys.insert(Cow::Owned(role.to_string()), k);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                r.pkcs11 = Some(p);
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// `event.*`.
@@ -197,6 +311,9 @@ pub struct KeyRec<'a> {
     pub unique_id: Option<Cow<'a, str>>,
     /// CKA_TOKEN.
     pub token: Option<bool>,
+    /// The key's part in the call (OCSF records, where keys are a list).
+    #[serde(borrow)]
+    pub role: Option<Cow<'a, str>>,
 }
 
 impl KeyRec<'_> {
@@ -340,7 +457,7 @@ mod tests {
     use super::*;
 
     fn rec(line: &str) -> Rec<'_> {
-        serde_json::from_str(line).expect("record")
+        Rec::parse(line.as_bytes()).expect("record")
     }
 
     #[test]
