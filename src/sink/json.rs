@@ -172,7 +172,7 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
 }
 
 /// The `pkcs11` object after its `lifecycle`. For OCSF (`ocsf`), only what has no OCSF
-/// home: the function, return value, token, keys and user name are OCSF fields there.
+/// home: the function, return value, token and keys are OCSF fields there.
 pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool) {
     let extra = e.extra();
     if !e.function.is_empty() && !ocsf {
@@ -205,7 +205,7 @@ pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool) {
     if let Some(u) = e.user_type {
         out.extend_from_slice(b",\"auth\":{\"user_type\":");
         named(names::user_type(u), "CKU_", u, out);
-        if let Some(name) = extra.and_then(|x| x.username.as_deref()).filter(|_| !ocsf) {
+        if let Some(name) = extra.and_then(|x| x.username.as_deref()) {
             out.extend_from_slice(b",\"username\":");
             string(name, out);
         }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod scan;
+pub mod workload;
 
 use crate::common::*;
 use cryptoki::mechanism::Mechanism;
