@@ -27,8 +27,8 @@ pub const CATEGORIES: [&str; 11] = [
 /// One trail record, as far as the reading subcommands need it.
 #[derive(Deserialize)]
 pub struct Rec<'a> {
-    /// `@timestamp`: RFC 3339 UTC with microseconds.
-    #[serde(rename = "@timestamp", borrow)]
+    /// `@timestamp` (OCSF: `time_dt`): RFC 3339 UTC with microseconds.
+    #[serde(rename = "@timestamp", alias = "time_dt", borrow)]
     pub timestamp: Option<Cow<'a, str>>,
     /// `event.*`.
     #[serde(borrow)]
@@ -69,6 +69,19 @@ pub struct Rec<'a> {
     /// OCSF: `pkcs11` and `labels`.
     #[serde(borrow)]
     unmapped: Option<OcsfUnmapped<'a>>,
+    /// OCSF: the class (3002 Authentication names the token as its `service`).
+    class_uid: Option<u64>,
+    /// OCSF Authentication: the token (`name` its label, `uid` its serial).
+    #[serde(borrow)]
+    service: Option<OcsfService<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfService<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uid: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -135,7 +148,15 @@ impl<'a> Rec<'a> {
                 r.labels = u.labels;
             }
             if let Some(mut p) = u.pkcs11.filter(|_| r.pkcs11.is_none()) {
-                p.function = r.api.take().and_then(|a| a.operation);
+                if let Some(f) = r.api.take().and_then(|a| a.operation) {
+                    p.function = Some(f);
+                }
+                if let Some(t) = r.service.take().filter(|_| r.class_uid == Some(3002)) {
+                    p.token = Some(Tok {
+                        label: t.name,
+                        serial: t.uid,
+                    });
+                }
                 p.rv_name = r.status_code.take();
                 for res in std::mem::take(&mut r.resources) {
                     match res.type_.as_deref() {

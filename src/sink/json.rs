@@ -148,7 +148,7 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"},\"pkcs11\":{\"lifecycle\":\"");
     out.extend_from_slice(e.lifecycle.as_str().as_bytes());
     out.push(b'"');
-    pkcs11(e, out, false);
+    pkcs11(e, out, false, false);
     out.push(b'}');
     let extra = e.extra();
     if let Some(labels) = e.labels.as_deref() {
@@ -172,10 +172,12 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
 }
 
 /// The `pkcs11` object after its `lifecycle`. For OCSF (`ocsf`), only what has no OCSF
-/// home: the function, return value, token and keys are OCSF fields there.
-pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool) {
+/// home: the return value, token and keys are OCSF fields there, and so is the function
+/// of an API Activity record (`api`).
+pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool, api: bool) {
     let extra = e.extra();
-    if !e.function.is_empty() && !ocsf {
+    let function_elsewhere = ocsf && api;
+    if !e.function.is_empty() && !function_elsewhere {
         out.extend_from_slice(b",\"function\":");
         string(e.function, out);
     }

@@ -267,7 +267,7 @@ pub fn encode(e: &Event, origin: &Origin, stream: &str, sequence: u64, out: &mut
     out.extend_from_slice(&f.actor);
     out.extend_from_slice(itoa::Buffer::new().format(e.thread_id).as_bytes());
     out.extend_from_slice(b"}}");
-    unmapped(e, out);
+    unmapped(e, c.class_uid == 6003, out);
     out.extend_from_slice(b"}}\n");
 }
 
@@ -355,12 +355,13 @@ fn api(e: &Event, f: &Fixed, out: &mut Vec<u8>) {
     out.extend_from_slice(&f.src_endpoint);
 }
 
-/// `unmapped`, left open for the chain: `pkcs11`, `labels`, `keytrail`.
-fn unmapped(e: &Event, out: &mut Vec<u8>) {
+/// `unmapped`, left open for the chain: `pkcs11`, `labels`, `keytrail`. `api`: the record
+/// names its function in `api.operation`.
+fn unmapped(e: &Event, api: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"unmapped\":{\"pkcs11\":{\"lifecycle\":\"");
     out.extend_from_slice(e.lifecycle.as_str().as_bytes());
     out.push(b'"');
-    json::pkcs11(e, out, true);
+    json::pkcs11(e, out, true, api);
     out.push(b'}');
     if let Some(labels) = e.labels.as_deref() {
         let mut sorted: Vec<&(String, String)> = labels.iter().collect();
