@@ -307,36 +307,18 @@ fn structure(doc: &str) -> String {
     out
 }
 
-/// Runs the workload with `format = "ocsf"` when this process is the child that
-/// [`ocsf_trail`] starts (keytrail reads its configuration once per process).
+/// The lifecycle workload in a child process (see `workload::lifecycle_in_child`).
 #[test]
 #[ignore = "run in a child process by events_doc_is_generated_from_a_real_trail"]
-fn ocsf_workload() {
-    let dest = std::env::var_os("KEYTRAIL_OCSF_TRAIL").expect("KEYTRAIL_OCSF_TRAIL");
-    let fx = Fixture::new();
-    configure(&fx, "service = \"payments-api\"", "level = \"trace\"");
-    let conf = std::fs::read_to_string(&fx.keytrail_conf).expect("keytrail.toml");
-    std::fs::write(&fx.keytrail_conf, format!("{conf}format = \"ocsf\"\n")).expect("write");
-    workload::lifecycle();
-    std::fs::copy(fx.trail_path(), dest).expect("copy the OCSF trail");
+fn workload_child() {
+    workload::lifecycle_child();
 }
 
 /// The lines of the same workload's trail in OCSF.
 fn ocsf_trail() -> Vec<String> {
     let dir = tempfile::tempdir().expect("dir");
-    let dest = dir.path().join("ocsf.jsonl");
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "ocsf_workload", "--ignored", "--nocapture"])
-        .env("KEYTRAIL_OCSF_TRAIL", &dest)
-        .output()
-        .expect("run the OCSF workload");
-    assert!(
-        out.status.success(),
-        "OCSF workload: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(&dest)
+    let path = workload::lifecycle_in_child("workload_child", "ocsf", dir.path());
+    std::fs::read_to_string(path)
         .expect("OCSF trail")
         .lines()
         .map(str::to_string)

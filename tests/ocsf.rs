@@ -9,7 +9,6 @@ mod support;
 
 use common::clients::{assert_verifies, report, report_key, report_keys, uses};
 use common::kryoptic::keytrail_bin;
-use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -186,37 +185,15 @@ fn ocsf_problems(r: &Value) -> Vec<String> {
     p
 }
 
-/// Runs the workload in a child process with the given format (see `workload_child`).
-fn trail_in_child(format: &str, dir: &Path) -> PathBuf {
-    let dest = dir.join(format!("{format}.jsonl"));
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "workload_child", "--ignored", "--nocapture"])
-        .env("KEYTRAIL_WORKLOAD_FORMAT", format)
-        .env("KEYTRAIL_WORKLOAD_TRAIL", &dest)
-        .output()
-        .expect("run the workload");
-    assert!(
-        out.status.success(),
-        "{format} workload: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dest
-}
-
-/// The lifecycle workload with `[trail] format = $KEYTRAIL_WORKLOAD_FORMAT`, its trail
-/// copied to `$KEYTRAIL_WORKLOAD_TRAIL`.
+/// The lifecycle workload in a child process (see `workload::lifecycle_in_child`).
 #[test]
 #[ignore = "run in a child process by the tests below"]
 fn workload_child() {
-    let format = std::env::var("KEYTRAIL_WORKLOAD_FORMAT").expect("format");
-    let dest = std::env::var_os("KEYTRAIL_WORKLOAD_TRAIL").expect("trail");
-    let fx = Fixture::new();
-    configure(&fx, "service = \"payments-api\"", "level = \"trace\"");
-    let conf = std::fs::read_to_string(&fx.keytrail_conf).expect("keytrail.toml");
-    std::fs::write(&fx.keytrail_conf, format!("{conf}format = \"{format}\"\n")).expect("write");
-    workload::lifecycle();
-    std::fs::copy(fx.trail_path(), dest).expect("copy the trail");
+    workload::lifecycle_child();
+}
+
+fn trail_in_child(format: &str, dir: &Path) -> PathBuf {
+    workload::lifecycle_in_child("workload_child", format, dir)
 }
 
 fn lines(path: &Path) -> Vec<Value> {

@@ -92,3 +92,37 @@ pub fn lifecycle() {
     drop(s_);
     p.finalize().expect("finalize");
 }
+
+/// The child side of [`lifecycle_in_child`]: runs [`lifecycle`] with `service`,
+/// `level = "trace"` and `[trail] format = $KEYTRAIL_WORKLOAD_FORMAT`, and copies its trail
+/// to `$KEYTRAIL_WORKLOAD_TRAIL`.
+pub fn lifecycle_child() {
+    let format = std::env::var("KEYTRAIL_WORKLOAD_FORMAT").expect("KEYTRAIL_WORKLOAD_FORMAT");
+    let dest = std::env::var_os("KEYTRAIL_WORKLOAD_TRAIL").expect("KEYTRAIL_WORKLOAD_TRAIL");
+    let fx = Fixture::new();
+    configure(&fx, "service = \"payments-api\"", "level = \"trace\"");
+    let conf = std::fs::read_to_string(&fx.keytrail_conf).expect("keytrail.toml");
+    std::fs::write(&fx.keytrail_conf, format!("{conf}format = \"{format}\"\n")).expect("write");
+    lifecycle();
+    std::fs::copy(fx.trail_path(), dest).expect("copy the trail");
+}
+
+/// Runs [`lifecycle`] in a child process (keytrail reads its configuration once per
+/// process) with `[trail] format = FORMAT`: the child is the ignored test `test` of this
+/// test binary, which calls [`lifecycle_child`]. Returns the trail, copied into `dir`.
+pub fn lifecycle_in_child(test: &str, format: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let dest = dir.join(format!("{format}.jsonl"));
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .env("KEYTRAIL_WORKLOAD_FORMAT", format)
+        .env("KEYTRAIL_WORKLOAD_TRAIL", &dest)
+        .output()
+        .expect("run the workload");
+    assert!(
+        out.status.success(),
+        "{format} workload: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dest
+}
