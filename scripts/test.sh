@@ -4,6 +4,7 @@
 # (tests/clients*.rs: OpenSC's pkcs11-tool, GnuTLS's p11tool and certtool, OpenSSL with
 # libp11's engine and pkcs11-provider, p11-kit and its proxy, the JDK's SunPKCS11 and
 # keytool, NSS's modutil and certutil, python-pkcs11 from PyPI in a virtual environment),
+# pySigma with its DuckDB backend (tests/sigma.rs, from PyPI in a virtual environment),
 # cargo-nextest (one process per test: keytrail and SoftHSM hold process-wide state), and
 # kryoptic (a PKCS#11 3.x module for the 3.0 tests, built once per machine by
 # scripts/kryoptic.sh).
@@ -75,6 +76,20 @@ if [ -z "${KEYTRAIL_PYTHON:-}" ]; then
   KEYTRAIL_PYTHON="$venv/bin/python"
 fi
 export KEYTRAIL_PYTHON
+# pySigma with its DuckDB backend, and DuckDB, from PyPI in a virtual environment kept in
+# the cache: tests/sigma.rs converts rules/sigma/ with them and runs the queries over real
+# trails, with the Python in KEYTRAIL_SIGMA_PYTHON.
+if [ -z "${KEYTRAIL_SIGMA_PYTHON:-}" ]; then
+  venv="${KEYTRAIL_CACHE:-$HOME/.cache/keytrail}/sigma-duckdb-0.1.4"
+  if ! "$venv/bin/python" -c 'import sigma_backend_duckdb, duckdb' 2>/dev/null; then
+    echo "test.sh: installing pySigma and its DuckDB backend into $venv" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q pySigma==1.5.1 pysigma-backend-duckdb==0.1.4 duckdb==2.0.1
+  fi
+  KEYTRAIL_SIGMA_PYTHON="$venv/bin/python"
+fi
+export KEYTRAIL_SIGMA_PYTHON
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2
   cargo install cargo-nextest --locked
