@@ -258,26 +258,7 @@ fn a_token_initialization_fires_token_initialized() {
 #[test]
 fn dropped_records_fire_records_lost() {
     let fx = Fixture::new();
-    fx.configure(&format!(
-        "[trail]\npath = \"{}\"\nqueue = 1\non_full = \"drop\"\n",
-        fx.trail_path().display()
-    ));
-    let p = open(&keytrail_module());
-    let slot = token_slot(&p);
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let p = p.clone();
-            std::thread::spawn(move || {
-                for _ in 0..2000 {
-                    drop(p.open_ro_session(slot).expect("open"));
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("worker");
-    }
-    p.finalize().expect("finalize");
+    dropping_burst(&fx);
     let trail = fx.trail();
     assert!(
         trail

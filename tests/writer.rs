@@ -508,27 +508,7 @@ fn with_threads_allowed_there_is_one_writer_thread() {
 #[test]
 fn drop_policy_counts_every_dropped_record() {
     let fx = Fixture::new();
-    fx.configure(&format!(
-        "[trail]\npath = \"{}\"\nqueue = 1\non_full = \"drop\"\n",
-        fx.trail_path().display()
-    ));
-    let p = open(&keytrail_module());
-    let slot = token_slot(&p);
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let p = p.clone();
-            std::thread::spawn(move || {
-                for _ in 0..2000 {
-                    let s = p.open_ro_session(slot).expect("open");
-                    drop(s);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("worker");
-    }
-    p.finalize().expect("finalize");
+    dropping_burst(&fx);
     let trail = fx.trail();
     let dropped: u64 = of_action(&trail, "records_dropped")
         .iter()

@@ -183,6 +183,32 @@ pub fn open(module: &Path) -> Pkcs11 {
     p
 }
 
+/// Configures a one-record queue that drops when full, and opens and closes sessions from
+/// four threads at once through keytrail until some records are dropped (then finalizes).
+pub fn dropping_burst(fx: &Fixture) {
+    fx.configure(&format!(
+        "[trail]\npath = \"{}\"\nqueue = 1\non_full = \"drop\"\n",
+        fx.trail_path().display()
+    ));
+    let p = open(&keytrail_module());
+    let slot = token_slot(&p);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    let s = p.open_ro_session(slot).expect("open");
+                    drop(s);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    p.finalize().expect("finalize");
+}
+
 /// The first slot with a token.
 pub fn token_slot(p: &Pkcs11) -> Slot {
     *p.get_slots_with_token()
