@@ -283,6 +283,23 @@ fn every_category_is_a_valid_ocsf_event_and_the_trail_verifies() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The stop record, kept elsewhere as a head, shows a truncated trail.
+    let all: Vec<&str> = text.lines().collect();
+    let (stop, kept) = (all[all.len() - 1], &all[..all.len() - 2]);
+    assert_eq!(
+        serde_json::from_str::<Value>(stop).expect("stop")["metadata"]["event_code"],
+        "trail_stop"
+    );
+    let truncated = dir.path().join("truncated.jsonl");
+    std::fs::write(&truncated, kept.join("\n") + "\n").expect("write");
+    let out = Command::new(keytrail_bin())
+        .args(["verify", "--quiet", "--head", stop])
+        .arg(&truncated)
+        .output()
+        .expect("verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("TRUNCATED"), "{report}");
 }
 
 #[test]
