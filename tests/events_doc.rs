@@ -211,6 +211,23 @@ fn sizes(lines: &[String]) -> BTreeMap<String, (usize, usize, usize, usize, usiz
         .collect()
 }
 
+/// The median size in bytes of each category's OCSF records.
+fn ocsf_medians(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut by: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for l in lines {
+        let v: Value = serde_json::from_str(l).expect("json");
+        by.entry(s(&v, "unmapped.pkcs11.lifecycle").to_string())
+            .or_default()
+            .push(l.len());
+    }
+    by.into_iter()
+        .map(|(c, mut v)| {
+            v.sort_unstable();
+            (c, v[v.len() / 2])
+        })
+        .collect()
+}
+
 /// Bytes a record spends on the fields that are the same on every record of a stream:
 /// `user`, `host`, `service`, `process.name` and `process.executable`, each as the
 /// compact `"key":value,` it is written as.
@@ -233,6 +250,7 @@ fn render(
     examples: &BTreeMap<&str, String>,
     ocsf: &BTreeMap<&str, String>,
     lines: &[String],
+    ocsf_lines: &[String],
 ) -> String {
     let mut out = template.to_string();
     for (kind, examples) in [("example", examples), ("ocsf", ocsf)] {
@@ -244,11 +262,13 @@ fn render(
         }
     }
     let mut table = String::from(
-        "| category | records | min | median | max | stream-constant fields |\n|---|---:|---:|---:|---:|---:|\n",
+        "| category | records | min | median | max | stream-constant fields | OCSF median |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
+    let ocsf_medians = ocsf_medians(ocsf_lines);
     for (c, (count, min, median, max, constant)) in sizes(lines) {
+        let ocsf = ocsf_medians.get(&c).copied().unwrap_or(0);
         table.push_str(&format!(
-            "| {c} | {count} | {min} | {median} | {max} | {constant} |\n"
+            "| {c} | {count} | {min} | {median} | {max} | {constant} | {ocsf} |\n"
         ));
     }
     out = out.replace("{{sizes}}", table.trim_end());
@@ -407,7 +427,7 @@ fn events_doc_is_generated_from_a_real_trail() {
         assert_eq!(back, serde_json::from_str::<Value>(raw).expect("json"));
     }
 
-    let rendered = render(&template, &examples, &ocsf, &lines);
+    let rendered = render(&template, &examples, &ocsf, &lines, &ocsf_lines);
     for (c, (count, min, median, max, constant)) in sizes(&lines) {
         println!(
             "record bytes {c:12} n={count:3} min={min} median={median} max={max} stream-constant={constant}"
