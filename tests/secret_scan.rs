@@ -225,8 +225,7 @@ type Sources = Vec<(String, Vec<u8>)>;
 fn run_workload(format: &str) -> (Fixture, Vec<Secret>, Sources) {
     let fx = Fixture::new();
     configure(&fx, "service = \"secret-scan\"", "level = \"trace\"");
-    let conf = std::fs::read_to_string(&fx.keytrail_conf).expect("keytrail.toml");
-    std::fs::write(&fx.keytrail_conf, format!("{conf}format = \"{format}\"\n")).expect("write");
+    set_format(&fx, format);
     let child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",

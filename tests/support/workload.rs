@@ -101,8 +101,7 @@ pub fn lifecycle_child() {
     let dest = std::env::var_os("KEYTRAIL_WORKLOAD_TRAIL").expect("KEYTRAIL_WORKLOAD_TRAIL");
     let fx = Fixture::new();
     configure(&fx, "service = \"payments-api\"", "level = \"trace\"");
-    let conf = std::fs::read_to_string(&fx.keytrail_conf).expect("keytrail.toml");
-    std::fs::write(&fx.keytrail_conf, format!("{conf}format = \"{format}\"\n")).expect("write");
+    set_format(&fx, &format);
     lifecycle();
     std::fs::copy(fx.trail_path(), dest).expect("copy the trail");
 }
