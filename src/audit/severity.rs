@@ -16,11 +16,10 @@ pub enum Severity {
     Informational = 1,
     /// A call that failed.
     Low = 2,
-    /// A key leaving the module (wrapped, or a secret attribute perhaps returned), a failed
-    /// login.
+    /// A key leaving the module wrapped, a failed login.
     Medium = 3,
-    /// A token wiped, a key destroyed, a secret attribute's value read or refused, records
-    /// of the trail lost or dropped.
+    /// A token wiped, a key destroyed, a secret attribute's value read, perhaps read or
+    /// refused, records of the trail lost or dropped.
     High = 4,
 }
 
@@ -34,6 +33,8 @@ impl Severity {
         match e.lifecycle {
             Lifecycle::Destroy if ok => Severity::High,
             Lifecycle::TokenAdmin if ok && e.action == "token_init" => Severity::High,
+            // A secret attribute asked for: read, perhaps read, or refused (an attempt).
+            Lifecycle::Export if e.action == "attribute_read_secret" => Severity::High,
             Lifecycle::Export => Severity::Medium,
             Lifecycle::Auth if !ok && e.action == "login" => Severity::Medium,
             Lifecycle::Audit => match e.action {
