@@ -252,6 +252,16 @@ fn every_category_is_a_valid_ocsf_event_and_the_trail_verifies() {
         .find(|r| s(r, "metadata.event_code") == "token_init")
         .expect("token_init");
     assert_eq!(n(wipe, "severity_id"), 4, "{wipe:#}");
+    let read = records
+        .iter()
+        .find(|r| s(r, "metadata.event_code") == "attribute_read_secret")
+        .expect("attribute_read_secret");
+    assert_eq!(n(read, "severity_id"), 4, "{read:#}");
+    let signed = records
+        .iter()
+        .find(|r| s(r, "metadata.event_code") == "sign")
+        .expect("sign");
+    assert_eq!(n(signed, "severity_id"), 1, "{signed:#}");
     let destroy = records
         .iter()
         .find(|r| s(r, "metadata.event_code") == "object_destroy")
