@@ -4,6 +4,7 @@
 # (tests/clients*.rs: OpenSC's pkcs11-tool, GnuTLS's p11tool and certtool, OpenSSL with
 # libp11's engine and pkcs11-provider, p11-kit and its proxy, the JDK's SunPKCS11 and
 # keytool, NSS's modutil and certutil, python-pkcs11 from PyPI in a virtual environment),
+# pySigma with its DuckDB backend (tests/sigma.rs, from PyPI in a virtual environment),
 # cargo-nextest (one process per test: keytrail and SoftHSM hold process-wide state), and
 # kryoptic (a PKCS#11 3.x module for the 3.0 tests, built once per machine by
 # scripts/kryoptic.sh).
@@ -62,19 +63,31 @@ if [ ! -e "$provider" ]; then
     echo "test.sh: WARNING: pkcs11-provider is not available here; its test in tests/clients_openssl.rs skips" >&2
 fi
 
-# python-pkcs11, from PyPI, in a virtual environment kept in the cache; the tests run the
-# Python in KEYTRAIL_PYTHON.
-if [ -z "${KEYTRAIL_PYTHON:-}" ]; then
-  venv="${KEYTRAIL_CACHE:-$HOME/.cache/keytrail}/python-pkcs11-0.10.1"
-  if ! "$venv/bin/python" -c 'import pkcs11' 2>/dev/null; then
-    echo "test.sh: installing python-pkcs11 into $venv" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q python-pkcs11==0.10.1
+# A virtual environment kept in the cache, holding PyPI packages: venv NAME IMPORTS PACKAGE…
+# prints its Python, installing the packages when IMPORTS cannot be imported.
+venv() {
+  local dir="${KEYTRAIL_CACHE:-$HOME/.cache/keytrail}/$1" imports="$2"
+  shift 2
+  if ! "$dir/bin/python" -c "import $imports" 2>/dev/null; then
+    echo "test.sh: installing $* into $dir" >&2
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q "$@" >&2
   fi
-  KEYTRAIL_PYTHON="$venv/bin/python"
+  echo "$dir/bin/python"
+}
+# python-pkcs11, for the Python client test (KEYTRAIL_PYTHON).
+if [ -z "${KEYTRAIL_PYTHON:-}" ]; then
+  KEYTRAIL_PYTHON="$(venv python-pkcs11-0.10.1 pkcs11 python-pkcs11==0.10.1)"
 fi
 export KEYTRAIL_PYTHON
+# pySigma with its DuckDB backend, and DuckDB: tests/sigma.rs converts rules/sigma/ with
+# them and runs the queries over real trails (KEYTRAIL_SIGMA_PYTHON).
+if [ -z "${KEYTRAIL_SIGMA_PYTHON:-}" ]; then
+  KEYTRAIL_SIGMA_PYTHON="$(venv sigma-duckdb-0.1.4 'sigma_backend_duckdb, duckdb' \
+    pySigma==1.5.1 pysigma-backend-duckdb==0.1.4 duckdb==2.0.1)"
+fi
+export KEYTRAIL_SIGMA_PYTHON
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2
   cargo install cargo-nextest --locked

@@ -298,6 +298,19 @@ pub struct TrailConfig {
     /// Under `on_full = "wait"`, how long a call waits for room (milliseconds) before the
     /// writer counts as stuck and `on_failure` applies.
     pub wait_ms: u64,
+    /// The record format: `ecs` (Elastic Common Schema) or `ocsf` (OCSF 1.3).
+    pub format: Format,
+}
+
+/// The record format (`[trail] format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Elastic Common Schema field names, PKCS#11 specifics under `pkcs11.*`.
+    #[default]
+    Ecs,
+    /// OCSF 1.3 event classes (docs/events.md), PKCS#11 specifics under `unmapped`.
+    Ocsf,
 }
 
 /// Time-based rotation.
@@ -356,6 +369,7 @@ impl Default for TrailConfig {
             on_full: OnFull::Wait,
             on_failure: OnFailure::Continue,
             wait_ms: DEFAULT_WAIT_MS,
+            format: Format::Ecs,
         }
     }
 }

@@ -12,13 +12,8 @@ mod common;
 mod support;
 
 use common::*;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{c_char, c_int};
 use std::path::PathBuf;
 use support::*;
 
@@ -39,91 +34,6 @@ const EXAMPLES: [(&str, &str, &str); 11] = [
 
 fn docs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs")
-}
-
-/// A realistic lifecycle: an operator initialises a token and sets PINs; an application
-/// tagged with a request id logs in (once with a wrong PIN), generates, imports, uses,
-/// wraps, reads, relabels and destroys keys, and looks objects up.
-fn workload() {
-    let p = open(&keytrail_module());
-    // SAFETY: the symbol has the signature declared in include/keytrail.h; the strings are
-    // NUL-terminated literals.
-    unsafe {
-        let lib = libloading::Library::new(keytrail_module()).expect("dlopen keytrail");
-        let set = lib
-            .get::<unsafe extern "C" fn(*const c_char, *const c_char) -> c_int>(
-                b"keytrail_set_context\0",
-            )
-            .expect("keytrail_set_context");
-        assert_eq!(set(c"request_id".as_ptr(), c"req-7f3a".as_ptr()), 0);
-    }
-    let slot = token_slot(&p);
-    p.init_token(slot, &AuthPin::new(SO_PIN.into()), "payments")
-        .expect("C_InitToken");
-    let so = p.open_rw_session(slot).expect("session");
-    so.login(UserType::So, Some(&AuthPin::new(SO_PIN.into())))
-        .expect("SO login");
-    so.init_pin(&AuthPin::new(USER_PIN.into()))
-        .expect("C_InitPIN");
-    so.logout().expect("logout");
-    drop(so);
-
-    let s_ = p.open_rw_session(slot).expect("session");
-    s_.login(UserType::User, Some(&AuthPin::new("000000".into())))
-        .expect_err("wrong PIN");
-    s_.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
-        .expect("login");
-    let kek = aes_key(&s_, "payments-kek", &[0x6b, 0x01], false);
-    let data_key = aes_key(&s_, "payments-dek", &[0xd1, 0x01], true);
-    let (public, private) = ec_pair(&s_, "signing", &[0x51, 0x01]);
-    let imported = s_
-        .create_object(&aes_import_template(
-            "partner-key",
-            &[0x1d, 0x01],
-            &[0x42; 32],
-        ))
-        .expect("C_CreateObject");
-    s_.encrypt_init(&Mechanism::AesCbcPad([0; 16]), data_key)
-        .expect("init");
-    s_.encrypt_update(&[1; 100]).expect("update");
-    s_.encrypt_update(&[2; 100]).expect("update");
-    s_.encrypt_final().expect("final");
-    let digest = s_
-        .digest(&Mechanism::Sha256, b"invoice 2026-118")
-        .expect("digest");
-    let sig = s_.sign(&Mechanism::Ecdsa, private, &digest).expect("sign");
-    s_.verify(&Mechanism::Ecdsa, public, &digest, &sig)
-        .expect("verify");
-    let wrapped = s_
-        .wrap_key(&Mechanism::AesKeyWrap, kek, data_key)
-        .expect("wrap");
-    s_.unwrap_key(
-        &Mechanism::AesKeyWrap,
-        kek,
-        &wrapped,
-        &[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::Token(false),
-            Attribute::Label(b"payments-dek-restored".to_vec()),
-            Attribute::Encrypt(true),
-        ],
-    )
-    .expect("unwrap");
-    s_.get_attributes(imported, &[AttributeType::Value])
-        .expect("read value");
-    s_.find_objects(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::Label(b"payments-kek".to_vec()),
-    ])
-    .expect("find");
-    s_.generate_random_vec(16).expect("random");
-    s_.update_attributes(imported, &[Attribute::Label(b"partner-key-2026".to_vec())])
-        .expect("relabel");
-    s_.destroy_object(imported).expect("destroy");
-    s_.logout().expect("logout");
-    drop(s_);
-    p.finalize().expect("finalize");
 }
 
 /// Re-indents one JSON line without reordering its fields (serde_json's Value would sort
@@ -274,6 +184,8 @@ fn documented_name(path: &str) -> String {
         ["pkcs11", "attribute_count", ..] => "pkcs11.attribute_count.<list>".into(),
         ["labels", ..] => "labels.<key>".into(),
         ["keytrail", ..] => "keytrail".into(),
+        // OCSF: what has no OCSF home is documented once, by its ECS name.
+        ["unmapped", part, ..] => format!("unmapped.{part}"),
         _ => path.to_string(),
     }
 }
@@ -299,6 +211,23 @@ fn sizes(lines: &[String]) -> BTreeMap<String, (usize, usize, usize, usize, usiz
         .collect()
 }
 
+/// The median size in bytes of each category's OCSF records.
+fn ocsf_medians(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut by: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for l in lines {
+        let v: Value = serde_json::from_str(l).expect("json");
+        by.entry(s(&v, "unmapped.pkcs11.lifecycle").to_string())
+            .or_default()
+            .push(l.len());
+    }
+    by.into_iter()
+        .map(|(c, mut v)| {
+            v.sort_unstable();
+            (c, v[v.len() / 2])
+        })
+        .collect()
+}
+
 /// Bytes a record spends on the fields that are the same on every record of a stream:
 /// `user`, `host`, `service`, `process.name` and `process.executable`, each as the
 /// compact `"key":value,` it is written as.
@@ -316,20 +245,30 @@ fn constant_bytes(v: &Value) -> usize {
 }
 
 /// Renders docs/events.md from the template, the chosen examples and the sizes.
-fn render(template: &str, examples: &BTreeMap<&str, String>, lines: &[String]) -> String {
+fn render(
+    template: &str,
+    examples: &BTreeMap<&str, String>,
+    ocsf: &BTreeMap<&str, String>,
+    lines: &[String],
+    ocsf_lines: &[String],
+) -> String {
     let mut out = template.to_string();
-    for (category, raw) in examples {
-        out = out.replace(
-            &format!("{{{{example:{category}}}}}"),
-            &format!("```json\n{}\n```", pretty(raw)),
-        );
+    for (kind, examples) in [("example", examples), ("ocsf", ocsf)] {
+        for (category, raw) in examples {
+            out = out.replace(
+                &format!("{{{{{kind}:{category}}}}}"),
+                &format!("```json\n{}\n```", pretty(raw)),
+            );
+        }
     }
     let mut table = String::from(
-        "| category | records | min | median | max | stream-constant fields |\n|---|---:|---:|---:|---:|---:|\n",
+        "| category | records | min | median | max | stream-constant fields | OCSF median |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
+    let ocsf_medians = ocsf_medians(ocsf_lines);
     for (c, (count, min, median, max, constant)) in sizes(lines) {
+        let ocsf = ocsf_medians.get(&c).copied().unwrap_or(0);
         table.push_str(&format!(
-            "| {c} | {count} | {min} | {median} | {max} | {constant} |\n"
+            "| {c} | {count} | {min} | {median} | {max} | {constant} | {ocsf} |\n"
         ));
     }
     out = out.replace("{{sizes}}", table.trim_end());
@@ -388,11 +327,29 @@ fn structure(doc: &str) -> String {
     out
 }
 
+/// The lifecycle workload in a child process (see `workload::lifecycle_in_child`).
+#[test]
+#[ignore = "run in a child process by events_doc_is_generated_from_a_real_trail"]
+fn workload_child() {
+    workload::lifecycle_child();
+}
+
+/// The lines of the same workload's trail in OCSF.
+fn ocsf_trail() -> Vec<String> {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = workload::lifecycle_in_child("workload_child", "ocsf", dir.path());
+    std::fs::read_to_string(path)
+        .expect("OCSF trail")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn events_doc_is_generated_from_a_real_trail() {
     let fx = Fixture::new();
     configure(&fx, "service = \"payments-api\"", "level = \"trace\"");
-    workload();
+    workload::lifecycle();
     let lines: Vec<String> = std::fs::read_to_string(fx.trail_path())
         .expect("trail")
         .lines()
@@ -420,6 +377,25 @@ fn events_doc_is_generated_from_a_real_trail() {
     let chosen: BTreeSet<&str> = examples.keys().copied().collect();
     assert_eq!(seen, chosen);
 
+    // The same workload in OCSF: one example per category, picked the same way.
+    let ocsf_lines = ocsf_trail();
+    let ocsf_records: Vec<Value> = ocsf_lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let mut ocsf = BTreeMap::new();
+    for (category, act, function) in EXAMPLES {
+        let i = ocsf_records
+            .iter()
+            .position(|r| {
+                s(r, "unmapped.pkcs11.lifecycle") == category
+                    && s(r, "metadata.event_code") == act
+                    && (s(r, "api.operation") == function || r.get("api").is_none())
+            })
+            .unwrap_or_else(|| panic!("no OCSF {category}/{act} record: {}", dump(&ocsf_records)));
+        ocsf.insert(category, ocsf_lines[i].clone());
+    }
+
     let template =
         std::fs::read_to_string(docs_dir().join("events.md.in")).expect("docs/events.md.in");
 
@@ -430,7 +406,7 @@ fn events_doc_is_generated_from_a_real_trail() {
         .filter_map(|l| l.split('`').nth(1).map(str::to_string))
         .collect();
     let mut produced = BTreeSet::new();
-    for r in &records {
+    for r in records.iter().chain(&ocsf_records) {
         paths(r, "", &mut produced);
     }
     let undocumented: Vec<String> = produced
@@ -446,12 +422,12 @@ fn events_doc_is_generated_from_a_real_trail() {
     );
 
     // Pretty-printing keeps every field and value.
-    for raw in examples.values() {
+    for raw in examples.values().chain(ocsf.values()) {
         let back: Value = serde_json::from_str(&pretty(raw)).expect("pretty is JSON");
         assert_eq!(back, serde_json::from_str::<Value>(raw).expect("json"));
     }
 
-    let rendered = render(&template, &examples, &lines);
+    let rendered = render(&template, &examples, &ocsf, &lines, &ocsf_lines);
     for (c, (count, min, median, max, constant)) in sizes(&lines) {
         println!(
             "record bytes {c:12} n={count:3} min={min} median={median} max={max} stream-constant={constant}"

@@ -217,10 +217,15 @@ fn known_secrets() -> Vec<Secret> {
         .collect()
 }
 
-#[test]
-fn secret_scan_finds_nothing_and_would_find_a_planted_secret() {
+/// What keytrail wrote, by source (a file, the diagnostics, the child's output).
+type Sources = Vec<(String, Vec<u8>)>;
+
+/// Runs the workload in a child process with `[trail] format = FORMAT`; returns the
+/// fixture, the secrets (known and captured) and every byte keytrail wrote, by source.
+fn run_workload(format: &str) -> (Fixture, Vec<Secret>, Sources) {
     let fx = Fixture::new();
     configure(&fx, "service = \"secret-scan\"", "level = \"trace\"");
+    set_format(&fx, format);
     let child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
@@ -253,7 +258,7 @@ fn secret_scan_finds_nothing_and_would_find_a_planted_secret() {
 
     // Every byte keytrail wrote: each file under the trail directory, the diagnostics
     // file, the child's stderr (and stdout, for good measure).
-    let mut sources: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut sources: Sources = Vec::new();
     let trail_dir = fx.trail_path().parent().expect("dir").to_path_buf();
     for entry in std::fs::read_dir(&trail_dir).expect("trail dir") {
         let path = entry.expect("entry").path();
@@ -265,27 +270,52 @@ fn secret_scan_finds_nothing_and_would_find_a_planted_secret() {
     sources.push(("diagnostics".into(), fx.diagnostics().into_bytes()));
     sources.push(("stderr".into(), stderr));
     sources.push(("stdout".into(), child.stdout.clone()));
+    (fx, secrets, sources)
+}
+
+/// The actions the workload must have put on the trail for the scan to mean something.
+const ACTIONS: [&str; 15] = [
+    "token_init",
+    "pin_init",
+    "pin_set",
+    "login",
+    "object_create",
+    "encrypt",
+    "sign",
+    "verify",
+    "key_wrap",
+    "key_unwrap",
+    "attribute_read_secret",
+    "attribute_read",
+    "random_generate",
+    "attribute_set",
+    "object_destroy",
+];
+
+#[test]
+fn secret_scan_finds_nothing_in_an_ocsf_trail() {
+    let (fx, secrets, sources) = run_workload("ocsf");
+    let trail = fx.trail();
+    assert!(trail.len() > 30, "{}", dump(&trail));
+    for a in ACTIONS {
+        assert!(
+            trail.iter().any(|r| s(r, "metadata.event_code") == a),
+            "no {a} record: {}",
+            dump(&trail)
+        );
+    }
+    let hits = scan(&secrets, &sources);
+    assert!(hits.is_empty(), "secrets leaked: {hits:#?}");
+}
+
+#[test]
+fn secret_scan_finds_nothing_and_would_find_a_planted_secret() {
+    let (fx, secrets, sources) = run_workload("ecs");
 
     // The scan is not vacuous: the trail recorded the whole workload.
     let trail = fx.trail();
     assert!(trail.len() > 30, "{}", dump(&trail));
-    for a in [
-        "token_init",
-        "pin_init",
-        "pin_set",
-        "login",
-        "object_create",
-        "encrypt",
-        "sign",
-        "verify",
-        "key_wrap",
-        "key_unwrap",
-        "attribute_read_secret",
-        "attribute_read",
-        "random_generate",
-        "attribute_set",
-        "object_destroy",
-    ] {
+    for a in ACTIONS {
         assert!(
             !action(&trail, a).is_empty(),
             "no {a} record: {}",

@@ -508,10 +508,7 @@ fn with_threads_allowed_there_is_one_writer_thread() {
 #[test]
 fn drop_policy_counts_every_dropped_record() {
     let fx = Fixture::new();
-    fx.configure_dropping_queue();
-    let p = open(&keytrail_module());
-    flood_sessions(&p);
-    p.finalize().expect("finalize");
+    dropping_burst(&fx);
     let trail = fx.trail();
     let dropped: u64 = of_action(&trail, "records_dropped")
         .iter()

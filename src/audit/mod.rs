@@ -10,6 +10,7 @@ pub mod event;
 pub mod keys;
 pub mod mechanism;
 pub mod sessions;
+pub mod severity;
 pub mod summary;
 
 use crate::audit::event::Flag;

@@ -353,6 +353,7 @@ fn self_test(c: &mut Checks, config: &Config) {
         Ok(ch) => ch,
         Err(e) => return c.fail(&format!("self-test: {e}")),
     };
+    chain.set_format(config.trail.format);
     let origin = Origin::current(Some("keytrail-doctor".into()));
     let mut buf = Vec::new();
     let start = Event::audit(
@@ -424,7 +425,11 @@ fn self_test(c: &mut Checks, config: &Config) {
         let ok = chain::split_signed(line).is_some_and(|(prefix, hash)| {
             let stated_prev = serde_json::from_slice::<serde_json::Value>(line)
                 .ok()
-                .and_then(|v| v["integrity"]["prev"].as_str().map(str::to_string));
+                .and_then(|v| {
+                    // ECS, or OCSF where the chain's fields are under `unmapped`.
+                    let i = v.get("integrity").unwrap_or(&v["unmapped"]["integrity"]);
+                    i["prev"].as_str().map(str::to_string)
+                });
             hex::encode(hasher.hash(prefix)).as_bytes() == hash && stated_prev == prev && {
                 prev = Some(String::from_utf8_lossy(hash).into_owned());
                 true

@@ -68,7 +68,7 @@ fn mtime(p: &Path) -> Option<std::time::SystemTime> {
 fn first_timestamp(p: &Path) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct First {
-        #[serde(rename = "@timestamp")]
+        #[serde(rename = "@timestamp", alias = "time_dt")]
         timestamp: String,
     }
     if !std::fs::metadata(p).ok()?.is_file() {

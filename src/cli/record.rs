@@ -27,8 +27,8 @@ pub const CATEGORIES: [&str; 11] = [
 /// One trail record, as far as the reading subcommands need it.
 #[derive(Deserialize)]
 pub struct Rec<'a> {
-    /// `@timestamp`: RFC 3339 UTC with microseconds.
-    #[serde(rename = "@timestamp", borrow)]
+    /// `@timestamp` (OCSF: `time_dt`): RFC 3339 UTC with microseconds.
+    #[serde(rename = "@timestamp", alias = "time_dt", borrow)]
     pub timestamp: Option<Cow<'a, str>>,
     /// `event.*`.
     #[serde(borrow)]
@@ -53,6 +53,146 @@ pub struct Rec<'a> {
     pub integrity: Option<Integrity<'a>>,
     /// `keytrail`: the structured detail of keytrail's own records.
     pub keytrail: Option<serde_json::Value>,
+    /// OCSF (`[trail] format = "ocsf"`): `metadata.event_code`, the action.
+    #[serde(borrow)]
+    metadata: Option<OcsfMeta<'a>>,
+    /// OCSF: `Success`, `Failure` or `Unknown`.
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    /// OCSF: `CKR_…`.
+    #[serde(borrow)]
+    status_code: Option<Cow<'a, str>>,
+    /// OCSF: `api.operation`, the function.
+    #[serde(borrow)]
+    api: Option<OcsfApi<'a>>,
+    /// OCSF: the process and its user.
+    #[serde(borrow)]
+    actor: Option<OcsfActor<'a>>,
+    /// OCSF: keys and the token.
+    #[serde(borrow, default)]
+    resources: Vec<OcsfResource<'a>>,
+    /// OCSF: `pkcs11` and `labels`.
+    #[serde(borrow)]
+    unmapped: Option<OcsfUnmapped<'a>>,
+    /// OCSF: the class (3002 Authentication names the token as its `service`).
+    class_uid: Option<u64>,
+    /// OCSF Authentication: the token (`name` its label, `uid` its serial).
+    #[serde(borrow)]
+    service: Option<OcsfService<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfService<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uid: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfMeta<'a> {
+    #[serde(borrow)]
+    event_code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfApi<'a> {
+    #[serde(borrow)]
+    operation: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfActor<'a> {
+    #[serde(borrow)]
+    user: Option<User<'a>>,
+    #[serde(borrow)]
+    process: Option<Proc<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfResource<'a> {
+    #[serde(rename = "type", borrow)]
+    type_: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<KeyRec<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OcsfUnmapped<'a> {
+    #[serde(borrow)]
+    pkcs11: Option<P11<'a>>,
+    #[serde(borrow)]
+    integrity: Option<Integrity<'a>>,
+    #[serde(borrow, default)]
+    labels: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+}
+
+impl<'a> Rec<'a> {
+    /// Reads a record, ECS or OCSF; an OCSF record's fields are moved to their ECS places.
+    pub fn parse(bytes: &'a [u8]) -> serde_json::Result<Rec<'a>> {
+        let mut r: Rec<'a> = serde_json::from_slice(bytes)?;
+        if let Some(m) = r.metadata.take() {
+            let outcome = r.status.take().map(|s| match s.as_ref() {
+                "Success" => Cow::Borrowed("success"),
+                "Failure" => Cow::Borrowed("failure"),
+                _ => Cow::Borrowed("unknown"),
+            });
+            r.event = r.event.or(Some(Ev {
+                action: m.event_code,
+                outcome,
+            }));
+        }
+        if let Some(a) = r.actor.take() {
+            r.user = a.user.or(r.user);
+            r.process = a.process.or(r.process);
+        }
+        if let Some(u) = r.unmapped.take() {
+            if r.labels.is_empty() {
+                r.labels = u.labels;
+            }
+            if r.integrity.is_none() {
+                r.integrity = u.integrity;
+            }
+            if let Some(mut p) = u.pkcs11.filter(|_| r.pkcs11.is_none()) {
+                if let Some(f) = r.api.take().and_then(|a| a.operation) {
+                    p.function = Some(f);
+                }
+                if let Some(t) = r.service.take().filter(|_| r.class_uid == Some(3002)) {
+                    p.token = Some(Tok {
+                        label: t.name,
+                        serial: t.uid,
+                    });
+                }
+                p.rv_name = r.status_code.take();
+                for res in std::mem::take(&mut r.resources) {
+                    match res.type_.as_deref() {
+                        Some("pkcs11_token") => {
+                            p.token = Some(Tok {
+                                label: res.name,
+                                serial: res.uid,
+                            })
+                        }
+                        Some("pkcs11_key") => {
+                            let Some(k) = res.data else { continue };
+                            match k.role.as_deref() {
+                                Some("key") | None => p.key = Some(k),
+                                Some(role) => {
+                                    p.keys.insert(Cow::Owned(role.to_string()), k);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                r.pkcs11 = Some(p);
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// `integrity.*`, as far as the readers need it.
@@ -252,6 +392,9 @@ pub struct KeyRec<'a> {
     /// SHA-256 of a public key's material, in hex.
     #[serde(borrow)]
     pub public_sha256: Option<Cow<'a, str>>,
+    /// The key's part in the call (OCSF records, where keys are a list).
+    #[serde(borrow)]
+    pub role: Option<Cow<'a, str>>,
 }
 
 impl KeyRec<'_> {
@@ -395,7 +538,7 @@ mod tests {
     use super::*;
 
     fn rec(line: &str) -> Rec<'_> {
-        serde_json::from_str(line).expect("record")
+        Rec::parse(line.as_bytes()).expect("record")
     }
 
     #[test]

@@ -496,7 +496,7 @@ pub fn run(args: &ReportArgs) -> Result<u8> {
             }
             let parsed = match l.overlong_reason() {
                 Some(reason) => Err(reason),
-                None => serde_json::from_slice::<Rec<'_>>(l.bytes).map_err(|e| e.to_string()),
+                None => Rec::parse(l.bytes).map_err(|e| e.to_string()),
             };
             match parsed {
                 Ok(r) => {

@@ -469,10 +469,11 @@ struct FileState {
     fresh: Vec<Problem>,
 }
 
-/// The part of a record verify reads.
+/// The part of a record verify reads, in ECS or OCSF (`[trail] format`): [`Rec::parse`]
+/// moves the OCSF fields to where ECS has them.
 #[derive(Deserialize)]
 struct Rec<'a> {
-    #[serde(rename = "@timestamp", borrow)]
+    #[serde(rename = "@timestamp", alias = "time_dt", borrow)]
     timestamp: Option<Cow<'a, str>>,
     #[serde(borrow)]
     event: Option<Ev<'a>>,
@@ -483,6 +484,56 @@ struct Rec<'a> {
     process: Option<Proc<'a>>,
     #[serde(borrow)]
     user: Option<User<'a>>,
+    /// OCSF: `metadata.event_code` is the action.
+    #[serde(borrow)]
+    metadata: Option<Meta<'a>>,
+    /// OCSF: the process and its user.
+    #[serde(borrow)]
+    actor: Option<Actor<'a>>,
+    /// OCSF: `integrity` and `keytrail`.
+    #[serde(borrow)]
+    unmapped: Option<Unmapped<'a>>,
+}
+
+impl<'a> Rec<'a> {
+    fn parse(bytes: &'a [u8]) -> serde_json::Result<Rec<'a>> {
+        let mut r: Rec<'a> = serde_json::from_slice(bytes)?;
+        if let Some(u) = r.unmapped.take() {
+            r.integrity = r.integrity.or(u.integrity);
+            r.keytrail = r.keytrail.or(u.keytrail);
+        }
+        if let Some(m) = r.metadata.take() {
+            r.event = r.event.or(Some(Ev {
+                action: m.event_code,
+            }));
+        }
+        if let Some(a) = r.actor.take() {
+            r.process = a.process.or(r.process);
+            r.user = a.user.or(r.user);
+        }
+        Ok(r)
+    }
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow)]
+    event_code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Actor<'a> {
+    #[serde(borrow)]
+    process: Option<Proc<'a>>,
+    #[serde(borrow)]
+    user: Option<User<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Unmapped<'a> {
+    #[serde(borrow)]
+    integrity: Option<Integrity<'a>>,
+    keytrail: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -502,7 +553,7 @@ struct Proc<'a> {
 struct User<'a> {
     #[serde(borrow)]
     name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, alias = "uid")]
     id: Option<Cow<'a, str>>,
 }
 
@@ -672,7 +723,7 @@ impl Heads {
 }
 
 fn head_from_record(text: &[u8]) -> Result<(String, u64, Hash)> {
-    let r: Rec<'_> = serde_json::from_slice(text).context("not a trail record")?;
+    let r = Rec::parse(text).context("not a trail record")?;
     let i = r.integrity.context("the record has no integrity fields")?;
     let hash = parse_hash(&i.hash).context("its hash is not 64 lowercase hex digits")?;
     Ok((i.stream.into_owned(), i.seq, hash))
@@ -844,7 +895,7 @@ impl Verifier {
             }
             return;
         }
-        let parsed = serde_json::from_slice::<Rec<'_>>(l.bytes);
+        let parsed = Rec::parse(l.bytes);
         let rec = match parsed {
             Ok(r) => r,
             Err(e) => {

@@ -31,8 +31,9 @@
 pub mod epoch;
 
 use super::json::{self, Origin};
+use super::ocsf;
 use crate::audit::event::Event;
-use crate::config::IntegrityConfig;
+use crate::config::{Format, IntegrityConfig};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -259,6 +260,8 @@ pub struct Chain {
     hasher_epoch: u64,
     /// Signs each checkpoint's and `trail_stop`'s head, when set.
     sealer: Option<std::sync::Arc<std::sync::Mutex<dyn Sealer>>>,
+    /// ECS or OCSF records.
+    format: Format,
 }
 
 impl Chain {
@@ -305,7 +308,13 @@ impl Chain {
             epochs: None,
             hasher_epoch: 0,
             sealer: None,
+            format: Format::Ecs,
         }
+    }
+
+    /// Writes records in `format` from now on (ECS unless set).
+    pub fn set_format(&mut self, format: Format) {
+        self.format = format;
     }
 
     /// A new forward-secure stream: every record is keyed with its epoch's key.
@@ -491,13 +500,27 @@ impl Chain {
     fn encode(&mut self, e: &Event, origin: &Origin, out: &mut Vec<u8>) {
         let start = out.len();
         let seq = self.seq + 1;
-        json::encode(e, origin, seq, out);
-        if out.len() < start + 2 || !out.ends_with(b"}\n") {
+        // The bytes that close the record: the integrity object goes before them, at the
+        // record's top level in ECS, inside `unmapped` in OCSF.
+        let close: &[u8] = match self.format {
+            Format::Ecs => {
+                json::encode(e, origin, seq, out);
+                b"}\n"
+            }
+            Format::Ocsf => {
+                ocsf::encode(e, origin, &self.stream, seq, out);
+                b"}}\n"
+            }
+        };
+        if out.len() < start + close.len() || !out.ends_with(close) {
             out.truncate(start);
             return;
         }
-        out.truncate(out.len() - 2);
+        out.truncate(out.len() - close.len());
         self.seal(seq, out, start);
+        if self.format == Format::Ocsf {
+            out.insert(out.len() - 1, b'}');
+        }
     }
 
     /// Appends the integrity object to an open record (`{...` without its closing brace)
@@ -557,12 +580,20 @@ impl Chain {
 }
 
 /// Splits a trail line (without its newline) into its signed prefix and the hex hash it
-/// states, when it has the shape the chain writes.
+/// states, when it has the shape the chain writes: an ECS record ends with the integrity
+/// object and the record's brace, an OCSF record with one more, `unmapped`'s.
 pub fn split_signed(line: &[u8]) -> Option<(&[u8], &[u8])> {
-    if line.len() < HASH_SUFFIX_LEN || !line.ends_with(b"\"}}") {
+    let suffix = if line.ends_with(b"\"}}}") {
+        HASH_SUFFIX_LEN + 1
+    } else if line.ends_with(b"\"}}") {
+        HASH_SUFFIX_LEN
+    } else {
+        return None;
+    };
+    if line.len() < suffix {
         return None;
     }
-    let cut = line.len() - HASH_SUFFIX_LEN;
+    let cut = line.len() - suffix;
     let (prefix, rest) = line.split_at(cut);
     let hash = rest.strip_prefix(HASH_MARKER)?;
     Some((prefix, &hash[..64]))
@@ -621,6 +652,35 @@ mod tests {
             assert_eq!(hex::encode(Sha256::digest(prefix)).as_bytes(), hash);
             prev = r["integrity"]["hash"].clone();
         }
+    }
+
+    #[test]
+    fn ocsf_records_chain_with_the_integrity_under_unmapped() {
+        let mut c = Chain::with(Hasher::Plain, None);
+        c.set_format(Format::Ocsf);
+        let mut buf = Vec::new();
+        for a in ["trail_start", "checkpoint", "trail_stop"] {
+            c.append(
+                &Event::audit(a, "m".into(), serde_json::json!({})),
+                &origin(),
+                &mut buf,
+            );
+        }
+        let recs = lines(&buf);
+        let mut prev = serde_json::Value::Null;
+        for (i, (r, line)) in recs.iter().zip(buf.split(|b| *b == b'\n')).enumerate() {
+            let seq = i as u64 + 1;
+            let integrity = &r["unmapped"]["integrity"];
+            assert_eq!(integrity["seq"], seq, "{r}");
+            assert_eq!(integrity["prev"], prev);
+            assert_eq!(r["metadata"]["uid"], format!("{}:{seq}", c.stream()));
+            assert_eq!(r["class_uid"], 6002);
+            let (prefix, hash) = split_signed(line).expect("signed line");
+            assert_eq!(hex::encode(Sha256::digest(prefix)).as_bytes(), hash);
+            prev = integrity["hash"].clone();
+        }
+        assert_eq!(recs[1]["unmapped"]["keytrail"]["head"]["seq"], 1);
+        assert_eq!(recs[2]["activity_name"], "Stop");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Origin {
     /// These fields formatted once per stream: `,"user":…,"process":{…,"thread":{"id":`.
     #[serde(skip)]
     prefix: std::sync::OnceLock<Vec<u8>>,
+    /// The same for OCSF records (see [`super::ocsf`]).
+    #[serde(skip)]
+    pub(super) ocsf: std::sync::OnceLock<super::ocsf::Fixed>,
 }
 
 /// `user.*`
@@ -88,6 +91,7 @@ impl Origin {
             },
             service: service.map(|name| Service { name }),
             prefix: std::sync::OnceLock::new(),
+            ocsf: std::sync::OnceLock::new(),
         }
     }
 
@@ -144,7 +148,7 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"},\"pkcs11\":{\"lifecycle\":\"");
     out.extend_from_slice(e.lifecycle.as_str().as_bytes());
     out.push(b'"');
-    pkcs11(e, out);
+    pkcs11(e, out, false, false);
     out.push(b'}');
     let extra = e.extra();
     if let Some(labels) = e.labels.as_deref() {
@@ -167,14 +171,17 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}}}\n");
 }
 
-/// The `pkcs11` object after its `lifecycle`.
-fn pkcs11(e: &Event, out: &mut Vec<u8>) {
+/// The `pkcs11` object after its `lifecycle`. For OCSF (`ocsf`), only what has no OCSF
+/// home: the return value, token and keys are OCSF fields there, and so is the function
+/// of an API Activity record (`api`).
+pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool, api: bool) {
     let extra = e.extra();
-    if !e.function.is_empty() {
+    let function_elsewhere = ocsf && api;
+    if !e.function.is_empty() && !function_elsewhere {
         out.extend_from_slice(b",\"function\":");
         string(e.function, out);
     }
-    if let Some(rv) = e.rv {
+    if let Some(rv) = e.rv.filter(|_| !ocsf) {
         number(out, ",\"rv\":", rv);
         out.extend_from_slice(b",\"rv_name\":");
         named(names::return_value(rv), "CKR_", rv, out);
@@ -182,7 +189,7 @@ fn pkcs11(e: &Event, out: &mut Vec<u8>) {
     if let Some(slot) = e.slot_id {
         number(out, ",\"slot_id\":", slot);
     }
-    if let Some(t) = e.token.as_deref() {
+    if let Some(t) = e.token.as_deref().filter(|_| !ocsf) {
         out.extend_from_slice(b",\"token\":{\"label\":");
         string(&t.label, out);
         out.extend_from_slice(b",\"serial\":");
@@ -209,12 +216,12 @@ fn pkcs11(e: &Event, out: &mut Vec<u8>) {
     if let Some(m) = &e.mechanism {
         mechanism(m, out);
     }
-    if let Some(k) = e.keys.iter().find(|k| k.role == "key") {
+    if let Some(k) = e.keys.iter().find(|k| k.role == "key").filter(|_| !ocsf) {
         out.extend_from_slice(b",\"key\":");
         key(k, out);
     }
     let mut others: ArrayVec<&KeyRef, MAX_KEYS> =
-        e.keys.iter().filter(|k| k.role != "key").collect();
+        e.keys.iter().filter(|k| k.role != "key" && !ocsf).collect();
     if !others.is_empty() {
         others.sort_by_key(|k| k.role);
         let entries = others.into_iter().map(|k| (k.role, k));
@@ -322,7 +329,7 @@ fn mechanism(m: &Mechanism, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-fn key(k: &KeyRef, out: &mut Vec<u8>) {
+pub(super) fn key(k: &KeyRef, out: &mut Vec<u8>) {
     number(out, "{\"handle\":", k.handle);
     if let Some(id) = k.identity.as_deref() {
         let KeyIdentity {
@@ -369,7 +376,7 @@ fn key(k: &KeyRef, out: &mut Vec<u8>) {
 }
 
 /// `open` (which ends with `{`), then `"name":value` for each entry, then `}`.
-fn object<'a, V>(
+pub(super) fn object<'a, V>(
     out: &mut Vec<u8>,
     open: &str,
     entries: impl IntoIterator<Item = (&'a str, V)>,
@@ -388,7 +395,7 @@ fn object<'a, V>(
 }
 
 /// `,"name":"value"`
-fn field_str(out: &mut Vec<u8>, name: &str, v: &str) {
+pub(super) fn field_str(out: &mut Vec<u8>, name: &str, v: &str) {
     out.push(b',');
     string(name, out);
     out.push(b':');
@@ -396,13 +403,13 @@ fn field_str(out: &mut Vec<u8>, name: &str, v: &str) {
 }
 
 /// `prefix` then a number.
-fn number(out: &mut Vec<u8>, prefix: &str, n: u64) {
+pub(super) fn number(out: &mut Vec<u8>, prefix: &str, n: u64) {
     out.extend_from_slice(prefix.as_bytes());
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A constant's name, or `PREFIX0x…` when it has none.
-fn named(name: Option<&str>, prefix: &str, n: u64, out: &mut Vec<u8>) {
+pub(super) fn named(name: Option<&str>, prefix: &str, n: u64, out: &mut Vec<u8>) {
     match name {
         Some(name) => string(name, out),
         None => {
@@ -415,7 +422,7 @@ fn named(name: Option<&str>, prefix: &str, n: u64, out: &mut Vec<u8>) {
 }
 
 /// A rarely written structure (attribute lists, keytrail's own details), through serde.
-fn value<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+pub(super) fn value<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
     let start = out.len();
     if serde_json::to_writer(&mut *out, v).is_err() {
         out.truncate(start);
@@ -424,7 +431,7 @@ fn value<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
 }
 
 /// A JSON string, escaped as serde_json escapes it.
-fn string(s: &str, out: &mut Vec<u8>) {
+pub(super) fn string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut from = 0;
@@ -457,7 +464,7 @@ fn string(s: &str, out: &mut Vec<u8>) {
 
 /// RFC 3339 UTC with microseconds: `2026-11-28T18:13:40.297833Z` (what
 /// `humantime::format_rfc3339_micros` writes).
-fn timestamp(t: std::time::SystemTime, out: &mut Vec<u8>) {
+pub(super) fn timestamp(t: std::time::SystemTime, out: &mut Vec<u8>) {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -495,7 +502,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// ECS `event.category` and `event.type` for a record.
-fn ecs_kind(e: &Event) -> (&'static str, &'static str) {
+pub(super) fn ecs_kind(e: &Event) -> (&'static str, &'static str) {
     use crate::config::Lifecycle as L;
     match e.lifecycle {
         L::Session => (

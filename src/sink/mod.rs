@@ -12,6 +12,7 @@ pub mod chain;
 pub mod dir;
 pub mod file;
 pub mod json;
+pub mod ocsf;
 
 use crate::audit::event::Event;
 use crate::config::{IntegrityConfig, OnFailure, OnFull, TrailConfig};
@@ -693,7 +694,8 @@ impl SinkSlot {
             // A panic while starting (a failed allocation, a bug) must leave the slot usable:
             // it is caught here, reported, and `creating` is cleared below.
             let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Chain::new(&self.integrity).and_then(|chain| {
+                Chain::new(&self.integrity).and_then(|mut chain| {
+                    chain.set_format(self.config.format);
                     Sink::start(
                         &self.config,
                         chain,

@@ -210,6 +210,15 @@ pub fn open(module: &Path) -> Pkcs11 {
     p
 }
 
+/// Configures a one-record queue that drops when full, and opens and closes sessions from
+/// four threads at once through keytrail until some records are dropped (then finalizes).
+pub fn dropping_burst(fx: &Fixture) {
+    fx.configure_dropping_queue();
+    let p = open(&keytrail_module());
+    flood_sessions(&p);
+    p.finalize().expect("finalize");
+}
+
 /// The first slot with a token.
 pub fn token_slot(p: &Pkcs11) -> Slot {
     *p.get_slots_with_token()

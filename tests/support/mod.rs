@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod scan;
+pub mod workload;
 
 use crate::common::*;
 use cryptoki::mechanism::Mechanism;
@@ -24,6 +25,14 @@ pub fn configure(fx: &Fixture, top: &str, audit: &str) {
         fx.trail_path().display()
     );
     std::fs::write(&fx.keytrail_conf, text).expect("write keytrail.toml");
+}
+
+/// Adds `format = "FORMAT"` to the `[trail]` table that [`configure`] wrote last.
+pub fn set_format(fx: &Fixture, format: &str) {
+    let conf = std::fs::read_to_string(&fx.keytrail_conf).expect("keytrail.toml");
+    assert!(conf.trim_end().lines().any(|l| l == "[trail]"), "{conf}");
+    std::fs::write(&fx.keytrail_conf, format!("{conf}format = \"{format}\"\n"))
+        .expect("write keytrail.toml");
 }
 
 /// A field by dotted path (`pkcs11.key.handle`); keys with dots in them are not used.
