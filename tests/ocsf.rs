@@ -348,6 +348,7 @@ fn report_and_show_read_ocsf_as_they_read_ecs() {
             "first_seen",
             "last_seen",
             "identity",
+            "formerly",
             "key",
             "token",
         ];
