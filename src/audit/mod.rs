@@ -85,7 +85,8 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
                 config.service.clone(),
                 threads,
                 start,
-            ),
+            )
+            .forward_to(config.syslog.clone()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             summaries: (config.audit.usage == UsageDetail::Summary).then(|| {
                 summary::Summaries::new(std::time::Duration::from_secs(
@@ -289,6 +290,14 @@ impl Auditor {
     /// the trail lost and has not yet recorded, or that the flush did not finish.
     pub fn flush_and_report(&self, when: &str) {
         let flushed = self.flush();
+        let undelivered = self.sink.get().map_or_else(Vec::new, |s| {
+            s.drain_forwarders(std::time::Duration::from_secs(5))
+        });
+        for (sink, n) in undelivered {
+            crate::diag::report(&format!(
+                "at {when}, {n} records had not been delivered to {sink}"
+            ));
+        }
         match self.sink.get().and_then(|s| s.unreported_loss()) {
             Some(loss) => crate::diag::report(&format!(
                 "at {when}, the trail has lost what it could not record: {loss}"
