@@ -293,9 +293,10 @@ impl Auditor {
         let undelivered = self.sink.get().map_or_else(Vec::new, |s| {
             s.drain_forwarders(std::time::Duration::from_secs(5))
         });
-        for (sink, n) in undelivered {
+        for (sink, n, lost) in undelivered {
             crate::diag::report(&format!(
-                "at {when}, {n} records had not been delivered to {sink}"
+                "at {when}, {n} records had not been delivered to {sink} yet, and {lost} \
+                 more were lost that the trail does not record"
             ));
         }
         match self.sink.get().and_then(|s| s.unreported_loss()) {

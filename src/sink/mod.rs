@@ -328,16 +328,18 @@ impl Sink {
     }
 
     /// Waits (at most `timeout` in all) until the syslog sinks have handed everything to
-    /// their collectors; returns each sink that has not, with how many records it holds.
-    pub fn drain_forwarders(&self, timeout: Duration) -> Vec<(String, u64)> {
+    /// their collectors; returns each sink that has not, with how many records it still
+    /// holds and how many it lost that the trail does not say.
+    pub fn drain_forwarders(&self, timeout: Duration) -> Vec<(String, u64, u64)> {
         let deadline = Instant::now() + timeout;
         let mut left = Vec::new();
         match &self.mode {
             Mode::Thread(_) => {
                 for f in &self.forwarders {
                     let n = f.drain(deadline.saturating_duration_since(Instant::now()));
-                    if n > 0 {
-                        left.push((f.name().to_string(), n));
+                    let lost = f.unreported_loss();
+                    if n + lost > 0 {
+                        left.push((f.name().to_string(), n, lost));
                     }
                 }
             }
@@ -345,8 +347,9 @@ impl Sink {
                 let mut w = w.lock();
                 for f in &mut w.forward {
                     let n = f.drain_inline(deadline.saturating_duration_since(Instant::now()));
-                    if n > 0 {
-                        left.push((f.name().to_string(), n));
+                    let lost = f.handle().unreported_loss();
+                    if n + lost > 0 {
+                        left.push((f.name().to_string(), n, lost));
                     }
                 }
             }
@@ -498,7 +501,11 @@ impl Writer {
         // stream that ends with its stop record verifies as closed. Deciding here, in the
         // one thread that orders the stream, leaves no window between check and append.
         match e.action {
-            "trail_stop" => self.stopped = true,
+            "trail_stop" => {
+                // The stream's last word includes what its collectors missed.
+                self.report_forward_losses(true);
+                self.stopped = true;
+            }
             "trail_resume" => self.stopped = false,
             _ if self.stopped => return,
             _ => {}
@@ -539,16 +546,21 @@ impl Writer {
     /// Writes the batch in one write. On failure the batch is counted as lost. Head
     /// records then go to their anchors too.
     fn commit(&mut self) {
-        self.report_forward_losses();
+        self.report_forward_losses(false);
         self.write_batch();
         let file = &self.file;
         self.chain.send_anchors(|path| file.open_sibling(path));
     }
 
-    /// Puts on the trail what each syslog sink could not deliver.
-    fn report_forward_losses(&mut self) {
+    /// Puts on the trail what each syslog sink could not deliver (`now`: whether or not
+    /// it is time). Not after the stream's `trail_stop`: a loss then waits for
+    /// `trail_resume`, or is reported at exit.
+    fn report_forward_losses(&mut self, now: bool) {
+        if self.stopped {
+            return;
+        }
         for i in 0..self.forward.len() {
-            let Some(loss) = self.forward[i].take_loss() else {
+            let Some(loss) = self.forward[i].take_loss(now) else {
                 continue;
             };
             diag::report(&format!(

@@ -227,13 +227,14 @@ impl SyslogSink {
         }
     }
 
-    /// The loss to put on the trail, if any and if it is time: once the sink delivers
-    /// again, or every minute while it cannot.
-    pub fn take_loss(&mut self) -> Option<Loss> {
+    /// The loss to put on the trail, if any and if it is time (or `now`): at once, then
+    /// every minute while the sink cannot deliver, and once it delivers again.
+    pub fn take_loss(&mut self, now: bool) -> Option<Loss> {
         if self.shared.lost.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        if self.shared.failing.load(Ordering::Relaxed)
+        if !now
+            && self.shared.failing.load(Ordering::Relaxed)
             && self
                 .last_report
                 .is_some_and(|t| t.elapsed() < LOSS_REPORT_INTERVAL)
@@ -287,6 +288,11 @@ impl Handle {
     #[inline]
     pub fn refusing(&self) -> bool {
         self.deny && self.shared.failing.load(Ordering::Relaxed)
+    }
+
+    /// Records lost and not yet reported in the trail.
+    pub fn unreported_loss(&self) -> u64 {
+        self.shared.lost.load(Ordering::Relaxed)
     }
 
     /// Records queued or being sent.
@@ -405,21 +411,10 @@ impl Delivery {
     }
 
     /// Takes queued records, frames them and sends them; returns whether it made progress.
+    /// Records are taken from the queue only once connected: while the collector is
+    /// away they stay there, within the queue's bound.
     fn round(&mut self) -> bool {
-        if self.batch.is_empty() {
-            let mut q = self.shared.queue.lock();
-            let n = q.len().min(BATCH);
-            let lines: Vec<Vec<u8>> = q.drain(..n).collect();
-            self.shared.sending.store(n as u64, Ordering::Relaxed);
-            drop(q);
-            self.shared.changed.notify_all();
-            for line in lines {
-                let mut msg = Vec::with_capacity(line.len() + 160);
-                self.framer.message(&line, &mut msg);
-                self.batch.push(msg);
-            }
-        }
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.shared.queue.lock().is_empty() {
             return false;
         }
         if self.conn.as_mut().is_some_and(|c| c.closed_by_peer()) {
@@ -446,6 +441,19 @@ impl Delivery {
                     self.fail(e);
                     return false;
                 }
+            }
+        }
+        if self.batch.is_empty() {
+            let mut q = self.shared.queue.lock();
+            let n = q.len().min(BATCH);
+            let lines: Vec<Vec<u8>> = q.drain(..n).collect();
+            self.shared.sending.store(n as u64, Ordering::Relaxed);
+            drop(q);
+            self.shared.changed.notify_all();
+            for line in lines {
+                let mut msg = Vec::with_capacity(line.len() + 160);
+                self.framer.message(&line, &mut msg);
+                self.batch.push(msg);
             }
         }
         let Some(conn) = self.conn.as_mut() else {
