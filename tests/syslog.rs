@@ -602,3 +602,87 @@ fn the_heads_at_the_collector_prove_a_truncated_local_trail() {
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(v["streams"][0]["verdict"], "TRUNCATED", "{v:#}");
 }
+
+#[test]
+fn without_threads_the_writer_delivers_on_the_calling_thread() {
+    use common::raw::{self, Raw};
+    use cryptoki_sys::*;
+    let fx = Fixture::new();
+    let mut collector = Rsyslog::new(fx.path(), Kind::Tcp);
+    collector.start();
+    fx.configure(&collector.sink());
+    let module = Raw::load(&keytrail_module());
+    let l = module.list();
+    let mut args = raw::init_args();
+    args.flags |= CKF_LIBRARY_CANT_CREATE_OS_THREADS;
+    // SAFETY (test): valid arguments.
+    let rv = unsafe { (l.C_Initialize.expect("f"))(&mut args as *mut _ as CK_VOID_PTR) };
+    assert_eq!(rv, CKR_OK);
+    let s = raw::open_rw(l);
+    assert_eq!(raw::login(l, s), CKR_OK);
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("keytrail"))
+        .collect();
+    assert!(threads.is_empty(), "{threads:?}");
+    // Delivered by the call itself: the login is at the collector already.
+    let trail = trail_lines(&fx);
+    let got = collector.wait_for(&trail);
+    assert_exactly_once(&trail, &got);
+    assert_eq!(raw::finalize(l), CKR_OK);
+    let trail = trail_lines(&fx);
+    assert_exactly_once(&trail, &collector.wait_for(&trail));
+}
+
+#[test]
+fn a_sink_under_deny_refuses_calls_while_its_collector_is_away() {
+    let Setup {
+        fx,
+        mut collector,
+        p,
+        s,
+    } = setup(Kind::Tcp, true, "on_failure = \"deny\"\ntimeout_ms = 500\n");
+    work(&s, 5);
+    collector.stop();
+    // The first records after the collector left reveal it; later calls are refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        if let Err(e) = aes_key_result(&s) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "never refused");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        matches!(
+            refused,
+            cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::FunctionFailed, _)
+        ),
+        "{refused}"
+    );
+    collector.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while aes_key_result(&s).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "still refused: {}",
+            fx.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(s);
+    p.finalize().expect("finalize");
+    // Nothing was lost meanwhile: what was queued reached the collector.
+    let trail = trail_lines(&fx);
+    assert_all_arrived(&trail, &collector.wait_for(&trail));
+}
+
+fn aes_key_result(
+    s: &cryptoki::session::Session,
+) -> cryptoki::error::Result<cryptoki::object::ObjectHandle> {
+    s.generate_key(
+        &Mechanism::AesKeyGen,
+        &support::aes_template("again", b"a", false),
+    )
+}
