@@ -459,10 +459,15 @@ fn restart_mid_run(kind: Kind) {
     let trail = trail_lines(&fx);
     let got = collector.wait_for(&trail);
     let unique = assert_all_arrived(&trail, &got);
-    let deduplicated = fx.path().join("deduplicated.jsonl");
-    std::fs::write(&deduplicated, unique.join("\n") + "\n").expect("write");
-    let (code, v) = verify(&[&deduplicated]);
+    // Records sent again after the reconnect are repeats, not duplicates, to a verifier
+    // told the file is a collector's copy.
+    let (code, v) = verify(&[Path::new("--collected"), &collector.out()]);
     assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        v["repeats"].as_u64(),
+        Some((got.len() - unique.len()) as u64),
+        "{v:#}"
+    );
     assert!(
         !trail.iter().any(|l| l.contains("\"records_lost\"")),
         "nothing was lost"
@@ -685,4 +690,32 @@ fn aes_key_result(
         &Mechanism::AesKeyGen,
         &support::aes_template("again", b"a", false),
     )
+}
+
+#[test]
+fn a_repeat_that_differs_from_its_first_copy_is_still_a_finding() {
+    let Setup {
+        fx,
+        collector,
+        p,
+        s,
+    } = setup(Kind::Tcp, true, "");
+    work(&s, 5);
+    drop(s);
+    p.finalize().expect("finalize");
+    let trail = trail_lines(&fx);
+    let mut got = collector.wait_for(&trail);
+    let copy = fx.path().join("copy.jsonl");
+    // Sent again: an exact repeat is left out.
+    got.insert(4, got[2].clone());
+    std::fs::write(&copy, got.join("\n") + "\n").expect("write");
+    let (code, v) = verify(&[Path::new("--collected"), &copy]);
+    assert_eq!((code, v["repeats"].as_u64()), (0, Some(1)), "{v:#}");
+    let (code, _) = verify(&[&copy]);
+    assert_eq!(code, 1, "without --collected a repeat is a duplicate");
+    // A forged "repeat" (same seq, other content) is not.
+    got[4] = got[4].replace("\"outcome\":\"success\"", "\"outcome\":\"failure\"");
+    std::fs::write(&copy, got.join("\n") + "\n").expect("write");
+    let (code, v) = verify(&[Path::new("--collected"), &copy]);
+    assert_eq!(code, 1, "{v:#}");
 }
