@@ -719,3 +719,59 @@ fn a_repeat_that_differs_from_its_first_copy_is_still_a_finding() {
     let (code, v) = verify(&[Path::new("--collected"), &copy]);
     assert_eq!(code, 1, "{v:#}");
 }
+
+#[test]
+fn a_sink_that_cannot_be_set_up_is_reported_and_under_deny_refuses_calls() {
+    for deny in [false, true] {
+        let fx = Fixture::new();
+        let bad_ca = fx.path().join("not-a-ca.pem");
+        std::fs::write(&bad_ca, "not a certificate\n").expect("write");
+        fx.configure(&format!(
+            "[[syslog]]\ntransport = \"tls\"\naddress = \"127.0.0.1:9\"\nca_file = \"{}\"\n{}",
+            bad_ca.display(),
+            if deny { "on_failure = \"deny\"\n" } else { "" }
+        ));
+        // keytrail is loaded once per process: the second round runs in a child.
+        if deny {
+            let out = Command::new(std::env::current_exe().expect("self"))
+                .args(["--exact", "deny_child_probe", "--ignored", "--nocapture"])
+                .env("KEYTRAIL_CONFIG", &fx.keytrail_conf)
+                .env("SOFTHSM2_CONF", &fx.softhsm_conf)
+                .output()
+                .expect("child");
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            let p = open(&keytrail_module());
+            let s = user_session(&p);
+            aes_key(&s, "k", b"k", false);
+            drop(s);
+            p.finalize().expect("finalize");
+            let diag = fx.diagnostics();
+            assert!(diag.contains("syslog sink left out"), "{diag}");
+            assert!(diag.contains("holds no PEM certificate"), "{diag}");
+        }
+    }
+}
+
+/// Run by the test above in a child process: with a sink under `deny` that cannot be set
+/// up, audited calls are refused.
+#[test]
+#[ignore = "run as a child process"]
+fn deny_child_probe() {
+    let p = open(&keytrail_module());
+    let s = p
+        .open_rw_session(token_slot(&p))
+        .expect_err("an audited call is refused");
+    assert!(
+        matches!(
+            s,
+            cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::FunctionFailed, _)
+        ),
+        "{s}"
+    );
+}

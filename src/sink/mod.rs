@@ -116,21 +116,6 @@ impl Sink {
         start: &Event,
     ) -> std::io::Result<Sink> {
         let deny = config.on_failure == OnFailure::Deny;
-        let mut forward = Vec::with_capacity(syslog.len());
-        for s in syslog {
-            match syslog::SyslogSink::start(s, config, threads) {
-                Ok(f) => forward.push(f),
-                // A sink that cannot be set up (an unreadable CA file) fails the stream
-                // under its `deny` policy, and is reported and left out otherwise.
-                Err(e) if s.on_failure.unwrap_or(config.on_failure) == OnFailure::Deny => {
-                    return Err(std::io::Error::other(format!("syslog sink: {e}")));
-                }
-                Err(e) => diag::report(&format!(
-                    "syslog sink left out: {e}; records are not sent to it"
-                )),
-            }
-        }
-        let forwarders = forward.iter().map(syslog::SyslogSink::handle).collect();
         if let Some(anchor) = chain.anchor_file() {
             // Under `deny`, an anchor file that cannot be written means no trail: the
             // stream is not started, and audited calls are refused until it can be.
@@ -145,6 +130,30 @@ impl Sink {
                 diag::report(&e);
             }
         }
+        // After the checks that may refuse the stream: a sink's thread is started once.
+        let mut forward = Vec::with_capacity(syslog.len());
+        let mut unusable = Vec::new();
+        for s in syslog {
+            match syslog::SyslogSink::start(s, config, threads) {
+                Ok(f) => forward.push(f),
+                // A sink that cannot be set up (an unreadable CA file) is reported and left
+                // out; under its `deny` policy, audited calls are refused (the trail file
+                // is still written).
+                Err(e) if s.on_failure.unwrap_or(config.on_failure) == OnFailure::Deny => {
+                    diag::report(&format!(
+                        "syslog sink cannot be set up: {e}; audited calls are refused \
+                         (its on_failure = \"deny\")"
+                    ));
+                    unusable.push(syslog::unusable(s));
+                }
+                Err(e) => diag::report(&format!(
+                    "syslog sink left out: {e}; records are not sent to it"
+                )),
+            }
+        }
+        let mut forwarders: Vec<syslog::Handle> =
+            forward.iter().map(syslog::SyslogSink::handle).collect();
+        forwarders.extend(unusable);
         let shared = Arc::new(Shared::default());
         let path = expand(&config.path);
         let file = TrailFile::new(path, config.rotate, config.max_bytes, config.keep);

@@ -56,6 +56,20 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(capacity: usize) -> Shared {
+        Shared {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            changed: Condvar::new(),
+            sending: AtomicU64::new(0),
+            failing: Arc::new(AtomicBool::new(false)),
+            lost: AtomicU64::new(0),
+            lost_since: AtomicU64::new(0),
+            reason: Mutex::new(String::new()),
+            closing: AtomicBool::new(false),
+        }
+    }
+
     fn count_lost(&self, n: u64, reason: &str) {
         if n == 0 {
             return;
@@ -111,17 +125,7 @@ impl SyslogSink {
         let target = target(config)?;
         let name = config.name.clone().unwrap_or_else(|| target.describe());
         let facility = frame::facility_code(&config.facility).unwrap_or(10);
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
-            capacity: config.queue.max(1),
-            changed: Condvar::new(),
-            sending: AtomicU64::new(0),
-            failing: Arc::new(AtomicBool::new(false)),
-            lost: AtomicU64::new(0),
-            lost_since: AtomicU64::new(0),
-            reason: Mutex::new(String::new()),
-            closing: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(config.queue.max(1)));
         let delivery = Delivery {
             name: name.clone(),
             resend_max: if target.resends() { config.resend } else { 0 },
@@ -267,6 +271,18 @@ impl SyslogSink {
                 return left;
             }
         }
+    }
+}
+
+/// The calling side's view of a sink under `deny` that could not be set up: it fails
+/// for good, so audited calls are refused.
+pub fn unusable(config: &SyslogConfig) -> Handle {
+    let shared = Shared::new(1);
+    shared.failing.store(true, Ordering::Relaxed);
+    Handle {
+        name: config.name.clone().unwrap_or_else(|| "syslog sink".into()),
+        shared: Arc::new(shared),
+        deny: true,
     }
 }
 
