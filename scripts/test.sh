@@ -6,7 +6,7 @@
 # keytool, NSS's modutil and certutil, python-pkcs11 from PyPI in a virtual environment),
 # pySigma with its DuckDB backend (tests/sigma.rs, from PyPI in a virtual environment),
 # cargo-nextest (one process per test: keytrail and SoftHSM hold process-wide state), and
-# kryoptic (a PKCS#11 3.x module for the 3.0 tests, built once per machine by
+# rsyslog with its GnuTLS driver (tests/syslog.rs), kryoptic (a PKCS#11 3.x module for the 3.0 tests, built once per machine by
 # scripts/kryoptic.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,10 @@ command -v certutil >/dev/null || need+=(libnss3-tools)
 { command -v java && command -v keytool; } >/dev/null || need+=(default-jdk-headless)
 command -v unshare >/dev/null || need+=(util-linux)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+# The syslog sink's tests (tests/syslog.rs) deliver to a real rsyslog, TLS through its
+# GnuTLS driver.
+command -v rsyslogd >/dev/null || need+=(rsyslog)
+[ -e "/usr/lib/$multiarch/rsyslog/lmnsd_gtls.so" ] || need+=(rsyslog-gnutls)
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 apt_updated=""

@@ -35,6 +35,8 @@ pub struct Config {
     pub integrity: IntegrityConfig,
     /// `[seal]`: the token key a separate agent signs checkpoint heads with.
     pub seal: Option<SealSection>,
+    /// `[[syslog]]`: collectors that receive every record besides the trail file.
+    pub syslog: Vec<SyslogConfig>,
     /// SHA-256 (hex) of the configuration file's bytes as read, for the trail's start
     /// record.
     pub source_sha256: Option<String>,
@@ -473,6 +475,8 @@ struct FileConfig {
     seal: Option<SealSection>,
     #[serde(default)]
     watch: WatchConfig,
+    #[serde(default)]
+    syslog: Vec<SyslogConfig>,
 }
 
 /// The rules `keytrail watch` knows, in the order of the documentation.
@@ -689,6 +693,162 @@ impl WatchSettings {
     }
 }
 
+/// How a syslog sink reaches its collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyslogTransport {
+    /// A local datagram socket (`path`, `/dev/log` by default).
+    #[default]
+    Local,
+    /// TCP to `address`, octet-counted (RFC 6587).
+    Tcp,
+    /// TLS to `address` (RFC 5425), the collector checked against `ca_file`.
+    Tls,
+}
+
+/// Where the local transport sends by default.
+pub const DEFAULT_SYSLOG_PATH: &str = "/dev/log";
+/// Messages sent again after a TCP or TLS connection broke, by default.
+pub const DEFAULT_SYSLOG_RESEND: usize = 64;
+
+/// One `[[syslog]]` sink: every record of the trail, sealed, as an RFC 5424 message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// The sink's name in loss records and diagnostics (default: transport and address).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `local`, `tcp` or `tls`.
+    #[serde(default)]
+    pub transport: SyslogTransport,
+    /// The local socket (`transport = "local"`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `host:port` of the collector (`tcp`, `tls`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The name the collector's certificate must carry (default: the host of `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM file of the certificates that may sign the collector's (`tls`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to the collector (`tls`, optional).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`, readable by its owner only.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Syslog facility name (default `authpriv`).
+    #[serde(default = "default_facility")]
+    pub facility: String,
+    /// APP-NAME of the messages (default `keytrail`).
+    #[serde(default = "default_app_name")]
+    pub app_name: String,
+    /// Records held for this sink while its collector is slow or unreachable.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// When that queue is full; the trail's `on_full` by default.
+    #[serde(default)]
+    pub on_full: Option<OnFull>,
+    /// When the collector cannot be reached; the trail's `on_failure` by default.
+    #[serde(default)]
+    pub on_failure: Option<OnFailure>,
+    /// Under `on_full = "wait"`, how long the writer waits for room (milliseconds); the
+    /// trail's `wait_ms` by default.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// Connect and write timeout (milliseconds).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Messages sent again after a TCP or TLS connection broke: records the collector may
+    /// not have read before it went away. Duplicates carry the same stream and seq.
+    #[serde(default = "default_resend")]
+    pub resend: usize,
+}
+
+fn default_facility() -> String {
+    "authpriv".into()
+}
+fn default_app_name() -> String {
+    "keytrail".into()
+}
+fn default_queue() -> usize {
+    DEFAULT_QUEUE
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_resend() -> usize {
+    DEFAULT_SYSLOG_RESEND
+}
+
+impl SyslogConfig {
+    /// Checks what can be checked without connecting; the error names the key.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if crate::sink::syslog::frame::facility_code(&self.facility).is_none() {
+            return Err((
+                "facility",
+                format!(
+                    "`{}` is not a syslog facility (auth, authpriv, daemon, local0 … local7, …)",
+                    self.facility
+                ),
+            ));
+        }
+        if self.queue == 0 || self.queue > MAX_QUEUE {
+            return Err(("queue", format!("must be between 1 and {MAX_QUEUE}")));
+        }
+        match self.transport {
+            SyslogTransport::Local => {
+                if self.address.is_some() {
+                    return Err(("address", "only for transport \"tcp\" or \"tls\"".into()));
+                }
+            }
+            SyslogTransport::Tcp | SyslogTransport::Tls => {
+                let Some(a) = &self.address else {
+                    return Err(("address", "required: \"host:port\" of the collector".into()));
+                };
+                if a.rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                {
+                    return Err(("address", format!("`{a}` is not host:port")));
+                }
+                if self.path.is_some() {
+                    return Err(("path", "only for transport \"local\"".into()));
+                }
+            }
+        }
+        let tls = self.transport == SyslogTransport::Tls;
+        if tls && self.ca_file.is_none() {
+            return Err((
+                "ca_file",
+                "required with transport \"tls\": the CA that signs the collector's certificate"
+                    .into(),
+            ));
+        }
+        let tls_keys = [
+            ("ca_file", self.ca_file.is_some()),
+            ("cert_file", self.cert_file.is_some()),
+            ("key_file", self.key_file.is_some()),
+            ("server_name", self.server_name.is_some()),
+        ];
+        if let Some((k, _)) = tls_keys.iter().find(|(_, set)| *set && !tls) {
+            return Err((k, "only for transport \"tls\"".into()));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err((
+                if self.cert_file.is_some() {
+                    "key_file"
+                } else {
+                    "cert_file"
+                },
+                "cert_file and key_file go together".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[seal]`: where the key that signs checkpoint heads is (see `keytrail::seal`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -818,6 +978,13 @@ impl Config {
                 problem,
             })?;
         }
+        for (i, sink) in file.syslog.iter().enumerate() {
+            sink.check().map_err(|(key, problem)| ConfigError {
+                file: Some(path.to_path_buf()),
+                key: Some(format!("syslog[{i}].{key}")),
+                problem,
+            })?;
+        }
         Ok(Config {
             source,
             module,
@@ -827,6 +994,7 @@ impl Config {
             trail: file.trail,
             integrity: file.integrity,
             seal: file.seal,
+            syslog: file.syslog,
             source_sha256,
             env_ignored: Vec::new(),
         })
@@ -1122,6 +1290,40 @@ mod tests {
             Some("watch.rules.failed_logins.per"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn syslog_sinks_are_read_and_checked() {
+        let f = write(
+            "module = \"/m.so\"\n[[syslog]]\n[[syslog]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:514\"\nfacility = \"local4\"\non_failure = \"deny\"\n",
+        );
+        let c = Config::resolve(f.path(), true, None).expect("valid");
+        assert_eq!(c.syslog.len(), 2);
+        assert_eq!(c.syslog[0].transport, SyslogTransport::Local);
+        assert_eq!(c.syslog[0].app_name, "keytrail");
+        assert_eq!(c.syslog[1].on_failure, Some(OnFailure::Deny));
+        for (body, key) in [
+            ("transport = \"tcp\"\n", "syslog[0].address"),
+            (
+                "transport = \"tcp\"\naddress = \"nohost\"\n",
+                "syslog[0].address",
+            ),
+            (
+                "transport = \"tls\"\naddress = \"h:1\"\n",
+                "syslog[0].ca_file",
+            ),
+            ("ca_file = \"/ca.pem\"\n", "syslog[0].ca_file"),
+            ("facility = \"mars\"\n", "syslog[0].facility"),
+            ("queue = 0\n", "syslog[0].queue"),
+            (
+                "transport = \"tls\"\naddress = \"h:1\"\nca_file = \"/ca\"\ncert_file = \"/c\"\n",
+                "syslog[0].key_file",
+            ),
+        ] {
+            let f = write(&format!("module = \"/m.so\"\n[[syslog]]\n{body}"));
+            let e = Config::resolve(f.path(), true, None).expect_err(body);
+            assert_eq!(e.key.as_deref(), Some(key), "{body}: {e}");
+        }
     }
 
     #[test]

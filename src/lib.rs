@@ -16,6 +16,7 @@ pub mod backend;
 pub mod config;
 pub mod diag;
 pub mod entry;
+pub mod event;
 pub mod names;
 pub mod os;
 pub mod probe;

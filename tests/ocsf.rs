@@ -245,18 +245,18 @@ fn every_category_is_a_valid_ocsf_event_and_the_trail_verifies() {
         .iter()
         .find(|r| s(r, "metadata.event_code") == "login" && n(r, "status_id") == 2)
         .expect("the failed login");
-    assert_eq!(n(failed, "severity_id"), 3, "{failed:#}");
+    assert_eq!(n(failed, "severity_id"), 2, "{failed:#}");
     assert_eq!(s(failed, "status_code"), "CKR_PIN_INCORRECT");
     let wipe = records
         .iter()
         .find(|r| s(r, "metadata.event_code") == "token_init")
         .expect("token_init");
-    assert_eq!(n(wipe, "severity_id"), 4, "{wipe:#}");
+    assert_eq!(n(wipe, "severity_id"), 5, "{wipe:#}");
     let read = records
         .iter()
         .find(|r| s(r, "metadata.event_code") == "attribute_read_secret")
         .expect("attribute_read_secret");
-    assert_eq!(n(read, "severity_id"), 4, "{read:#}");
+    assert_eq!(n(read, "severity_id"), 3, "{read:#}");
     let signed = records
         .iter()
         .find(|r| s(r, "metadata.event_code") == "sign")

@@ -10,7 +10,6 @@ pub mod event;
 pub mod keys;
 pub mod mechanism;
 pub mod sessions;
-pub mod severity;
 pub mod summary;
 
 use crate::audit::event::Flag;
@@ -77,7 +76,8 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
                 config.service.clone(),
                 threads,
                 start,
-            ),
+            )
+            .forward_to(config.syslog.clone()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             summaries: (config.audit.usage == UsageDetail::Summary).then(|| {
                 summary::Summaries::new(std::time::Duration::from_secs(
@@ -339,6 +339,15 @@ impl Auditor {
     /// the trail lost and has not yet recorded, or that the flush did not finish.
     pub fn flush_and_report(&self, when: &str) {
         let flushed = self.flush();
+        let undelivered = self.sink.get().map_or_else(Vec::new, |s| {
+            s.drain_forwarders(std::time::Duration::from_secs(5))
+        });
+        for (sink, n, lost) in undelivered {
+            crate::diag::report(&format!(
+                "at {when}, {n} records had not been delivered to {sink} yet, and {lost} \
+                 more were lost that the trail does not record"
+            ));
+        }
         match self.sink.get().and_then(|s| s.unreported_loss()) {
             Some(loss) => crate::diag::report(&format!(
                 "at {when}, the trail has lost what it could not record: {loss}"

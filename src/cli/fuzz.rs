@@ -173,6 +173,7 @@ fn no_trail_content_panics_a_reader() {
                 head: Vec::new(),
                 json,
                 keep_order: true,
+                collected: false,
                 quiet: true,
             })
             .expect("verify");

@@ -73,6 +73,11 @@ pub struct VerifyArgs {
     /// Read files in the order given instead of by their first record's time.
     #[arg(long)]
     pub keep_order: bool,
+    /// The files are a syslog collector's copy: a line identical to one of the last
+    /// records read (sent again after a reconnect) is counted as a repeat, not a
+    /// duplicate. A repeat that differs from the first copy is still a finding.
+    #[arg(long)]
+    pub collected: bool,
     /// No progress on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -1497,6 +1502,41 @@ struct Report<'a> {
     files: Vec<FileReport<'a>>,
     streams: Streams<'a>,
     missing_streams: &'a [String],
+    /// With `--collected`: exact repeats of records, left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeats: Option<u64>,
+}
+
+/// Lines a collector received twice: a syslog sink sends its last records again after a
+/// reconnect, so a repeat follows its first copy within a bounded distance.
+#[derive(Default)]
+struct Repeats {
+    recent: std::collections::VecDeque<[u8; 32]>,
+    set: std::collections::HashSet<[u8; 32]>,
+    count: u64,
+}
+
+impl Repeats {
+    /// How many earlier lines a repeat is looked for among: far more than a sink resends.
+    const WINDOW: usize = 65_536;
+
+    /// Whether `line` repeats one of the last lines seen; remembers it otherwise.
+    fn seen(&mut self, line: &[u8]) -> bool {
+        use sha2::Digest;
+        let id: [u8; 32] = sha2::Sha256::digest(line.trim_ascii_end()).into();
+        if self.set.contains(&id) {
+            self.count += 1;
+            return true;
+        }
+        if self.recent.len() == Self::WINDOW {
+            if let Some(old) = self.recent.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.recent.push_back(id);
+        self.set.insert(id);
+        false
+    }
 }
 
 struct Streams<'a> {
@@ -1674,11 +1714,16 @@ pub fn run(args: &VerifyArgs) -> Result<u8> {
     }
     let mut progress = Progress::new(&files, args.quiet);
     let mut errors = Vec::new();
+    let mut repeats = Repeats::default();
     input::for_each_line(
         &files,
         &mut progress,
         |i, e| errors.push((i, e)),
-        |l| v.line(l),
+        |l| {
+            if !(args.collected && repeats.seen(l.bytes)) {
+                v.line(l)
+            }
+        },
     );
     for (i, e) in errors {
         v.file_state[i].error = Some(e);
@@ -1708,6 +1753,7 @@ pub fn run(args: &VerifyArgs) -> Result<u8> {
             names: &names,
         },
         missing_streams: &missing_streams,
+        repeats: args.collected.then_some(repeats.count),
     };
     if args.json {
         text::print_json(&report)?;
@@ -1818,6 +1864,9 @@ fn print_text(r: &Report<'_>) {
     }
     for m in r.missing_streams {
         outln!("  stream {m}: MISSING — named by --head but absent from the trail");
+    }
+    if let Some(n) = r.repeats {
+        outln!("repeats: {n} records received twice, each identical to its first copy, left out");
     }
     outln!("verdict: {}", r.verdict);
 }

@@ -13,9 +13,10 @@ pub mod dir;
 pub mod file;
 pub mod json;
 pub mod ocsf;
+pub mod syslog;
 
 use crate::audit::event::Event;
-use crate::config::{IntegrityConfig, OnFailure, OnFull, TrailConfig};
+use crate::config::{IntegrityConfig, OnFailure, OnFull, SyslogConfig, TrailConfig};
 use crate::diag;
 use chain::Chain;
 use crossbeam_queue::ArrayQueue;
@@ -89,6 +90,8 @@ pub struct Sink {
     /// The longest a call waits for room under `on_full = "wait"`.
     wait: Duration,
     shared: Arc<Shared>,
+    /// The syslog sinks' state, for their `deny` policies and for draining at exit.
+    forwarders: Vec<syslog::Handle>,
 }
 
 impl Sink {
@@ -96,6 +99,18 @@ impl Sink {
     /// writer when `threads` is false. `chain` seals every record.
     pub fn start(
         config: &TrailConfig,
+        chain: Chain,
+        origin: Origin,
+        threads: bool,
+        start: &Event,
+    ) -> std::io::Result<Sink> {
+        Self::start_with(config, &[], chain, origin, threads, start)
+    }
+
+    /// As [`Sink::start`], and every record also goes to the `syslog` sinks.
+    pub fn start_with(
+        config: &TrailConfig,
+        syslog: &[SyslogConfig],
         chain: Chain,
         origin: Origin,
         threads: bool,
@@ -116,10 +131,35 @@ impl Sink {
                 diag::report(&e);
             }
         }
+        // After the checks that may refuse the stream: a sink's thread is started once.
+        let mut forward = Vec::with_capacity(syslog.len());
+        let mut unusable = Vec::new();
+        for s in syslog {
+            match syslog::SyslogSink::start(s, config, threads) {
+                Ok(f) => forward.push(f),
+                // A sink that cannot be set up (an unreadable CA file) is reported and left
+                // out; under its `deny` policy, audited calls are refused (the trail file
+                // is still written).
+                Err(e) if s.on_failure.unwrap_or(config.on_failure) == OnFailure::Deny => {
+                    diag::report(&format!(
+                        "syslog sink cannot be set up: {e}; audited calls are refused \
+                         (its on_failure = \"deny\")"
+                    ));
+                    unusable.push(syslog::unusable(s));
+                }
+                Err(e) => diag::report(&format!(
+                    "syslog sink left out: {e}; records are not sent to it"
+                )),
+            }
+        }
+        let mut forwarders: Vec<syslog::Handle> =
+            forward.iter().map(syslog::SyslogSink::handle).collect();
+        forwarders.extend(unusable);
         let shared = Arc::new(Shared::default());
         let path = expand(&config.path);
         let file = TrailFile::new(path, config.rotate, config.max_bytes, config.keep);
         let mut writer = Writer::new(file, origin, chain, shared.clone());
+        writer.forward = forward;
         writer.push(start);
         let mode = if threads {
             let (tx, rx) = sync_channel::<Arc<Queue>>(1);
@@ -146,6 +186,7 @@ impl Sink {
             on_failure: config.on_failure,
             wait: Duration::from_millis(config.wait_ms),
             shared,
+            forwarders,
         };
         // Fail closed from the first call: under `deny`, the stream's first record must be
         // on the trail before any audited call is served. A trail that cannot be written
@@ -288,10 +329,42 @@ impl Sink {
         })
     }
 
-    /// Whether audited calls must be refused now (policy `deny` and the trail failing).
+    /// Whether audited calls must be refused now (policy `deny` and the trail failing, or
+    /// a syslog sink under `deny` failing).
     #[inline]
     pub fn refusing(&self) -> bool {
-        self.on_failure == OnFailure::Deny && self.shared.failing.load(Ordering::Relaxed)
+        (self.on_failure == OnFailure::Deny && self.shared.failing.load(Ordering::Relaxed))
+            || self.forwarders.iter().any(syslog::Handle::refusing)
+    }
+
+    /// Waits (at most `timeout` in all) until the syslog sinks have handed everything to
+    /// their collectors; returns each sink that has not, with how many records it still
+    /// holds and how many it lost that the trail does not say.
+    pub fn drain_forwarders(&self, timeout: Duration) -> Vec<(String, u64, u64)> {
+        let deadline = Instant::now() + timeout;
+        let mut left = Vec::new();
+        match &self.mode {
+            Mode::Thread(_) => {
+                for f in &self.forwarders {
+                    let n = f.drain(deadline.saturating_duration_since(Instant::now()));
+                    let lost = f.unreported_loss();
+                    if n + lost > 0 {
+                        left.push((f.name().to_string(), n, lost));
+                    }
+                }
+            }
+            Mode::Sync(w) => {
+                let mut w = w.lock();
+                for f in &mut w.forward {
+                    let n = f.drain_inline(deadline.saturating_duration_since(Instant::now()));
+                    let lost = f.handle().unreported_loss();
+                    if n + lost > 0 {
+                        left.push((f.name().to_string(), n, lost));
+                    }
+                }
+            }
+        }
+        left
     }
 
     /// Counts a call refused under the fail-closed policy.
@@ -358,6 +431,8 @@ struct Writer {
     lost: Option<Lost>,
     /// The stream has ended with `trail_stop` and not resumed.
     stopped: bool,
+    /// Syslog sinks: each gets every sealed line.
+    forward: Vec<syslog::SyslogSink>,
 }
 
 impl Writer {
@@ -371,6 +446,7 @@ impl Writer {
             pending: 0,
             lost: None,
             stopped: false,
+            forward: Vec::new(),
         }
     }
 
@@ -435,7 +511,11 @@ impl Writer {
         // stream that ends with its stop record verifies as closed. Deciding here, in the
         // one thread that orders the stream, leaves no window between check and append.
         match e.action {
-            "trail_stop" => self.stopped = true,
+            "trail_stop" => {
+                // The stream's last word includes what its collectors missed.
+                self.report_forward_losses(true);
+                self.stopped = true;
+            }
             "trail_resume" => self.stopped = false,
             _ if self.stopped => return,
             _ => {}
@@ -476,15 +556,52 @@ impl Writer {
     /// Writes the batch in one write. On failure the batch is counted as lost. Head
     /// records then go to their anchors too.
     fn commit(&mut self) {
+        self.report_forward_losses(false);
         self.write_batch();
         let file = &self.file;
         self.chain.send_anchors(|path| file.open_sibling(path));
+    }
+
+    /// Puts on the trail what each syslog sink could not deliver (`now`: whether or not
+    /// it is time). Not after the stream's `trail_stop`: a loss then waits for
+    /// `trail_resume`, or is reported at exit.
+    fn report_forward_losses(&mut self, now: bool) {
+        if self.stopped {
+            return;
+        }
+        for i in 0..self.forward.len() {
+            let Some(loss) = self.forward[i].take_loss(now) else {
+                continue;
+            };
+            diag::report(&format!(
+                "{}: {} records were not delivered since {}: {}",
+                loss.sink, loss.lost, loss.since, loss.reason
+            ));
+            self.push_audit(
+                "records_lost",
+                format!(
+                    "{} records were not delivered to {}: {}",
+                    loss.lost, loss.sink, loss.reason
+                ),
+                serde_json::json!({"lost": loss.lost, "since": loss.since, "reason": loss.reason, "sink": loss.sink}),
+            );
+        }
+    }
+
+    /// Hands the sealed lines in the batch to every syslog sink.
+    fn forward(&mut self) {
+        for f in &mut self.forward {
+            f.push(&self.buf);
+        }
     }
 
     fn write_batch(&mut self) {
         if self.pending == 0 {
             return;
         }
+        // The chain has moved on whether or not the file takes the batch: the collectors
+        // get it either way.
+        self.forward();
         let result = self.file.write(&self.buf, SystemTime::now());
         let n = self.pending;
         match result {
@@ -559,6 +676,9 @@ impl Writer {
             self.push_audit("records_lost", message, detail);
         }
         let result = self.file.write(&self.buf, SystemTime::now());
+        if result.is_ok() {
+            self.forward();
+        }
         self.buf.clear();
         self.pending = 0;
         if result.is_err() {
@@ -620,6 +740,8 @@ pub struct SinkSlot {
     start: serde_json::Value,
     /// The process that started the first stream (a child after fork has another pid).
     first_pid: u32,
+    /// Syslog sinks every stream also writes to.
+    syslog: Vec<SyslogConfig>,
 }
 
 impl SinkSlot {
@@ -642,7 +764,14 @@ impl SinkSlot {
             threads,
             start,
             first_pid: crate::os::pid(),
+            syslog: Vec::new(),
         }
+    }
+
+    /// Every stream also sends its records to these syslog sinks.
+    pub fn forward_to(mut self, syslog: Vec<SyslogConfig>) -> SinkSlot {
+        self.syslog = syslog;
+        self
     }
 
     /// The `trail_start` record of a new stream.
@@ -696,8 +825,9 @@ impl SinkSlot {
             let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 Chain::new(&self.integrity).and_then(|mut chain| {
                     chain.set_format(self.config.format);
-                    Sink::start(
+                    Sink::start_with(
                         &self.config,
+                        &self.syslog,
                         chain,
                         origin,
                         self.threads,

@@ -9,9 +9,9 @@
 //! `labels`, `keytrail`, and the chain's `integrity` (appended by [`super::chain`]).
 
 use super::json::{self, Origin};
-use crate::audit::event::{Event, Outcome};
-use crate::audit::severity::Severity;
+use crate::audit::event::{Event, Flag, Outcome};
 use crate::config::Lifecycle;
+use crate::event::severity::{self, Facts, Severity};
 use crate::names;
 use serde::Serialize;
 
@@ -208,7 +208,7 @@ fn class(e: &Event) -> Class {
 pub fn encode(e: &Event, origin: &Origin, stream: &str, sequence: u64, out: &mut Vec<u8>) {
     let f = fixed(origin);
     let c = class(e);
-    let sev = Severity::of(e);
+    let sev = severity_of(e);
     let wall = e.started.wall_time();
     let ms = wall
         .duration_since(std::time::UNIX_EPOCH)
@@ -228,7 +228,7 @@ pub fn encode(e: &Event, origin: &Origin, stream: &str, sequence: u64, out: &mut
     out.extend_from_slice(b": ");
     out.extend_from_slice(c.activity_name.as_bytes());
     json::number(out, "\",\"severity_id\":", u64::from(sev.ocsf_id()));
-    json::field_str(out, "severity", sev.name());
+    json::field_str(out, "severity", sev.ocsf_name());
     let (status_id, status) = match e.outcome {
         Outcome::Success => (1, "Success"),
         Outcome::Failure => (2, "Failure"),
@@ -373,4 +373,28 @@ fn unmapped(e: &Event, api: bool, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"keytrail\":");
         json::value(d, out);
     }
+}
+
+/// The shared ranking ([`crate::event::severity`]) of an event, from the same facts a
+/// reader of the trail sees, so that OCSF's `severity_id` and the syslog severity agree.
+fn severity_of(e: &Event) -> Severity {
+    use cryptoki_sys::{CKO_PRIVATE_KEY, CKO_SECRET_KEY};
+    let class = e
+        .keys
+        .first()
+        .and_then(|k| k.identity.as_ref())
+        .and_then(|i| i.class_raw())
+        .map(|c| match c {
+            CKO_SECRET_KEY => "CKO_SECRET_KEY",
+            CKO_PRIVATE_KEY => "CKO_PRIVATE_KEY",
+            _ => "other",
+        });
+    severity::of(&Facts {
+        action: e.action,
+        outcome: e.outcome.as_str(),
+        lifecycle: e.lifecycle.as_str(),
+        token_wiped: e.flags.has(Flag::TokenWiped),
+        secret_value_read: e.flags.has(Flag::SecretValueRead),
+        class,
+    })
 }
