@@ -14,7 +14,9 @@
 //! BENCH_CONFIG_FULL, BENCH_CONFIG_OFF (keytrail configurations), BENCH_SPY_SO with
 //! PKCS11SPY/PKCS11SPY_OUTPUT, BENCH_P11KIT_SO, BENCH_ROUNDS, BENCH_ROUND_MS,
 //! BENCH_WARMUP_MS, BENCH_JSON. A child run with BENCH_SIGNATURES=n makes exactly n HMAC
-//! signatures instead (scripts/bench.sh measures trail bytes per 1,000 signatures so).
+//! signatures instead (scripts/bench.sh measures trail bytes per 1,000 signatures so), and
+//! one run with BENCH_ITERS=n does exactly n operations of each workload (instruction
+//! counts under `valgrind --tool=callgrind`: scripts/bench-instructions.sh).
 mod common;
 
 use common::{attr, check, load_average, load_table, mechanism};
@@ -353,8 +355,14 @@ fn hmac(
 }
 
 /// Runs `op` (which does `n` operations when given `n`) for a warm-up, then for about
-/// `round`, and returns ns per operation.
+/// `round`, and returns ns per operation. With BENCH_ITERS=n it runs exactly n operations,
+/// without a warm-up (for instruction counts, which need a known number of operations).
 fn time(warmup: Duration, round: Duration, mut op: impl FnMut(u64)) -> f64 {
+    if let Some(n) = var("BENCH_ITERS").and_then(|v| v.parse::<u64>().ok()) {
+        let t = Instant::now();
+        op(n);
+        return t.elapsed().as_nanos() as f64 / n.max(1) as f64;
+    }
     let start = Instant::now();
     let mut n = 1u64;
     let mut done = 0u64;

@@ -355,7 +355,7 @@ impl Auditor {
     }
 
     /// Fills in a session call's place as the session table gave it.
-    fn place_at(&self, e: &mut Event, session: CK_SESSION_HANDLE, p: sessions::Place) {
+    pub fn place_at(&self, e: &mut Event, session: CK_SESSION_HANDLE, p: sessions::Place) {
         e.session = Some(session);
         e.slot_id = Some(p.slot);
         e.session_state = Some(p.state);
@@ -563,11 +563,8 @@ impl Auditor {
     /// Sessions closed (or the library finalized): their unfinished operations are
     /// recorded as abandoned and their session objects forgotten.
     pub fn sessions_closed(&self, which: Closing, function: &'static str) {
-        let (mut closed, ops) = self.sessions.close(which);
-        // A session the table never held may still own cached keys.
-        if let Closing::Session(s) = which {
-            closed.insert(s);
-        }
+        // (A session the table never held may still own cached keys: `closed` names it.)
+        let (closed, ops) = self.sessions.close(which);
         for (session, kind, op, place) in ops {
             if self.config.enabled(Lifecycle::Use) {
                 self.end_op_at(session, Some(place), kind, op, function, None, "abandoned");

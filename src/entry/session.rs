@@ -42,10 +42,18 @@ fn open_session(
     } else {
         None
     };
-    if let Some(h) = opened {
-        a.sessions.opened(h, slot, flags & CKF_RW_SESSION != 0);
-    }
-    if a.config.enabled(Lifecycle::Session) {
+    let record = a.config.enabled(Lifecycle::Session);
+    // The table learns the session and, when its record is written, the slot's token in
+    // the same pass.
+    let place = opened.map(|h| {
+        let token = record.then(|| a.token(slot)).flatten();
+        (
+            h,
+            a.sessions
+                .opened_with(h, slot, flags & CKF_RW_SESSION != 0, token),
+        )
+    });
+    if record {
         let mut e = Event::call(
             started,
             "C_OpenSession",
@@ -53,8 +61,8 @@ fn open_session(
             Lifecycle::Session,
             rv,
         );
-        match opened {
-            Some(h) => a.place(&mut e, h),
+        match place {
+            Some((h, p)) => a.place_at(&mut e, h, p),
             None => a.place_slot(&mut e, slot),
         }
         if flags & CKF_RW_SESSION != 0 {
