@@ -258,11 +258,7 @@ impl Auditor {
             }
         }
         if !self.stopped.swap(true, Ordering::AcqRel) {
-            self.emit(Event::audit(
-                "trail_stop",
-                format!("trail stopped at {reason}"),
-                serde_json::json!({ "reason": reason }),
-            ));
+            self.emit(Event::stream_mark("trail_stop", reason));
         }
     }
 
@@ -270,11 +266,7 @@ impl Auditor {
     pub fn resume(&self) {
         use std::sync::atomic::Ordering;
         if self.stopped.swap(false, Ordering::AcqRel) {
-            self.emit(Event::audit(
-                "trail_resume",
-                "trail resumed at C_Initialize".into(),
-                serde_json::json!({ "reason": "C_Initialize" }),
-            ));
+            self.emit(Event::stream_mark("trail_resume", "C_Initialize"));
         }
     }
 

@@ -141,6 +141,20 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
         number(out, ",\"duration\":", d);
     }
     number(out, ",\"sequence\":", sequence);
+    match e.body() {
+        Some(body) => out.extend_from_slice(body),
+        None => encode_body(e, out),
+    }
+    // The stream's fixed fields, then the thread, close the object.
+    out.extend_from_slice(origin.prefix());
+    out.extend_from_slice(itoa::Buffer::new().format(e.thread_id).as_bytes());
+    out.extend_from_slice(b"}}}\n");
+}
+
+/// The part of a record between its `event` object and the stream's fixed fields: the
+/// `pkcs11` object, labels, message and detail. Nothing in it depends on the stream or
+/// the sequence, so a calling thread can encode it (see [`Event::body`]).
+pub fn encode_body(e: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(b"},\"pkcs11\":{\"lifecycle\":\"");
     out.extend_from_slice(e.lifecycle.as_str().as_bytes());
     out.push(b'"');
@@ -161,10 +175,6 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"keytrail\":");
         value(d, out);
     }
-    // The stream's fixed fields, then the thread, close the object.
-    out.extend_from_slice(origin.prefix());
-    out.extend_from_slice(itoa::Buffer::new().format(e.thread_id).as_bytes());
-    out.extend_from_slice(b"}}}\n");
 }
 
 /// The `pkcs11` object after its `lifecycle`.
