@@ -88,6 +88,11 @@ export KEYTRAIL_CONFIG="$tmp/keytrail.toml"
 export BENCH_CONFIG_FULL="$tmp/keytrail.toml" BENCH_CONFIG_OFF="$tmp/keytrail-off.toml"
 sed -e '/^\[audit\]/,$d' "$tmp/keytrail.toml" >"$BENCH_CONFIG_OFF"
 printf '[audit]\ncategories = []\n' >>"$BENCH_CONFIG_OFF"
+# Full audit with on_full = "drop": a call never waits for the writer, so this route shows
+# what the calling thread pays when the writer keeps up (records it cannot take are
+# dropped and counted, not written).
+export BENCH_CONFIG_DROP="$tmp/keytrail-drop.toml"
+sed -e '/^on_full = /d' -e 's/^\[trail\]$/[trail]\non_full = "drop"/' "$tmp/keytrail.toml" >"$BENCH_CONFIG_DROP"
 unset KEYTRAIL_MODULE
 export SOFTHSM2_MODULE="$module"
 export KEYTRAIL_SO="${KEYTRAIL_SO:-$PWD/target/release/libkeytrail.so}"

@@ -435,8 +435,20 @@ fn value<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
 
 /// A JSON string, escaped as serde_json escapes it.
 fn string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    // Nearly every string (names, labels, serials) needs no escape: one branch-free pass
+    // tells, and the string is copied whole.
+    let clean = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if clean {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.push(b'"');
     let mut from = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
