@@ -3,7 +3,7 @@
 # (BENCH_ITERS=n and 2n, `--separate-threads=yes`): the difference divided by n removes
 # the setup. Prints "thread total sha2 rest" per thread; sha2 is SHA-256 (valgrind hides
 # the CPU's SHA extensions, so its software fallback runs and is counted apart).
-# Usage: scripts/cg-count.sh N PREFIX_N PREFIX_2N
+# Usage: scripts/cg-count.sh N PREFIX_N PREFIX_2N (scripts/bench-instructions.sh runs it)
 set -euo pipefail
 n=$1; a=$2; b=$3
 count() { # file -> "total sha2"
