@@ -20,7 +20,8 @@ module="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 n="${BENCH_ITERS:-2000}"
 cargo build --release --lib -q
 bench=$(cargo bench --bench routes --no-run --message-format=json -q 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  grep '"name":"routes"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$bench" ] || { echo "bench-instructions.sh: benches/routes.rs did not build" >&2; exit 1; }
 tmp="$(mktemp -d -t keytrail-instr.XXXXXX)"
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/tokens" "$tmp/cg"
@@ -44,7 +45,8 @@ for w in "$@"; do
     for k in "$n" $((2 * n)); do
       BENCH_ITERS=$k BENCH_MODULE="$so" KEYTRAIL_CONFIG="$config" \
         valgrind --tool=callgrind --separate-threads=yes \
-        --callgrind-out-file="$tmp/cg/run-$k.%p" "$bench" --child "$w" >/dev/null 2>&1
+        --callgrind-out-file="$tmp/cg/run-$k.%p" "$bench" --child "$w" >/dev/null 2>"$tmp/valgrind.log" ||
+        { tail -20 "$tmp/valgrind.log" >&2; exit 1; }
     done
     echo "$w, $name (thread 01: the caller; 02: keytrail's writer):"
     scripts/cg-count.sh "$n" "$tmp/cg/run-$n" "$tmp/cg/run-$((2 * n))" | sed 's/^/  /'

@@ -216,7 +216,7 @@ impl Sink {
 
     /// Queues a record (or, synchronously, writes it).
     #[inline]
-    pub fn send(&self, event: Event) {
+    pub fn send(&self, mut event: Event) {
         match &self.mode {
             Mode::Thread(q) => {
                 if event.owns_memory() {
@@ -224,11 +224,18 @@ impl Sink {
                     while let Some(spent) = q.spent.pop() {
                         drop(spent);
                     }
+                    if !annotated_by_chain(event.action) {
+                        q.encode_body(&mut event);
+                    }
                 }
-                let mut record = event;
-                if record.extra.is_some() && !annotated_by_chain(record.action) {
-                    q.encode_body(&mut record);
-                }
+                // The common case, room in the queue, moves the record once.
+                let mut record = match q.records.push(event) {
+                    Ok(()) => {
+                        self.wake_if_asleep(q);
+                        return;
+                    }
+                    Err(back) => back,
+                };
                 let mut tries = 0u32;
                 let mut waiting_since = None;
                 loop {
