@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Overhead benchmark. By default (benches/routes.rs) every route runs in its own process,
 # as an application sees it, in interleaved rounds: SoftHSM2 direct, direct with one idle
-# thread, keytrail with full audit, keytrail with `categories = []`, pkcs11-spy and p11-kit
-# log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
-# thread, with the min-max of the per-round ratios. BENCH_ROUNDS (default 7) and
+# thread, keytrail with full audit, with `categories = []` and with `on_full = "drop"`,
+# pkcs11-spy and p11-kit log-calls; it prints each route's ns/op and its ratio to direct
+# and to direct + idle thread, with the min-max of the per-round ratios, and the keytrail
+# writer thread's CPU time per operation. scripts/bench-instructions.sh counts
+# instructions per operation instead (stable when other work loads the machine). BENCH_ROUNDS (default 7) and
 # BENCH_ROUND_MS (default 300) tune it.
 #
 # BENCH_SAME_PROCESS=1 runs the older same-process benchmark (benches/overhead.rs): the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
