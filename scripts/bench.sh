@@ -5,8 +5,8 @@
 # pkcs11-spy and p11-kit log-calls; it prints each route's ns/op and its ratio to direct
 # and to direct + idle thread, with the min-max of the per-round ratios, and the keytrail
 # writer thread's CPU time per operation. scripts/bench-instructions.sh counts
-# instructions per operation instead (stable when other work loads the machine). BENCH_ROUNDS (default 7) and
-# BENCH_ROUND_MS (default 300) tune it.
+# instructions per operation instead (stable when other work loads the machine).
+# BENCH_ROUNDS (default 7) and BENCH_ROUND_MS (default 300) tune it.
 #
 # BENCH_SAME_PROCESS=1 runs the older same-process benchmark (benches/overhead.rs): the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
 # through the built libkeytrail.so ("keytrail"), in one process, against one SoftHSM
