@@ -104,6 +104,13 @@ impl Queue {
         e.labels = None;
         e.body = Some(body);
     }
+
+    /// A record dropped before reaching the writer: its body's buffer goes back to the pool.
+    fn discard(&self, mut e: Event) {
+        if let Some(body) = e.body.take_if(|b| b.pooled) {
+            let _ = self.bodies.push(body.bytes);
+        }
+    }
 }
 
 /// Records the chain completes on the writer thread from their detail: they keep it.
@@ -244,15 +251,17 @@ impl Sink {
                         // A writer stuck in open() or write() (a FIFO nobody reads, a hung
                         // mount) never makes room: once a wait has run out, the trail is
                         // failing, and later calls do not wait again until it recovers.
-                        Err(_) if self.shared.failing.load(Ordering::Relaxed) => {
+                        Err(lost) if self.shared.failing.load(Ordering::Relaxed) => {
+                            q.discard(lost);
                             self.count_drop(DropReason::Stuck);
                             break;
                         }
-                        Err(_)
+                        Err(lost)
                             if self.on_full == OnFull::Wait
                                 && waiting_since.get_or_insert_with(Instant::now).elapsed()
                                     >= self.wait =>
                         {
+                            q.discard(lost);
                             self.shared.failing.store(true, Ordering::Relaxed);
                             self.count_drop(DropReason::Stuck);
                             break;
@@ -270,7 +279,8 @@ impl Sink {
                                 std::thread::sleep(Duration::from_micros(10));
                             }
                         }
-                        Err(_) => {
+                        Err(lost) => {
+                            q.discard(lost);
                             self.count_drop(DropReason::Full);
                             break;
                         }
@@ -917,5 +927,34 @@ mod tests {
         let last = format!(r#""text":"key {}""#, 3 * BODIES - 1);
         assert!(lines.contains(&last), "{last}");
         assert!(lines.contains(r#""message":"trail stopped at test","keytrail":{"#));
+    }
+
+    /// Records dropped on a full queue give their body's buffer back to the pool, as
+    /// written ones do: the pool never drains.
+    #[test]
+    fn dropped_records_give_their_buffers_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = TrailConfig {
+            path: dir.path().join("trail.jsonl"),
+            queue: 2,
+            on_full: OnFull::Drop,
+            ..TrailConfig::default()
+        };
+        let chain = Chain::new(&IntegrityConfig::default()).expect("chain");
+        let start = Event::audit("trail_start", "start".into(), serde_json::json!({}));
+        let sink = Sink::start(&config, chain, Origin::current(None), true, &start).expect("sink");
+        for i in 0..4 * BODIES {
+            sink.send(creation(i));
+        }
+        assert!(sink.flush(Duration::from_secs(20)));
+        let trail = std::fs::read_to_string(dir.path().join("trail.jsonl")).expect("trail");
+        assert!(
+            trail.contains(r#""action":"records_dropped""#),
+            "some were dropped"
+        );
+        let Mode::Thread(q) = &sink.mode else {
+            panic!("a writer thread");
+        };
+        assert_eq!(q.bodies.len(), BODIES);
     }
 }
