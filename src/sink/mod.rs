@@ -100,6 +100,15 @@ impl Queue {
         };
         body.bytes.clear();
         json::encode_body(e, &mut body.bytes);
+        if body.pooled && body.bytes.capacity() > BODY_BYTES {
+            // It outgrew its buffer: the pool gets one of its own size instead, and this
+            // one goes back to a caller to free, so the pool's memory stays fixed.
+            let mut fresh = Vec::new();
+            if fresh.try_reserve_exact(BODY_BYTES).is_ok() {
+                let _ = self.bodies.push(fresh);
+            }
+            body.pooled = false;
+        }
         e.extra = None;
         e.labels = None;
         e.body = Some(body);
@@ -930,7 +939,8 @@ mod tests {
     }
 
     /// Records dropped on a full queue give their body's buffer back to the pool, as
-    /// written ones do: the pool never drains.
+    /// written ones do: the pool never drains, and a body too large for its buffer does
+    /// not leave a larger one in the pool.
     #[test]
     fn dropped_records_give_their_buffers_back() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -946,6 +956,20 @@ mod tests {
         for i in 0..4 * BODIES {
             sink.send(creation(i));
         }
+        // Bodies larger than a buffer.
+        for _ in 0..8 {
+            let mut e = creation(0);
+            e.attributes(
+                "set",
+                1,
+                Some(vec![Attr {
+                    type_name: "CKA_LABEL".into(),
+                    value: AttrValue::Text("x".repeat(3 * BODY_BYTES)),
+                }]),
+            );
+            sink.send(e);
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(sink.flush(Duration::from_secs(20)));
         let trail = std::fs::read_to_string(dir.path().join("trail.jsonl")).expect("trail");
         assert!(
@@ -956,5 +980,7 @@ mod tests {
             panic!("a writer thread");
         };
         assert_eq!(q.bodies.len(), BODIES);
+        let buffers: Vec<Vec<u8>> = std::iter::from_fn(|| q.bodies.pop()).collect();
+        assert!(buffers.iter().all(|b| b.capacity() <= BODY_BYTES));
     }
 }
