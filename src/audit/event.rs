@@ -288,8 +288,21 @@ impl Event {
         lifecycle: Lifecycle,
         rv: CK_RV,
     ) -> Event {
+        let duration = started.instant.elapsed().as_nanos() as u64;
+        Event::new(started, Some(duration), function, action, lifecycle, rv)
+    }
+
+    #[inline]
+    fn new(
+        started: Started,
+        duration_ns: Option<u64>,
+        function: &'static str,
+        action: &'static str,
+        lifecycle: Lifecycle,
+        rv: CK_RV,
+    ) -> Event {
         Event {
-            duration_ns: Some(started.instant.elapsed().as_nanos() as u64),
+            duration_ns,
             started,
             function,
             action,
@@ -311,6 +324,18 @@ impl Event {
             body: None,
             reason: None,
         }
+    }
+
+    /// A record built before the call (its place is gone after it); [`Event::finish`]
+    /// sets the return value and duration.
+    #[inline]
+    pub fn before(
+        started: Started,
+        function: &'static str,
+        action: &'static str,
+        lifecycle: Lifecycle,
+    ) -> Event {
+        Event::new(started, None, function, action, lifecycle, CKR_OK)
     }
 
     /// Sets the return value and duration of a record built before the call.

@@ -87,12 +87,11 @@ fn closing(
     // The record's place is taken before the call (the session is gone after it), and
     // only when session records are written.
     let record = a.config.enabled(Lifecycle::Session).then(|| {
-        let mut e = Event::call(
+        let mut e = Event::before(
             Started::now(),
             function,
             "session_close",
             Lifecycle::Session,
-            CKR_OK,
         );
         if let Some(s) = session {
             a.place(&mut e, s);
@@ -231,7 +230,7 @@ fn logout(_: &Backend, forward: impl FnOnce() -> CK_RV, session: CK_SESSION_HAND
         return forward();
     };
     let started = Started::now();
-    let mut e = Event::call(started, "C_Logout", "logout", Lifecycle::Auth, CKR_OK);
+    let mut e = Event::before(started, "C_Logout", "logout", Lifecycle::Auth);
     a.place(&mut e, session);
     let rv = forward();
     if rv == CKR_OK {
