@@ -14,7 +14,9 @@
 //! BENCH_CONFIG_FULL, BENCH_CONFIG_OFF (keytrail configurations), BENCH_SPY_SO with
 //! PKCS11SPY/PKCS11SPY_OUTPUT, BENCH_P11KIT_SO, BENCH_ROUNDS, BENCH_ROUND_MS,
 //! BENCH_WARMUP_MS, BENCH_JSON. A child run with BENCH_SIGNATURES=n makes exactly n HMAC
-//! signatures instead (scripts/bench.sh measures trail bytes per 1,000 signatures so).
+//! signatures instead (scripts/bench.sh measures trail bytes per 1,000 signatures so), and
+//! one run with BENCH_ITERS=n does exactly n operations of each workload (instruction
+//! counts under `valgrind --tool=callgrind`: scripts/bench-instructions.sh).
 mod common;
 
 use common::{attr, check, load_average, load_table, mechanism};
@@ -71,6 +73,11 @@ fn routes() -> Vec<RouteSpec> {
             Some(&keytrail),
         ),
         (
+            "keytrail on_full=drop",
+            "BENCH_CONFIG_DROP",
+            Some(&keytrail),
+        ),
+        (
             "keytrail baseline build",
             "BENCH_CONFIG_FULL",
             baseline.as_ref(),
@@ -82,7 +89,8 @@ fn routes() -> Vec<RouteSpec> {
                 module: module.clone(),
                 env: vec![("KEYTRAIL_CONFIG", c)],
                 idle_thread: false,
-                quiet_stderr: false,
+                // The drop route says on stderr each time it starts dropping.
+                quiet_stderr: name == "keytrail on_full=drop",
             });
         }
     }
@@ -143,6 +151,8 @@ fn driver() {
     let load_before = load_average();
     // samples[route][workload][round]
     let mut samples = vec![vec![Vec::new(); WORKLOADS.len()]; routes.len()];
+    // The writer thread's CPU time per operation, the same way.
+    let mut writer = vec![vec![Vec::new(); WORKLOADS.len()]; routes.len()];
     eprintln!(
         "routes: {} routes in separate processes, {rounds} interleaved rounds",
         routes.len()
@@ -174,6 +184,14 @@ fn driver() {
                 let Some((w, ns)) = line.split_once('\t') else {
                     continue;
                 };
+                if let Some(w) = w.strip_prefix("writer ") {
+                    if let (Some(j), Ok(ns)) =
+                        (WORKLOADS.iter().position(|x| *x == w), ns.parse::<f64>())
+                    {
+                        writer[i][j].push(ns);
+                    }
+                    continue;
+                }
                 if let (Some(j), Ok(ns)) =
                     (WORKLOADS.iter().position(|x| *x == w), ns.parse::<f64>())
                 {
@@ -244,6 +262,28 @@ fn driver() {
         println!();
     }
     json.push(']');
+    if writer.iter().flatten().any(|v| !v.is_empty()) {
+        println!();
+        println!(
+            "writer thread CPU time per operation (ns, median of the rounds [min–max]; /proc schedstat)"
+        );
+        println!();
+        for (j, w) in WORKLOADS.iter().enumerate() {
+            for (i, r) in routes.iter().enumerate() {
+                let v = &writer[i][j];
+                if v.is_empty() {
+                    continue;
+                }
+                let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+                let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                println!(
+                    "| {w} | {} | {:.0} [{min:.0}–{max:.0}] |",
+                    r.name,
+                    median(v)
+                );
+            }
+        }
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let (Some(a), Some(b)) = (load_before, load_after) {
         println!("\nload average {a:.2} before, {b:.2} after, {cpus} CPUs");
@@ -352,14 +392,46 @@ fn hmac(
     );
 }
 
+/// Operations run by [`time`] (warm-up included), for the writer's CPU time per operation.
+static OPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// CPU time (ns) of the process's keytrail writer threads so far, from
+/// /proc/self/task/*/schedstat; `None` when there is none.
+fn writer_cpu_ns() -> Option<u64> {
+    let mut total = None;
+    for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != "keytrail-writer" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        if let Some(ns) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            *total.get_or_insert(0) += ns;
+        }
+    }
+    total
+}
+
 /// Runs `op` (which does `n` operations when given `n`) for a warm-up, then for about
-/// `round`, and returns ns per operation.
+/// `round`, and returns ns per operation. With BENCH_ITERS=n it runs exactly n operations,
+/// without a warm-up (for instruction counts, which need a known number of operations).
 fn time(warmup: Duration, round: Duration, mut op: impl FnMut(u64)) -> f64 {
+    if let Some(n) = var("BENCH_ITERS").and_then(|v| v.parse::<u64>().ok()) {
+        let t = Instant::now();
+        op(n);
+        OPS.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        return t.elapsed().as_nanos() as f64 / n.max(1) as f64;
+    }
     let start = Instant::now();
     let mut n = 1u64;
     let mut done = 0u64;
     while start.elapsed() < warmup {
         op(n);
+        OPS.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         done += n;
         n = (n * 2).min(1 << 20);
     }
@@ -367,6 +439,7 @@ fn time(warmup: Duration, round: Duration, mut op: impl FnMut(u64)) -> f64 {
     let iters = ((round.as_nanos() as f64 / per) as u64).max(1);
     let t = Instant::now();
     op(iters);
+    OPS.fetch_add(iters, std::sync::atomic::Ordering::Relaxed);
     t.elapsed().as_nanos() as f64 / iters as f64
 }
 
@@ -432,6 +505,8 @@ fn child() {
         if !wanted(w) {
             continue;
         }
+        let writer_before = writer_cpu_ns();
+        let ops_before = OPS.load(std::sync::atomic::Ordering::Relaxed);
         let ns = match *w {
             "C_GetSessionInfo" => time(warmup, round, |n| {
                 let mut info = CK_SESSION_INFO::default();
@@ -516,6 +591,12 @@ fn child() {
             _ => continue,
         };
         println!("{w}\t{ns}");
+        let ops = OPS.load(std::sync::atomic::Ordering::Relaxed) - ops_before;
+        if let (Some(a), Some(b)) = (writer_before, writer_cpu_ns())
+            && ops > 0
+        {
+            println!("writer {w}\t{}", (b - a) as f64 / ops as f64);
+        }
     }
     check(ck!(f, C_CloseSession(s)), "C_CloseSession");
     check(ck!(f, C_Finalize(std::ptr::null_mut())), "C_Finalize");

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Overhead benchmark. By default (benches/routes.rs) every route runs in its own process,
 # as an application sees it, in interleaved rounds: SoftHSM2 direct, direct with one idle
-# thread, keytrail with full audit, keytrail with `categories = []`, pkcs11-spy and p11-kit
-# log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
-# thread, with the min-max of the per-round ratios. BENCH_ROUNDS (default 7) and
-# BENCH_ROUND_MS (default 300) tune it.
+# thread, keytrail with full audit, with `categories = []` and with `on_full = "drop"`,
+# pkcs11-spy and p11-kit log-calls; it prints each route's ns/op and its ratio to direct
+# and to direct + idle thread, with the min-max of the per-round ratios, and the keytrail
+# writer thread's CPU time per operation. scripts/bench-instructions.sh counts
+# instructions per operation instead (stable when other work loads the machine).
+# BENCH_ROUNDS (default 7) and BENCH_ROUND_MS (default 300) tune it.
 #
 # BENCH_SAME_PROCESS=1 runs the older same-process benchmark (benches/overhead.rs): the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
 # through the built libkeytrail.so ("keytrail"), in one process, against one SoftHSM
@@ -88,6 +90,11 @@ export KEYTRAIL_CONFIG="$tmp/keytrail.toml"
 export BENCH_CONFIG_FULL="$tmp/keytrail.toml" BENCH_CONFIG_OFF="$tmp/keytrail-off.toml"
 sed -e '/^\[audit\]/,$d' "$tmp/keytrail.toml" >"$BENCH_CONFIG_OFF"
 printf '[audit]\ncategories = []\n' >>"$BENCH_CONFIG_OFF"
+# Full audit with on_full = "drop": a call never waits for the writer, so this route shows
+# what the calling thread pays when the writer keeps up (records it cannot take are
+# dropped and counted, not written).
+export BENCH_CONFIG_DROP="$tmp/keytrail-drop.toml"
+sed -e '/^on_full = /d' -e 's/^\[trail\]$/[trail]\non_full = "drop"/' "$tmp/keytrail.toml" >"$BENCH_CONFIG_DROP"
 unset KEYTRAIL_MODULE
 export SOFTHSM2_MODULE="$module"
 export KEYTRAIL_SO="${KEYTRAIL_SO:-$PWD/target/release/libkeytrail.so}"

@@ -22,4 +22,6 @@ pub mod os;
 pub mod probe;
 pub mod seal;
 pub mod sink;
+#[cfg(test)]
+mod test_alloc;
 pub mod trust;

@@ -215,6 +215,19 @@ pub struct UseSummary {
     pub last: Started,
 }
 
+/// A record's `pkcs11` object, labels, message and detail, encoded by the calling thread
+/// ([`crate::sink::json::encode_body`]) when the record has rarer parts: the record then
+/// carries bytes in a buffer of the writer's pool instead of the caller's heap memory.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    /// The encoded bytes.
+    pub bytes: Vec<u8>,
+    /// A buffer of the writer's pool (allocated once when the stream started, never
+    /// freed), which the writer puts back; otherwise the caller's own, which goes back to a
+    /// caller to free.
+    pub pooled: bool,
+}
+
 /// One audit record.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -257,6 +270,12 @@ pub struct Event {
     pub operation: Option<OperationInfo>,
     /// What only rarer records carry.
     pub extra: Option<Box<Extra>>,
+    /// The rarer parts (with everything else of the `pkcs11` object, labels, message and
+    /// detail) already encoded, in place of `extra` and `labels`.
+    pub body: Option<Body>,
+    /// Why keytrail ended or resumed the stream (`trail_stop`, `trail_resume`): the
+    /// writer makes those records' message and detail from it.
+    pub reason: Option<&'static str>,
 }
 
 impl Event {
@@ -269,8 +288,21 @@ impl Event {
         lifecycle: Lifecycle,
         rv: CK_RV,
     ) -> Event {
+        let duration = started.instant.elapsed().as_nanos() as u64;
+        Event::new(started, Some(duration), function, action, lifecycle, rv)
+    }
+
+    #[inline]
+    fn new(
+        started: Started,
+        duration_ns: Option<u64>,
+        function: &'static str,
+        action: &'static str,
+        lifecycle: Lifecycle,
+        rv: CK_RV,
+    ) -> Event {
         Event {
-            duration_ns: Some(started.instant.elapsed().as_nanos() as u64),
+            duration_ns,
             started,
             function,
             action,
@@ -289,7 +321,21 @@ impl Event {
             keys: ArrayVec::new(),
             operation: None,
             extra: None,
+            body: None,
+            reason: None,
         }
+    }
+
+    /// A record built before the call (its place is gone after it); [`Event::finish`]
+    /// sets the return value and duration.
+    #[inline]
+    pub fn before(
+        started: Started,
+        function: &'static str,
+        action: &'static str,
+        lifecycle: Lifecycle,
+    ) -> Event {
+        Event::new(started, None, function, action, lifecycle, CKR_OK)
     }
 
     /// Sets the return value and duration of a record built before the call.
@@ -310,11 +356,27 @@ impl Event {
         e
     }
 
+    /// A `trail_stop` or `trail_resume` record: plain data, whose message and detail the
+    /// writer adds from `reason`.
+    pub fn stream_mark(action: &'static str, reason: &'static str) -> Event {
+        let mut e = Event::call(Started::now(), "", action, Lifecycle::Audit, CKR_OK);
+        e.rv = None;
+        e.duration_ns = None;
+        e.reason = Some(reason);
+        e
+    }
+
     /// Whether the record owns heap memory of its own (allocated by the caller that built
-    /// it): its rarer parts.
+    /// it): its rarer parts, built or encoded outside the writer's pool.
     #[inline]
     pub fn owns_memory(&self) -> bool {
-        self.extra.is_some()
+        self.extra.is_some() || self.body.as_ref().is_some_and(|b| !b.pooled)
+    }
+
+    /// The encoded body, when the calling thread encoded it.
+    #[inline]
+    pub fn body(&self) -> Option<&[u8]> {
+        self.body.as_ref().map(|b| b.bytes.as_slice())
     }
 
     /// Whether dropping the record would free memory: its rarer parts, or the last

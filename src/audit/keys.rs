@@ -10,7 +10,7 @@ use crate::backend::Backend;
 use crate::entry::args::Template;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -348,11 +348,11 @@ impl KeyCache {
 
     /// Forgets the session objects owned by closed sessions (all of them when `sessions`
     /// is `None`).
-    pub fn sessions_closed(&self, sessions: Option<&HashSet<CK_SESSION_HANDLE>>) {
+    pub fn sessions_closed(&self, sessions: Option<&super::sessions::Closed>) {
         self.lock().retain(|_, e| match (e.owner, sessions) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(s), Some(closed)) => !closed.contains(&s),
+            (Some(s), Some(closed)) => !closed.contains(s),
         });
     }
 
@@ -382,7 +382,9 @@ impl KeyCache {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sessions::Closed;
     use super::*;
+    use rustc_hash::FxHashSet as HashSet;
 
     /// Keys first used in a session, whose identity keytrail never learnt, are forgotten
     /// when that session closes; a known token key stays.
@@ -395,11 +397,10 @@ mod tests {
         }
         assert!(cache.first_use(8, 20_000));
         assert_eq!(cache.len(), 10_001);
-        let closed: HashSet<CK_SESSION_HANDLE> = [7].into_iter().collect();
-        cache.sessions_closed(Some(&closed));
+        cache.sessions_closed(Some(&Closed::One(7)));
         assert_eq!(cache.len(), 1);
         let closed: HashSet<CK_SESSION_HANDLE> = [8].into_iter().collect();
-        cache.sessions_closed(Some(&closed));
+        cache.sessions_closed(Some(&Closed::Many(closed)));
         assert!(cache.is_empty());
     }
 }

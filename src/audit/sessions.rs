@@ -100,6 +100,37 @@ struct Inner {
     sessions: HashMap<CK_SESSION_HANDLE, SessionState>,
     /// Who is logged in on each slot (login state is per application and token).
     logins: HashMap<CK_SLOT_ID, CK_USER_TYPE>,
+    /// Open sessions per slot: closing one learns whether it was the slot's last without
+    /// walking every open session.
+    per_slot: HashMap<CK_SLOT_ID, usize>,
+}
+
+impl Inner {
+    /// Adds a session (replacing one of the same handle, as the module reuses handles).
+    fn insert(&mut self, session: CK_SESSION_HANDLE, state: SessionState) {
+        *self.per_slot.entry(state.slot).or_default() += 1;
+        if let Some(old) = self.sessions.insert(session, state) {
+            self.forget_slot_session(old.slot);
+        }
+    }
+
+    /// Removes a session; closing a slot's last session logs the application out of
+    /// that token.
+    fn remove(&mut self, session: CK_SESSION_HANDLE) -> Option<SessionState> {
+        let s = self.sessions.remove(&session)?;
+        self.forget_slot_session(s.slot);
+        Some(s)
+    }
+
+    fn forget_slot_session(&mut self, slot: CK_SLOT_ID) {
+        if let Entry::Occupied(mut n) = self.per_slot.entry(slot) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+                self.logins.remove(&slot);
+            }
+        }
+    }
 }
 
 /// The session table.
@@ -150,15 +181,32 @@ impl Sessions {
 
     /// A session was opened.
     pub fn opened(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID, rw: bool) {
-        self.lock().sessions.insert(
-            session,
-            SessionState {
-                slot,
-                rw,
-                token: None,
-                ops: Vec::new(),
-            },
-        );
+        self.opened_with(session, slot, rw, None);
+    }
+
+    /// A session was opened on a slot whose token is `token` (when known); returns where
+    /// it stands, in one pass through the table.
+    pub fn opened_with(
+        &self,
+        session: CK_SESSION_HANDLE,
+        slot: CK_SLOT_ID,
+        rw: bool,
+        token: Option<Arc<TokenRef>>,
+    ) -> Place {
+        let mut inner = self.lock();
+        let state = SessionState {
+            slot,
+            rw,
+            token,
+            ops: Vec::new(),
+        };
+        let place = Place {
+            slot,
+            state: state_name(rw, inner.logins.get(&slot).copied()),
+            token: state.token.clone(),
+        };
+        inner.insert(session, state);
+        place
     }
 
     /// The slot and state of a known session.
@@ -191,44 +239,45 @@ impl Sessions {
         }
     }
 
-    /// Sessions closed: removes them and returns their unfinished operations, each with
-    /// where its session stood before the close. `which` is one session, a slot's
-    /// sessions, or all.
-    pub fn close(&self, which: Closing) -> (HashSet<CK_SESSION_HANDLE>, Vec<ClosedOp>) {
+    /// Sessions closed: removes them and returns which, with their unfinished operations,
+    /// each with where its session stood before the close. `which` is one session, a
+    /// slot's sessions, or all. Closing one session allocates nothing unless it had
+    /// operations under way.
+    pub fn close(&self, which: Closing) -> (Closed, Vec<ClosedOp>) {
         let mut inner = self.lock();
-        let closed: HashSet<CK_SESSION_HANDLE> = match which {
-            // One session: a look-up, not a walk over every open session.
-            Closing::Session(x) => inner
-                .sessions
-                .contains_key(&x)
-                .then_some(x)
-                .into_iter()
-                .collect(),
-            _ => inner
-                .sessions
-                .iter()
-                .filter(|(_, s)| match which {
-                    Closing::Slot(slot) => s.slot == slot,
-                    _ => true,
-                })
-                .map(|(h, _)| *h)
-                .collect(),
-        };
         let mut ops = Vec::new();
-        let mut slots = HashSet::default();
-        for h in &closed {
-            if let Some(s) = inner.sessions.remove(h) {
-                slots.insert(s.slot);
-                let place = s.place(&inner.logins);
-                ops.extend(s.ops.into_iter().map(|(k, o)| (*h, k, o, place.clone())));
+        let mut take = |inner: &mut Inner, h: CK_SESSION_HANDLE| {
+            // Where it stood is taken before the close, which may log the slot out.
+            let Some(s) = inner.sessions.get(&h) else {
+                return;
+            };
+            let place = (!s.ops.is_empty()).then(|| s.place(&inner.logins));
+            if let (Some(s), Some(place)) = (inner.remove(h), place) {
+                ops.extend(s.ops.into_iter().map(|(k, o)| (h, k, o, place.clone())));
             }
-        }
-        // Closing a slot's last session logs the application out of that token.
-        for slot in slots {
-            if !inner.sessions.values().any(|s| s.slot == slot) {
-                inner.logins.remove(&slot);
+        };
+        let closed = match which {
+            // One session: a look-up, not a walk over every open session.
+            Closing::Session(x) => {
+                take(&mut inner, x);
+                Closed::One(x)
             }
-        }
+            _ => {
+                let closed: HashSet<CK_SESSION_HANDLE> = inner
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| match which {
+                        Closing::Slot(slot) => s.slot == slot,
+                        _ => true,
+                    })
+                    .map(|(h, _)| *h)
+                    .collect();
+                for h in &closed {
+                    take(&mut inner, *h);
+                }
+                Closed::Many(closed)
+            }
+        };
         if matches!(which, Closing::All) {
             inner.logins.clear();
         }
@@ -246,18 +295,19 @@ impl Sessions {
         learn: impl FnOnce() -> Option<(CK_SLOT_ID, bool)>,
     ) -> Option<Operation> {
         let mut inner = self.lock();
-        let s = match inner.sessions.entry(session) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => {
-                let (slot, rw) = learn()?;
-                v.insert(SessionState {
+        if !inner.sessions.contains_key(&session) {
+            let (slot, rw) = learn()?;
+            inner.insert(
+                session,
+                SessionState {
                     slot,
                     rw,
                     token: None,
                     ops: Vec::new(),
-                })
-            }
-        };
+                },
+            );
+        }
+        let s = inner.sessions.get_mut(&session)?;
         let old = take(&mut s.ops, kind);
         s.ops.push((kind, op));
         old
@@ -272,7 +322,9 @@ impl Sessions {
         f: impl FnOnce(&mut Operation) -> (bool, R),
     ) -> Option<(R, Option<(Operation, Place)>)> {
         let mut inner = self.lock();
-        let Inner { sessions, logins } = &mut *inner;
+        let Inner {
+            sessions, logins, ..
+        } = &mut *inner;
         let s = sessions.get_mut(&session)?;
         let i = s.ops.iter().position(|(k, _)| *k == kind)?;
         let (end, r) = f(&mut s.ops[i].1);
@@ -298,6 +350,25 @@ impl Sessions {
 /// the session stood.
 pub type ClosedOp = (CK_SESSION_HANDLE, OpKind, Operation, Place);
 
+/// The sessions a close removed.
+#[derive(Debug)]
+pub enum Closed {
+    /// One session (whether or not the table held it).
+    One(CK_SESSION_HANDLE),
+    /// Several.
+    Many(HashSet<CK_SESSION_HANDLE>),
+}
+
+impl Closed {
+    /// Whether `session` was closed.
+    pub fn contains(&self, session: CK_SESSION_HANDLE) -> bool {
+        match self {
+            Closed::One(s) => *s == session,
+            Closed::Many(set) => set.contains(&session),
+        }
+    }
+}
+
 /// Which sessions a close concerns.
 #[derive(Debug, Clone, Copy)]
 pub enum Closing {
@@ -321,5 +392,37 @@ fn state_name(rw: bool, login: Option<CK_USER_TYPE>) -> &'static str {
         (false, Some(_)) => "ro_user",
         (true, None) => "rw_public",
         (false, None) => "ro_public",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Closing a slot's last session, and only its last, logs the application out of the
+    /// token; a handle reused on another slot moves the count with it.
+    #[test]
+    fn last_session_of_a_slot_logs_out() {
+        let t = Sessions::default();
+        t.opened(1, 10, true);
+        t.opened(2, 10, false);
+        t.opened(3, 20, true);
+        t.logged_in(1, CKU_USER);
+        t.logged_in(3, CKU_USER);
+        assert!(matches!(t.close(Closing::Session(1)).0, Closed::One(1)));
+        assert_eq!(t.place(2).map(|p| p.state), Some("ro_user"));
+        t.close(Closing::Session(2));
+        assert_eq!(
+            t.opened_with(4, 10, false, None).state,
+            "ro_public",
+            "slot 10 had no session left"
+        );
+        // Handle 4 reused on slot 20: slot 10 has none left again.
+        t.opened(4, 20, false);
+        assert_eq!(t.place(4).map(|p| p.state), Some("ro_user"));
+        t.logged_in(4, CKU_USER);
+        let (closed, _) = t.close(Closing::Slot(20));
+        assert!(closed.contains(3) && closed.contains(4) && !closed.contains(2));
+        assert_eq!(t.opened_with(5, 20, true, None).state, "rw_public");
     }
 }

@@ -42,10 +42,18 @@ fn open_session(
     } else {
         None
     };
-    if let Some(h) = opened {
-        a.sessions.opened(h, slot, flags & CKF_RW_SESSION != 0);
-    }
-    if a.config.enabled(Lifecycle::Session) {
+    let record = a.config.enabled(Lifecycle::Session);
+    // The table learns the session and, when its record is written, the slot's token in
+    // the same pass.
+    let place = opened.map(|h| {
+        let token = record.then(|| a.token(slot)).flatten();
+        (
+            h,
+            a.sessions
+                .opened_with(h, slot, flags & CKF_RW_SESSION != 0, token),
+        )
+    });
+    if record {
         let mut e = Event::call(
             started,
             "C_OpenSession",
@@ -53,8 +61,8 @@ fn open_session(
             Lifecycle::Session,
             rv,
         );
-        match opened {
-            Some(h) => a.place(&mut e, h),
+        match place {
+            Some((h, p)) => a.place_at(&mut e, h, p),
             None => a.place_slot(&mut e, slot),
         }
         if flags & CKF_RW_SESSION != 0 {
@@ -79,12 +87,11 @@ fn closing(
     // The record's place is taken before the call (the session is gone after it), and
     // only when session records are written.
     let record = a.config.enabled(Lifecycle::Session).then(|| {
-        let mut e = Event::call(
+        let mut e = Event::before(
             Started::now(),
             function,
             "session_close",
             Lifecycle::Session,
-            CKR_OK,
         );
         if let Some(s) = session {
             a.place(&mut e, s);
@@ -223,7 +230,7 @@ fn logout(_: &Backend, forward: impl FnOnce() -> CK_RV, session: CK_SESSION_HAND
         return forward();
     };
     let started = Started::now();
-    let mut e = Event::call(started, "C_Logout", "logout", Lifecycle::Auth, CKR_OK);
+    let mut e = Event::before(started, "C_Logout", "logout", Lifecycle::Auth);
     a.place(&mut e, session);
     let rv = forward();
     if rv == CKR_OK {

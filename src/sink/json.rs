@@ -145,6 +145,20 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
         number(out, ",\"duration\":", d);
     }
     number(out, ",\"sequence\":", sequence);
+    match e.body() {
+        Some(body) => out.extend_from_slice(body),
+        None => encode_body(e, out),
+    }
+    // The stream's fixed fields, then the thread, close the object.
+    out.extend_from_slice(origin.prefix());
+    out.extend_from_slice(itoa::Buffer::new().format(e.thread_id).as_bytes());
+    out.extend_from_slice(b"}}}\n");
+}
+
+/// The part of a record between its `event` object and the stream's fixed fields: the
+/// `pkcs11` object, labels, message and detail. Nothing in it depends on the stream or
+/// the sequence, so a calling thread can encode it (see [`Event::body`]).
+pub fn encode_body(e: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(b"},\"pkcs11\":{\"lifecycle\":\"");
     out.extend_from_slice(e.lifecycle.as_str().as_bytes());
     out.push(b'"');
@@ -165,10 +179,6 @@ pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"keytrail\":");
         value(d, out);
     }
-    // The stream's fixed fields, then the thread, close the object.
-    out.extend_from_slice(origin.prefix());
-    out.extend_from_slice(itoa::Buffer::new().format(e.thread_id).as_bytes());
-    out.extend_from_slice(b"}}}\n");
 }
 
 /// The `pkcs11` object after its `lifecycle`. For OCSF (`ocsf`), only what has no OCSF
@@ -432,8 +442,20 @@ pub(super) fn value<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
 
 /// A JSON string, escaped as serde_json escapes it.
 pub(super) fn string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    // Nearly every string (names, labels, serials) needs no escape: one branch-free pass
+    // tells, and the string is copied whole.
+    let clean = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if clean {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.push(b'"');
     let mut from = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {

@@ -64,6 +64,13 @@ struct Shared {
 
 /// Records the writer hands back to callers at most (see [`Queue::spent`]).
 const SPENT: usize = 256;
+/// Records the writer keeps for callers to free when the return queue is full; past it
+/// (no caller has queued a record of its own for that long), the writer frees them.
+const RETURNS_HELD: usize = 4096;
+/// Buffers in the pool that encoded record bodies travel in (see [`Queue::bodies`]), and
+/// the size of each: a creation record's body with its template is well under it.
+const BODIES: usize = 256;
+const BODY_BYTES: usize = 2048;
 
 /// The queue to a writer thread.
 struct Queue {
@@ -74,7 +81,68 @@ struct Queue {
     /// in it (inside the module, say). The next caller that queues such a record itself
     /// drops them, on its own arena.
     spent: ArrayQueue<Event>,
+    /// Buffers, allocated when the stream starts and never freed, in which callers encode
+    /// the rarer parts of their records (templates, user names, messages): a record then
+    /// carries no heap memory of the caller's to the writer, which puts the buffer back.
+    bodies: ArrayQueue<Vec<u8>>,
     writer: Thread,
+}
+
+impl Queue {
+    /// Encodes a record's rarer parts (and with them its `pkcs11` object, labels, message
+    /// and detail) into a pool buffer, and frees them here, on the caller's own arena.
+    /// With no buffer free, into one of the caller's, which the writer hands back.
+    fn encode_body(&self, e: &mut Event) {
+        let mut body = match self.bodies.pop() {
+            Some(bytes) => crate::audit::event::Body {
+                bytes,
+                pooled: true,
+            },
+            None => crate::audit::event::Body::default(),
+        };
+        body.bytes.clear();
+        json::encode_body(e, &mut body.bytes);
+        if body.pooled && body.bytes.capacity() > BODY_BYTES {
+            // It outgrew its buffer: the pool gets one of its own size instead, and this
+            // one goes back to a caller to free, so the pool's memory stays fixed.
+            let mut fresh = Vec::new();
+            if fresh.try_reserve_exact(BODY_BYTES).is_ok() {
+                let _ = self.bodies.push(fresh);
+            }
+            body.pooled = false;
+        }
+        e.extra = None;
+        e.labels = None;
+        e.body = Some(body);
+    }
+
+    /// A record dropped before reaching the writer: its body's buffer goes back to the pool.
+    fn discard(&self, mut e: Event) {
+        if let Some(body) = e.body.take_if(|b| b.pooled) {
+            let _ = self.bodies.push(body.bytes);
+        }
+    }
+}
+
+/// Records the chain completes on the writer thread from their detail: they keep it.
+fn annotated_by_chain(action: &str) -> bool {
+    matches!(
+        action,
+        "trail_start" | "trail_stop" | "trail_resume" | "checkpoint"
+    )
+}
+
+/// The pool of body buffers, allocated fallibly (a process at its address-space limit
+/// starts no writer rather than aborting).
+fn body_pool() -> std::io::Result<ArrayQueue<Vec<u8>>> {
+    let pool = ArrayQueue::new(BODIES);
+    for _ in 0..BODIES {
+        let mut v = Vec::new();
+        v.try_reserve_exact(BODY_BYTES)
+            .map_err(|e| std::io::Error::other(format!("the trail's buffers: {e}")))?;
+        let _ = pool.push(v);
+    }
+    Ok(pool)
 }
 
 enum Mode {
@@ -173,6 +241,7 @@ impl Sink {
             let queue = Arc::new(Queue {
                 records: ArrayQueue::new(config.queue),
                 spent: ArrayQueue::new(SPENT),
+                bodies: body_pool()?,
                 writer: handle.thread().clone(),
             });
             let _ = tx.send(queue.clone());
@@ -205,7 +274,7 @@ impl Sink {
 
     /// Queues a record (or, synchronously, writes it).
     #[inline]
-    pub fn send(&self, event: Event) {
+    pub fn send(&self, mut event: Event) {
         match &self.mode {
             Mode::Thread(q) => {
                 if event.owns_memory() {
@@ -213,8 +282,18 @@ impl Sink {
                     while let Some(spent) = q.spent.pop() {
                         drop(spent);
                     }
+                    if !annotated_by_chain(event.action) {
+                        q.encode_body(&mut event);
+                    }
                 }
-                let mut record = event;
+                // The common case, room in the queue, moves the record once.
+                let mut record = match q.records.push(event) {
+                    Ok(()) => {
+                        self.wake_if_asleep(q);
+                        return;
+                    }
+                    Err(back) => back,
+                };
                 let mut tries = 0u32;
                 let mut waiting_since = None;
                 loop {
@@ -223,15 +302,17 @@ impl Sink {
                         // A writer stuck in open() or write() (a FIFO nobody reads, a hung
                         // mount) never makes room: once a wait has run out, the trail is
                         // failing, and later calls do not wait again until it recovers.
-                        Err(_) if self.shared.failing.load(Ordering::Relaxed) => {
+                        Err(lost) if self.shared.failing.load(Ordering::Relaxed) => {
+                            q.discard(lost);
                             self.count_drop(DropReason::Stuck);
                             break;
                         }
-                        Err(_)
+                        Err(lost)
                             if self.on_full == OnFull::Wait
                                 && waiting_since.get_or_insert_with(Instant::now).elapsed()
                                     >= self.wait =>
                         {
+                            q.discard(lost);
                             self.shared.failing.store(true, Ordering::Relaxed);
                             self.count_drop(DropReason::Stuck);
                             break;
@@ -249,7 +330,8 @@ impl Sink {
                                 std::thread::sleep(Duration::from_micros(10));
                             }
                         }
-                        Err(_) => {
+                        Err(lost) => {
+                            q.discard(lost);
                             self.count_drop(DropReason::Full);
                             break;
                         }
@@ -453,8 +535,23 @@ impl Writer {
     /// The writer thread: drains the queue in batches, naps briefly while busy, and sleeps
     /// when idle until a caller wakes it.
     fn run(mut self, queue: &Queue) {
+        // The batch buffer was made on the thread that started the stream; made again
+        // here, its growth never frees that thread's memory.
+        let mut buf = Vec::with_capacity(self.buf.capacity());
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+        #[cfg(test)]
+        crate::test_alloc::mark_writer();
         let mut idle = 0u32;
+        // Records for callers to free that did not fit the return queue.
+        let mut returns: Vec<Event> = Vec::new();
         loop {
+            while let Some(e) = returns.pop() {
+                if let Err(e) = queue.spent.push(e) {
+                    returns.push(e);
+                    break;
+                }
+            }
             // Flush requests are taken before draining: everything queued before them is
             // then written by the time they are acknowledged.
             let acks = std::mem::take(&mut *self.shared.flushes.lock());
@@ -462,13 +559,23 @@ impl Writer {
             if self.chain.tick(&self.origin, &mut self.buf) {
                 self.pending += 1;
             }
-            while let Some(e) = queue.records.pop() {
+            while let Some(mut e) = queue.records.pop() {
+                #[cfg(test)]
+                crate::test_alloc::record_reached_writer(e.extra.is_some());
                 self.push(&e);
                 drained += 1;
+                if let Some(body) = e.body.take_if(|b| b.pooled) {
+                    let _ = queue.bodies.push(body.bytes);
+                }
                 if e.holds_last_memory() {
-                    // A full return queue (no caller allocating lately) means no caller is
-                    // busy allocating either: freeing here then contends with nobody.
-                    let _ = queue.spent.push(e);
+                    if let Err(e) = queue.spent.push(e) {
+                        // Held for callers while there is room; past that no caller has
+                        // queued a record of its own for thousands of records, so none is
+                        // busy allocating either: freeing here then contends with nobody.
+                        if returns.len() < RETURNS_HELD {
+                            returns.push(e);
+                        }
+                    }
                 }
                 if self.pending >= BATCH as u64 {
                     self.commit();
@@ -521,7 +628,19 @@ impl Writer {
             _ => {}
         }
         self.report_drops();
-        self.chain.append(e, &self.origin, &mut self.buf);
+        if let Some(reason) = e.reason {
+            // trail_stop, trail_resume: their message and detail are made here.
+            let mut marked = e.clone();
+            let x = marked.extra_mut();
+            x.message = Some(match e.action {
+                "trail_resume" => format!("trail resumed at {reason}"),
+                _ => format!("trail stopped at {reason}"),
+            });
+            x.detail = Some(serde_json::json!({ "reason": reason }));
+            self.chain.append(&marked, &self.origin, &mut self.buf);
+        } else {
+            self.chain.append(e, &self.origin, &mut self.buf);
+        }
         self.pending += 1;
     }
 
@@ -880,5 +999,132 @@ impl SinkSlot {
     pub fn after_fork_in_child(&self) {
         self.current.store(std::ptr::null_mut(), Ordering::Release);
         self.creating.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::attrs::{Attr, AttrValue};
+    use crate::audit::event::Started;
+    use crate::audit::keys::KeyIdentity;
+    use crate::config::Lifecycle;
+    use crate::test_alloc::{RECORDS_WITH_HEAP, WRITER_FOREIGN_FREES};
+
+    fn creation(i: usize) -> Event {
+        let mut e = Event::call(
+            Started::now(),
+            "C_GenerateKey",
+            "key_generate",
+            Lifecycle::Generate,
+            0,
+        );
+        let label = Attr {
+            type_name: "CKA_LABEL".into(),
+            value: AttrValue::Text(format!("key {i}")),
+        };
+        e.attributes("template", 1, Some(vec![label]));
+        e
+    }
+
+    /// Records with rarer parts (templates, a user name, labels), the last reference to a
+    /// key's identity and more such records than the pool has buffers: the writer frees
+    /// none of the calling thread's memory, and no record reaches it with rarer parts on
+    /// the caller's heap; the trail says what they said.
+    #[test]
+    fn records_carry_no_heap_memory_of_the_caller_to_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trail.jsonl");
+        let config = TrailConfig {
+            path: path.clone(),
+            ..TrailConfig::default()
+        };
+        let chain = Chain::new(&IntegrityConfig::default()).expect("chain");
+        let start = Event::audit("trail_start", "start".into(), serde_json::json!({}));
+        let sink = Sink::start(&config, chain, Origin::current(None), true, &start).expect("sink");
+        let mut sent = 0;
+        let mut login = Event::call(Started::now(), "C_LoginUser", "login", Lifecycle::Auth, 0);
+        login.user_type = Some(1);
+        login.extra_mut().username = Some("alice".into());
+        login.labels = Some(Arc::new(vec![("request".into(), "r-1".into())]));
+        sink.send(login);
+        sent += 1;
+        let mut used = Event::call(Started::now(), "C_Sign", "sign", Lifecycle::Use, 0);
+        let mut identity = KeyIdentity::default();
+        identity.label = Some("gone".into());
+        used.key("key", 5, Some(Arc::new(identity)));
+        used.labels = Some(Arc::new(vec![("request".into(), "r-2".into())]));
+        sink.send(used);
+        sent += 1;
+        for i in 0..3 * BODIES {
+            sink.send(creation(i));
+            sent += 1;
+        }
+        sink.send(Event::stream_mark("trail_stop", "test"));
+        sent += 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let lines = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() > sent || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(lines.lines().count(), sent + 1, "{lines}");
+        assert_eq!(WRITER_FOREIGN_FREES.load(Ordering::Relaxed), 0);
+        assert_eq!(RECORDS_WITH_HEAP.load(Ordering::Relaxed), 0);
+        assert!(lines.contains(r#""username":"alice"}"#), "{lines}");
+        assert!(lines.contains(r#""labels":{"request":"r-1"}"#));
+        assert!(lines.contains(r#""labels":{"request":"r-2"}"#));
+        assert!(lines.contains(r#""label":"gone""#));
+        let last = format!(r#""text":"key {}""#, 3 * BODIES - 1);
+        assert!(lines.contains(&last), "{last}");
+        assert!(lines.contains(r#""message":"trail stopped at test","keytrail":{"#));
+    }
+
+    /// Records dropped on a full queue give their body's buffer back to the pool, as
+    /// written ones do: the pool never drains, and a body too large for its buffer does
+    /// not leave a larger one in the pool.
+    #[test]
+    fn dropped_records_give_their_buffers_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = TrailConfig {
+            path: dir.path().join("trail.jsonl"),
+            queue: 2,
+            on_full: OnFull::Drop,
+            ..TrailConfig::default()
+        };
+        let chain = Chain::new(&IntegrityConfig::default()).expect("chain");
+        let start = Event::audit("trail_start", "start".into(), serde_json::json!({}));
+        let sink = Sink::start(&config, chain, Origin::current(None), true, &start).expect("sink");
+        for i in 0..4 * BODIES {
+            sink.send(creation(i));
+        }
+        // Bodies larger than a buffer.
+        for _ in 0..8 {
+            let mut e = creation(0);
+            e.attributes(
+                "set",
+                1,
+                Some(vec![Attr {
+                    type_name: "CKA_LABEL".into(),
+                    value: AttrValue::Text("x".repeat(3 * BODY_BYTES)),
+                }]),
+            );
+            sink.send(e);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(sink.flush(Duration::from_secs(20)));
+        let trail = std::fs::read_to_string(dir.path().join("trail.jsonl")).expect("trail");
+        assert!(
+            trail.contains(r#""action":"records_dropped""#),
+            "some were dropped"
+        );
+        let Mode::Thread(q) = &sink.mode else {
+            panic!("a writer thread");
+        };
+        assert_eq!(q.bodies.len(), BODIES);
+        let buffers: Vec<Vec<u8>> = std::iter::from_fn(|| q.bodies.pop()).collect();
+        assert!(buffers.iter().all(|b| b.capacity() <= BODY_BYTES));
     }
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Instructions per operation, per thread, for the per-process routes of benches/routes.rs:
+# SoftHSM2 direct, keytrail with full audit, with `categories = []`, and with
+# `on_full = "drop"`. Unlike times, instruction counts do not move when other work loads
+# the machine. Each route runs under `valgrind --tool=callgrind` twice, with BENCH_ITERS=N
+# and 2N operations of each workload named in the arguments (as for scripts/bench.sh, e.g.
+# `opensession`); the difference divided by N leaves out the setup (scripts/cg-count.sh).
+#
+# valgrind does not offer the CPU's SHA extensions, so sha2 runs its software fallback
+# under it: SHA-256 is counted apart, and on hardware with SHA-NI it costs several times
+# fewer instructions than shown. Kernel work (the writer's write() calls) is not counted.
+#
+# Environment: BENCH_ITERS (N, default 2000), SOFTHSM2_MODULE, BENCH_BASELINE_SO (also
+# count another keytrail build, full audit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "bench-instructions.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+[ $# -gt 0 ] || { echo "usage: scripts/bench-instructions.sh WORKLOAD-FILTER…" >&2; exit 2; }
+module="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
+n="${BENCH_ITERS:-2000}"
+cargo build --release --lib -q
+bench=$(cargo bench --bench routes --no-run --message-format=json -q 2>/dev/null |
+  grep '"name":"routes"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$bench" ] || { echo "bench-instructions.sh: benches/routes.rs did not build" >&2; exit 1; }
+tmp="$(mktemp -d -t keytrail-instr.XXXXXX)"
+trap 'rm -rf "$tmp"' EXIT
+mkdir "$tmp/tokens" "$tmp/cg"
+printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$tmp" >"$tmp/softhsm2.conf"
+export SOFTHSM2_CONF="$tmp/softhsm2.conf"
+softhsm2-util --init-token --free --label keytrail-bench --pin 1234 --so-pin 5678 >/dev/null
+conf() { # name, extra [trail] line, [audit] lines
+  printf 'module = "%s"\n[trail]\npath = "%s/trail/%s-{pid}.jsonl"\n%s\n%s\n' \
+    "$module" "$tmp" "$1" "$2" "$3" >"$tmp/$1.toml"
+}
+conf full "" ""
+conf off "" $'[audit]\ncategories = []'
+conf drop 'on_full = "drop"' ""
+routes=("direct|$module|" "keytrail|$PWD/target/release/libkeytrail.so|$tmp/full.toml"
+  "keytrail categories=[]|$PWD/target/release/libkeytrail.so|$tmp/off.toml"
+  "keytrail on_full=drop|$PWD/target/release/libkeytrail.so|$tmp/drop.toml")
+[ -n "${BENCH_BASELINE_SO:-}" ] && routes+=("keytrail baseline build|$BENCH_BASELINE_SO|$tmp/full.toml")
+for w in "$@"; do
+  for r in "${routes[@]}"; do
+    IFS='|' read -r name so config <<<"$r"
+    for k in "$n" $((2 * n)); do
+      BENCH_ITERS=$k BENCH_MODULE="$so" KEYTRAIL_CONFIG="$config" \
+        valgrind --tool=callgrind --separate-threads=yes \
+        --callgrind-out-file="$tmp/cg/run-$k.%p" "$bench" --child "$w" >/dev/null 2>"$tmp/valgrind.log" ||
+        { tail -20 "$tmp/valgrind.log" >&2; exit 1; }
+    done
+    echo "$w, $name (thread 01: the caller; 02: keytrail's writer):"
+    scripts/cg-count.sh "$n" "$tmp/cg/run-$n" "$tmp/cg/run-$((2 * n))" | sed 's/^/  /'
+    rm -f "$tmp"/cg/run-*
+  done
+done
