@@ -85,6 +85,9 @@ struct Queue {
     /// the rarer parts of their records (templates, user names, messages): a record then
     /// carries no heap memory of the caller's to the writer, which puts the buffer back.
     bodies: ArrayQueue<Vec<u8>>,
+    /// Whether callers encode bodies: only the ECS encoder works on the calling thread (an
+    /// OCSF record's rarer parts are laid out by the writer, so they travel as they are).
+    encode_bodies: bool,
     writer: Thread,
 }
 
@@ -242,6 +245,7 @@ impl Sink {
                 records: ArrayQueue::new(config.queue),
                 spent: ArrayQueue::new(SPENT),
                 bodies: body_pool()?,
+                encode_bodies: config.format == crate::config::Format::Ecs,
                 writer: handle.thread().clone(),
             });
             let _ = tx.send(queue.clone());
@@ -282,7 +286,7 @@ impl Sink {
                     while let Some(spent) = q.spent.pop() {
                         drop(spent);
                     }
-                    if !annotated_by_chain(event.action) {
+                    if q.encode_bodies && !annotated_by_chain(event.action) {
                         q.encode_body(&mut event);
                     }
                 }
