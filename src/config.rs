@@ -298,7 +298,27 @@ pub struct TrailConfig {
     /// Under `on_full = "wait"`, how long a call waits for room (milliseconds) before the
     /// writer counts as stuck and `on_failure` applies.
     pub wait_ms: u64,
+    /// Who writes the trail: `embedded` (a writer thread in this process, the default) or
+    /// `agent` (the `keytrail agent` daemon at `agent_socket`; `path` is then used only
+    /// when the agent cannot be reached and `on_failure = "continue"`).
+    pub mode: TrailMode,
+    /// The agent's socket (`mode = "agent"`).
+    pub agent_socket: PathBuf,
 }
+
+/// Who writes the trail (`[trail] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrailMode {
+    /// A writer thread in the audited process.
+    #[default]
+    Embedded,
+    /// The `keytrail agent` daemon, through a shared-memory ring.
+    Agent,
+}
+
+/// Where the agent listens by default.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/keytrail/agent.sock";
 
 /// Time-based rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -356,6 +376,8 @@ impl Default for TrailConfig {
             on_full: OnFull::Wait,
             on_failure: OnFailure::Continue,
             wait_ms: DEFAULT_WAIT_MS,
+            mode: TrailMode::Embedded,
+            agent_socket: PathBuf::from(DEFAULT_AGENT_SOCKET),
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The `keytrail` command-line tool: `verify`, `report`, `show` and `doctor`.
+//! The `keytrail` command-line tool: `verify`, `report`, `show`, `doctor` and `agent`.
 //!
 //! Compiled into the `keytrail` binary only (the library does not link clap).
 
+pub mod agent;
 pub mod doctor;
 #[cfg(test)]
 mod fuzz;
@@ -33,6 +34,8 @@ enum Command {
     Show(show::ShowArgs),
     /// Check the setup the library would use: configuration, module, tokens, trail.
     Doctor(doctor::DoctorArgs),
+    /// Run the agent: record the trail of every process whose `[trail] mode` is `agent`.
+    Agent(agent::AgentArgs),
 }
 
 /// Parses the command line and runs the subcommand; errors go to stderr with exit status 2.
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Report(a) => report::run(a),
         Command::Show(a) => show::run(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::Agent(a) => agent::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
