@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Overhead benchmark. By default (benches/routes.rs) every route runs in its own process,
 # as an application sees it, in interleaved rounds: SoftHSM2 direct, direct with one idle
-# thread, keytrail with full audit, keytrail with `categories = []`, pkcs11-spy and p11-kit
+# thread, keytrail with full audit, keytrail with `categories = []`, keytrail in agent mode
+# (a `keytrail agent` started here), pkcs11-spy and p11-kit
 # log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
 # thread, with the min-max of the per-round ratios. BENCH_ROUNDS (default 7) and
 # BENCH_ROUND_MS (default 300) tune it.
@@ -90,6 +91,26 @@ sed -e '/^\[audit\]/,$d' "$tmp/keytrail.toml" >"$BENCH_CONFIG_OFF"
 printf '[audit]\ncategories = []\n' >>"$BENCH_CONFIG_OFF"
 unset KEYTRAIL_MODULE
 export SOFTHSM2_MODULE="$module"
+
+# The agent route: the same audit, recorded by `keytrail agent` through a shared-memory
+# ring (no thread in the benchmarked process). BENCH_AGENT=0 leaves it out.
+agent_pid=""
+if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ "${BENCH_AGENT:-1}" != 0 ]; then
+  cargo build --release --bin keytrail
+  cat >"$tmp/agent.toml" <<CONF
+[agent]
+socket = "$tmp/agent.sock"
+[trail]
+path = "$tmp/agent-trail/trail.jsonl"
+CONF
+  target/release/keytrail agent --foreground --config "$tmp/agent.toml" >"$tmp/agent.out" &
+  agent_pid=$!
+  trap 'kill "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+  for _ in $(seq 100); do grep -q listening "$tmp/agent.out" 2>/dev/null && break; sleep 0.1; done
+  export BENCH_CONFIG_AGENT="$tmp/keytrail-agent.toml"
+  sed -e "/^\[trail\]/a mode = \"agent\"\nagent_socket = \"$tmp/agent.sock\"" \
+    "$tmp/keytrail.toml" >"$BENCH_CONFIG_AGENT"
+fi
 export KEYTRAIL_SO="${KEYTRAIL_SO:-$PWD/target/release/libkeytrail.so}"
 
 spy=""
@@ -205,6 +226,10 @@ if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ "${BENCH_VOLUME:-1}" != 0 ]; then
     done
     echo "  usage = \"$usage\": $((bytes[1] - bytes[0])) bytes ($((bytes[0])) for the setup alone)"
   done
+fi
+if [ -n "$agent_pid" ]; then
+  kill "$agent_pid" && wait "$agent_pid" || true
+  [ -s "$tmp/agent-trail/trail.jsonl" ] && echo "agent trail: $(wc -l <"$tmp/agent-trail/trail.jsonl") records, $(wc -c <"$tmp/agent-trail/trail.jsonl") bytes"
 fi
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2

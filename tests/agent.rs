@@ -317,7 +317,109 @@ fn two_processes_share_one_chain_and_a_forked_child_gets_its_own_ring() {
         .find(|r| pid_of(r) == pid as u64)
         .expect("child's end");
     assert_eq!(child_end["keytrail"]["how"], "C_Finalize");
+    let child_start = of(&records, "client_start")
+        .into_iter()
+        .find(|r| pid_of(r) == pid as u64)
+        .expect("child's start");
+    assert_eq!(
+        child_start["keytrail"]["forked_from"],
+        std::process::id() as u64
+    );
     verify(&agent.trail);
+}
+
+#[test]
+fn eight_processes_of_four_threads_keep_exact_counts_and_order() {
+    const PROCESSES: usize = 8;
+    const THREADS: usize = 4;
+    const SIGNS: usize = 300;
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    agent_mode(&fx, &agent, "");
+    let children: Vec<libc::pid_t> = (0..PROCESSES)
+        .map(|_| {
+            let pid = fork();
+            if pid == 0 {
+                let p = open(&keytrail_module());
+                let login = user_session(&p);
+                let slot = token_slot(&p);
+                let workers: Vec<_> = (0..THREADS)
+                    .map(|t| {
+                        let p = p.clone();
+                        std::thread::spawn(move || {
+                            let s = p.open_rw_session(slot).expect("session");
+                            let key = hmac_key(&s, t as u8 + 1);
+                            for i in 0..SIGNS {
+                                s.sign(&Mechanism::Sha256Hmac, key, &vec![0; i + 1])
+                                    .expect("sign");
+                            }
+                        })
+                    })
+                    .collect();
+                let ok = workers.into_iter().all(|w| w.join().is_ok());
+                drop(login);
+                let _ = p.finalize();
+                // SAFETY (test): leave the child without running the test harness.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            pid
+        })
+        .collect();
+    for c in &children {
+        wait_child(*c);
+    }
+    let records = agent.stop();
+    let mut lens: std::collections::HashMap<(u64, u64), Vec<u64>> = Default::default();
+    for r in of(&records, "sign") {
+        let tid = r["process"]["thread"]["id"].as_u64().expect("tid");
+        let len = r["pkcs11"]["data"]["in_len"].as_u64().expect("in_len");
+        lens.entry((pid_of(r), tid)).or_default().push(len);
+    }
+    assert_eq!(
+        lens.len(),
+        PROCESSES * THREADS,
+        "every thread of every process"
+    );
+    for ((pid, tid), l) in &lens {
+        assert!(children.contains(&(*pid as libc::pid_t)));
+        assert_eq!(
+            l,
+            &(1..=SIGNS as u64).collect::<Vec<_>>(),
+            "process {pid} thread {tid}: every record, in order"
+        );
+    }
+    verify(&agent.trail);
+}
+
+#[test]
+fn sighup_reopens_the_trail_after_a_rename_and_sigterm_ends_the_chain() {
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    let rotated = agent.trail.with_extension("jsonl.1");
+    std::fs::rename(&agent.trail, &rotated).expect("rotate");
+    agent.signal(libc::SIGHUP);
+    // The agent's main loop takes SIGHUP within its 200 ms poll.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    one_signature();
+    let after = agent.stop();
+    let before: Vec<Value> = std::fs::read_to_string(&rotated)
+        .expect("rotated file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(of(&before, "sign").len(), 1);
+    assert_eq!(
+        of(&after, "sign").len(),
+        1,
+        "the second process's records, in the new file"
+    );
+    assert_eq!(after.last().map(record_action), Some("trail_stop"));
+    assert!(
+        of(&after, "trail_reopened").is_empty(),
+        "a requested reopen is no loss"
+    );
 }
 
 #[test]

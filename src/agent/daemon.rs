@@ -640,3 +640,51 @@ fn admit(mut e: Event, client: &mut Client) -> Result<Event, Malformed> {
     }
     Ok(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packaged_configuration_parses_and_bad_values_are_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/agent.toml");
+        let c = AgentConfig::load(&path).expect("packaging/agent.toml");
+        assert_eq!(c.agent.socket, Path::new("/run/keytrail/agent.sock"));
+        assert_eq!(c.agent.socket_mode, 0o666);
+        for bad in [
+            "[agent]\nring_slots = 1000\n",
+            "[agent]\nmax_clients = 0\n",
+            "[trail]\nmode = \"agent\"\n",
+            "[agent]\nsockets = \"/x\"\n",
+        ] {
+            let c: Result<AgentConfig, _> = toml::from_str(bad);
+            assert!(c.map_or(true, |c| c.check().is_err()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_process_cannot_write_the_chains_own_records() {
+        let mut client = Client {
+            pid: 1,
+            origin: Origin::current(None),
+            how: None,
+            records: 0,
+            malformed: 0,
+            incomplete: 0,
+        };
+        for action in RESERVED {
+            let e = Event::audit(action, String::new(), serde_json::json!({}));
+            assert!(admit(e, &mut client).is_err(), "{action}");
+        }
+        let stop = Event::audit(
+            "trail_stop",
+            String::new(),
+            serde_json::json!({"reason": "exit"}),
+        );
+        assert_eq!(
+            admit(stop, &mut client).map(|e| e.action),
+            Ok("client_stop")
+        );
+        assert_eq!(client.how, Some("exit"));
+    }
+}

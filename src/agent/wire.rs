@@ -732,8 +732,8 @@ mod tests {
         e.operation = Some(OperationInfo {
             kind: "sign",
             init: "C_SignInit",
-            parts: 1,
-            in_len: 64,
+            parts: 3,
+            in_len: 192,
             out_len: 32,
             end: "completed",
         });
