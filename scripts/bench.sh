@@ -228,8 +228,15 @@ if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ "${BENCH_VOLUME:-1}" != 0 ]; then
   done
 fi
 if [ -n "$agent_pid" ]; then
+  # The agent's CPU (user + system, all its threads) per record it wrote.
+  ticks=$(awk '{print $14 + $15}' "/proc/$agent_pid/stat" 2>/dev/null || echo 0)
+  hz=$(getconf CLK_TCK)
   kill "$agent_pid" && wait "$agent_pid" || true
-  [ -s "$tmp/agent-trail/trail.jsonl" ] && echo "agent trail: $(wc -l <"$tmp/agent-trail/trail.jsonl") records, $(wc -c <"$tmp/agent-trail/trail.jsonl") bytes"
+  if [ -s "$tmp/agent-trail/trail.jsonl" ]; then
+    records=$(wc -l <"$tmp/agent-trail/trail.jsonl")
+    echo "agent trail: $records records, $(wc -c <"$tmp/agent-trail/trail.jsonl") bytes;" \
+      "agent CPU $((ticks * 1000 / hz)) ms, $((ticks * 1000000000 / hz / records)) ns per record"
+  fi
 fi
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2

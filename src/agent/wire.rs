@@ -677,6 +677,21 @@ const MAX_NAME: usize = 64;
 /// A name as a `&'static str`: the event model holds names that way. Each distinct name
 /// is leaked once; only identifier-like names are accepted, and at most [`MAX_NAMES`].
 fn intern(s: &str) -> Result<&'static str, Malformed> {
+    use std::cell::RefCell;
+    thread_local! {
+        /// The names this thread has seen: the common case takes no lock.
+        static SEEN: RefCell<rustc_hash::FxHashSet<&'static str>> = RefCell::default();
+    }
+    if let Ok(Some(n)) = SEEN.try_with(|seen| seen.borrow().get(s).copied()) {
+        return Ok(n);
+    }
+    let n = intern_shared(s)?;
+    let _ = SEEN.try_with(|seen| seen.borrow_mut().insert(n));
+    Ok(n)
+}
+
+/// [`intern`]'s table shared by all threads.
+fn intern_shared(s: &str) -> Result<&'static str, Malformed> {
     use std::collections::HashSet;
     use std::sync::Mutex;
     static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
