@@ -533,3 +533,77 @@ fn agent_unavailable_continue_falls_back_to_the_embedded_writer() {
     );
     assert_eq!(of(&trail, "sign").len(), 1);
 }
+
+#[test]
+fn another_uid_can_neither_write_nor_delete_the_trail_and_is_recorded_as_itself() {
+    // SAFETY (test): geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a process as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    // The socket must be reachable by anyone (as /run/keytrail is); the trail stays the
+    // agent's alone.
+    std::fs::set_permissions(fx.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut agent = Agent::start(fx.path());
+    const NOBODY: u32 = 65534;
+    let pid = fork();
+    if pid == 0 {
+        // SAFETY (test): dropping privileges in the forked child, which then exits.
+        let dropped = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(NOBODY, NOBODY, NOBODY) == 0
+                && libc::setresuid(NOBODY, NOBODY, NOBODY) == 0
+        };
+        let code = if !dropped {
+            10
+        } else if std::fs::OpenOptions::new()
+            .append(true)
+            .open(&agent.trail)
+            .is_ok()
+        {
+            11
+        } else if std::fs::remove_file(&agent.trail).is_ok() {
+            12
+        } else {
+            match keytrail::agent::client::Connection::connect(&agent.socket, None) {
+                Err(_) => 13,
+                Ok(conn) => {
+                    let e = keytrail::audit::event::Event::audit(
+                        "library_info",
+                        "as nobody".into(),
+                        serde_json::json!({}),
+                    );
+                    let mut buf = Vec::new();
+                    let clock = keytrail::agent::wire::Clock::now();
+                    keytrail::agent::wire::encode(&e, &clock, &mut buf);
+                    if conn.push_raw(&buf) && conn.flush(std::time::Duration::from_secs(10)) {
+                        0
+                    } else {
+                        14
+                    }
+                }
+            }
+        };
+        // SAFETY (test): leave the child without running the test harness.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY (test): reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "{status}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "10: could not drop privileges, 11: opened the trail for writing, 12: deleted it, \
+         13: could not connect, 14: record not drained"
+    );
+    let records = agent.stop();
+    let mine = of(&records, "library_info");
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["user"]["id"], NOBODY.to_string());
+    assert_eq!(mine[0]["group"]["id"], NOBODY.to_string());
+    assert_eq!(pid_of(mine[0]), pid as u64);
+    verify(&agent.trail);
+}
