@@ -329,6 +329,27 @@ fn two_processes_share_one_chain_and_a_forked_child_gets_its_own_ring() {
 }
 
 #[test]
+fn a_process_that_exits_without_finalize_is_recorded_as_exit() {
+    let (_fx, mut agent, p, s, key) = with_agent(9);
+    let pid = fork();
+    if pid == 0 {
+        s.sign(&Mechanism::Sha256Hmac, key, &[0; 16]).expect("sign");
+        // exit() runs keytrail's exit handler, which ends the stream; no C_Finalize.
+        std::process::exit(0);
+    }
+    wait_child(pid);
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    let end = of(&records, "client_end")
+        .into_iter()
+        .find(|r| pid_of(r) == pid as u64)
+        .expect("the child's end");
+    assert_eq!(end["keytrail"]["how"], "exit");
+    assert_eq!(end["event"]["outcome"], "success");
+}
+
+#[test]
 fn eight_processes_of_four_threads_keep_exact_counts_and_order() {
     const PROCESSES: usize = 8;
     const THREADS: usize = 4;
