@@ -349,6 +349,46 @@ fn a_process_that_exits_without_finalize_is_recorded_as_exit() {
     assert_eq!(end["event"]["outcome"], "success");
 }
 
+/// Retries what SoftHSM's file store refuses now and then (CKR_GENERAL_ERROR,
+/// CKR_TOKEN_NOT_RECOGNIZED) while several processes open sessions and log in at once.
+fn retry<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T {
+    let mut last = None;
+    for _ in 0..50 {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("still failing: {last:?}");
+}
+
+/// One process of the load: logs in, then `threads` threads sign `signs` times each, with
+/// inputs of 1, 2, … bytes; true when all went well.
+fn busy_process(threads: usize, signs: usize) -> bool {
+    let p = open(&keytrail_module());
+    let slot = token_slot(&p);
+    let login = retry(|| p.open_rw_session(slot));
+    let pin = cryptoki::types::AuthPin::new(USER_PIN.into());
+    retry(|| login.login(cryptoki::session::UserType::User, Some(&pin)));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let s = retry(|| p.open_rw_session(slot));
+                let key = hmac_key(&s, t as u8 + 1);
+                for i in 0..signs {
+                    s.sign(&Mechanism::Sha256Hmac, key, &vec![0; i + 1])
+                        .expect("sign");
+                }
+            })
+        })
+        .collect();
+    let ok = workers.into_iter().all(|w| w.join().is_ok());
+    drop(login);
+    p.finalize().is_ok() && ok
+}
+
 #[test]
 fn eight_processes_of_four_threads_keep_exact_counts_and_order() {
     const PROCESSES: usize = 8;
@@ -361,25 +401,10 @@ fn eight_processes_of_four_threads_keep_exact_counts_and_order() {
         .map(|_| {
             let pid = fork();
             if pid == 0 {
-                let p = open(&keytrail_module());
-                let login = user_session(&p);
-                let slot = token_slot(&p);
-                let workers: Vec<_> = (0..THREADS)
-                    .map(|t| {
-                        let p = p.clone();
-                        std::thread::spawn(move || {
-                            let s = p.open_rw_session(slot).expect("session");
-                            let key = hmac_key(&s, t as u8 + 1);
-                            for i in 0..SIGNS {
-                                s.sign(&Mechanism::Sha256Hmac, key, &vec![0; i + 1])
-                                    .expect("sign");
-                            }
-                        })
-                    })
-                    .collect();
-                let ok = workers.into_iter().all(|w| w.join().is_ok());
-                drop(login);
-                let _ = p.finalize();
+                // A failure must not unwind into the test (whose values, the agent among
+                // them, this process shares): it is the exit status.
+                let ok = std::panic::catch_unwind(|| busy_process(THREADS, SIGNS));
+                let ok = ok.unwrap_or(false);
                 // SAFETY (test): leave the child without running the test harness.
                 unsafe { libc::_exit(if ok { 0 } else { 1 }) };
             }
@@ -627,4 +652,53 @@ fn another_uid_can_neither_write_nor_delete_the_trail_and_is_recorded_as_itself(
     assert_eq!(mine[0]["group"]["id"], NOBODY.to_string());
     assert_eq!(pid_of(mine[0]), pid as u64);
     verify(&agent.trail);
+}
+
+#[test]
+fn an_agent_restart_loses_nothing_already_in_a_ring() {
+    let (fx, mut first, p, s, key) = with_agent(4);
+    for i in 0..10usize {
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![0; i + 1])
+            .expect("sign");
+    }
+    // The first agent dies abruptly; the process goes on filling its ring, unaware.
+    assert!(fx.diagnostics().is_empty(), "{}", fx.diagnostics());
+    first.child.kill().expect("kill the agent");
+    first.child.wait().expect("reap the agent");
+    for i in 10..300usize {
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![0; i + 1])
+            .expect("sign");
+    }
+    let mut second = Agent::spawn(
+        &fx.path().join("agent.toml"),
+        first.socket.clone(),
+        first.trail.clone(),
+    );
+    drop(s);
+    // C_Finalize flushes the ring: the agent is gone, so the process hands its ring to the
+    // one now listening, which drains it from where the first one stopped.
+    p.finalize().expect("finalize");
+    let records = second.stop();
+    let me = std::process::id() as u64;
+    let lens: Vec<u64> = of(&records, "sign")
+        .iter()
+        .filter(|r| pid_of(r) == me)
+        .map(|r| r["pkcs11"]["data"]["in_len"].as_u64().expect("in_len"))
+        .collect();
+    assert_eq!(
+        lens,
+        (1..=300).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+    let resumed: Vec<&Value> = of(&records, "client_connected")
+        .into_iter()
+        .filter(|r| r["keytrail"]["resumed"] == true)
+        .collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(pid_of(resumed[0]), me);
+    assert!(
+        fx.diagnostics().contains("reconnected"),
+        "{}",
+        fx.diagnostics()
+    );
 }

@@ -30,26 +30,20 @@ pub struct Connection {
     /// Wakes the agent when it sleeps.
     wake: SharedFd,
     clock: Clock,
+    /// The ring's memfd, kept to hand to a restarted agent.
+    memfd: SharedFd,
+    /// Where the agent listens, and what the hello says.
+    path: std::path::PathBuf,
+    service: String,
+    /// A thread is reconnecting.
+    reconnecting: AtomicBool,
 }
 
 impl Connection {
     /// Connects to the agent at `path`, says hello, and maps the ring it sends.
     pub fn connect(path: &Path, service: Option<&str>) -> std::io::Result<Connection> {
-        let mut s = UnixStream::connect(path)?;
-        s.set_read_timeout(Some(HANDSHAKE))?;
-        s.set_write_timeout(Some(HANDSHAKE))?;
-        let mut hello = super::HELLO.to_vec();
-        let service = service.unwrap_or("");
-        let n = service.len().min(255);
-        hello.push(n as u8);
-        hello.extend_from_slice(&service.as_bytes()[..n]);
-        s.write_all(&hello)?;
-        let (status, fds) = receive_welcome(&s)?;
-        if status != super::ACCEPTED {
-            return Err(std::io::Error::other(
-                "the agent refused the connection: it serves as many processes as it may",
-            ));
-        }
+        let service = service.unwrap_or("").to_owned();
+        let (s, fds) = handshake(path, &service, None)?;
         let mut fds = fds.into_iter();
         let (Some(memfd), Some(eventfd)) = (fds.next(), fds.next()) else {
             return Err(std::io::Error::other(
@@ -62,7 +56,62 @@ impl Connection {
             socket: SharedFd::new(s.into()),
             wake: SharedFd::new(eventfd),
             clock: Clock::now(),
+            memfd: SharedFd::new(memfd),
+            path: path.to_path_buf(),
+            service,
+            reconnecting: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the agent's end of the socket has closed (it stopped or died).
+    fn agent_gone(&self) -> bool {
+        use rustix::net::RecvFlags;
+        let mut b = [0u8; 1];
+        self.socket
+            .with(
+                |fd| match rustix::net::recv(fd, &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+                    Ok((0, _)) => true,
+                    Ok(_) => false,
+                    Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+                },
+            )
+            .unwrap_or(false)
+    }
+
+    /// The agent is gone: hands the ring (and everything still in it) to the agent now
+    /// listening, if any. One thread at a time; true when reconnected.
+    #[cold]
+    fn reconnect_if_gone(&self) -> bool {
+        if !self.agent_gone()
+            || self
+                .reconnecting
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let resumed = self
+            .memfd
+            .with(|memfd| handshake(&self.path, &self.service, Some(memfd)))
+            .unwrap_or_else(|| Err(std::io::Error::other("no ring")));
+        let ok = match resumed {
+            Ok((s, fds)) => match fds.into_iter().next() {
+                Some(eventfd) => {
+                    self.wake.replace(eventfd);
+                    self.socket.replace(s.into());
+                    crate::diag::report(&format!(
+                        "reconnected to the keytrail agent at {}; it takes over this \
+                         process's ring with everything in it",
+                        self.path.display()
+                    ));
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        self.reconnecting.store(false, Ordering::Release);
+        ok
     }
 
     /// Puts a record in the ring. Returns false when it was dropped (counted by the
@@ -101,6 +150,10 @@ impl Connection {
                 }
                 Err(PushError::TooLarge) => return false,
                 Err(PushError::Full) => {
+                    if since.is_none() && self.reconnect_if_gone() {
+                        // A restarted agent drains the ring from where the last one stopped.
+                        since = Some(Instant::now());
+                    }
                     if on_full == OnFull::Drop || failing.load(Ordering::Relaxed) {
                         return false;
                     }
@@ -152,6 +205,9 @@ impl Connection {
     /// Waits until the agent has taken everything in the ring (at most `timeout`).
     pub fn flush(&self, timeout: Duration) -> bool {
         let start = Instant::now();
+        if !self.ring.drained() {
+            self.reconnect_if_gone();
+        }
         while !self.ring.drained() {
             if start.elapsed() >= timeout || self.socket.with(|_| ()).is_none() {
                 return false;
@@ -167,7 +223,50 @@ impl Connection {
     pub fn close_in_child(&self) {
         self.socket.close();
         self.wake.close();
+        self.memfd.close();
     }
+}
+
+/// Connects, says hello (or, with `resume`, hands over the ring), and reads the answer.
+fn handshake(
+    path: &Path,
+    service: &str,
+    resume: Option<std::os::fd::BorrowedFd<'_>>,
+) -> std::io::Result<(UnixStream, Vec<OwnedFd>)> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
+    let s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(HANDSHAKE))?;
+    s.set_write_timeout(Some(HANDSHAKE))?;
+    let mut hello = match resume {
+        Some(_) => super::RESUME.to_vec(),
+        None => super::HELLO.to_vec(),
+    };
+    let n = service.len().min(255);
+    hello.push(n as u8);
+    hello.extend_from_slice(&service.as_bytes()[..n]);
+    let fds: Vec<std::os::fd::BorrowedFd<'_>> = resume.into_iter().collect();
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    let sent = rustix::net::sendmsg(
+        &s,
+        &[std::io::IoSlice::new(&hello)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if sent != hello.len() {
+        (&s).write_all(&hello[sent..])?;
+    }
+    let (status, fds) = receive_welcome(&s)?;
+    if status != super::ACCEPTED {
+        return Err(std::io::Error::other(
+            "the agent refused the connection: it serves as many processes as it may",
+        ));
+    }
+    Ok((s, fds))
 }
 
 /// Reads the agent's answer and the descriptors attached to it.

@@ -293,7 +293,7 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
     let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string());
-    let service = match read_hello(&mut stream) {
+    let (service, kept) = match read_hello(&mut stream) {
         Ok(s) => s,
         Err(e) => {
             crate::diag::report(&format!(
@@ -333,14 +333,24 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
         record(agent, &client, &[e]);
         return;
     }
-    let ready = Ring::create(agent.config.agent.ring_slots).and_then(|(ring, memfd)| {
-        let wake = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?;
-        Ok((ring, memfd, wake))
-    });
-    let (ring, memfd, wake) = match ready {
+    // A new ring, or (after an agent restart) the one the process kept, from where the
+    // previous agent stopped.
+    let resumed = kept.is_some();
+    let ready =
+        match &kept {
+            Some(memfd) => Ring::adopt(memfd, agent.config.agent.ring_slots)
+                .map(|(ring, tail)| (ring, None, tail)),
+            None => Ring::create(agent.config.agent.ring_slots)
+                .map(|(ring, memfd)| (ring, Some(memfd), 0)),
+        }
+        .and_then(|(ring, memfd, tail)| {
+            let wake = rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )?;
+            Ok((ring, memfd, tail, wake))
+        });
+    let (ring, memfd, tail, wake) = match ready {
         Ok(r) => r,
         Err(e) => {
             crate::diag::report(&format!("cannot make a ring for process {pid}: {e}"));
@@ -350,36 +360,73 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
     };
     let connected = Event::audit(
         "client_connected",
-        format!("process {pid} connected"),
+        format!(
+            "process {pid} connected{}",
+            if resumed {
+                " again: its ring is drained from where the previous agent stopped"
+            } else {
+                ""
+            }
+        ),
         serde_json::json!({
             "claimed": { "service": service },
             "ring_slots": ring.slots(),
+            "resumed": resumed,
         }),
     );
     record(agent, &client, &[connected]);
-    let sent = wake
-        .try_clone()
-        .and_then(|w| welcome(&stream, super::ACCEPTED, &[memfd, w]));
+    let sent = wake.try_clone().and_then(|w| {
+        let fds: Vec<OwnedFd> = memfd.into_iter().chain([w]).collect();
+        welcome(&stream, super::ACCEPTED, &fds)
+    });
     if let Err(e) = sent {
         crate::diag::report(&format!("cannot hand process {pid} its ring: {e}"));
     }
-    drain_until_end(agent, &mut client, &ring, &stream, &wake);
+    drain_until_end(agent, &mut client, &ring, tail, &stream, &wake);
     agent.clients.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// Reads the hello: magic, then a length byte and the service name.
-fn read_hello(stream: &mut UnixStream) -> std::io::Result<Option<String>> {
+/// Reads the hello: magic, then a length byte and the service name; with the resume
+/// magic, the ring's memfd attached.
+fn read_hello(stream: &mut UnixStream) -> std::io::Result<(Option<String>, Option<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::mem::MaybeUninit;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut head = [0u8; 9];
-    stream.read_exact(&mut head)?;
-    if &head[..8] != super::HELLO {
-        return Err(std::io::Error::other("not a keytrail hello"));
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &*stream,
+        &mut [std::io::IoSliceMut::new(&mut head)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
     }
+    stream.read_exact(&mut head[got.bytes..])?;
+    let resume = match &head[..8] {
+        m if m == super::HELLO => false,
+        m if m == super::RESUME => true,
+        _ => return Err(std::io::Error::other("not a keytrail hello")),
+    };
     let mut name = vec![0u8; head[8] as usize];
     stream.read_exact(&mut name)?;
     stream.set_read_timeout(None)?;
     let name = String::from_utf8_lossy(&name).into_owned();
-    Ok((!name.is_empty()).then_some(name))
+    let memfd = match (resume, fds.len()) {
+        (false, 0) => None,
+        (true, 1) => fds.pop(),
+        _ => {
+            return Err(std::io::Error::other(
+                "unexpected descriptors with the hello",
+            ));
+        }
+    };
+    Ok(((!name.is_empty()).then_some(name), memfd))
 }
 
 /// Sends the answer, with `fds` attached.
@@ -414,11 +461,11 @@ fn drain_until_end(
     agent: &Agent,
     client: &mut Client,
     ring: &Ring,
+    mut tail: u64,
     stream: &UnixStream,
     wake: &OwnedFd,
 ) {
     let clock = Clock::now();
-    let mut tail = 0u64;
     let mut buf = Vec::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut idle = 0u32;

@@ -16,6 +16,10 @@ pub mod wire;
 /// What a process sends first: this magic, then the length of its service name (one
 /// byte) and the name. Nothing in it is trusted: the agent asks the kernel who called.
 pub const HELLO: &[u8; 8] = b"KTAGENT1";
+/// What a process sends instead of [`HELLO`] to a restarted agent: the same fields, with
+/// the memfd of the ring it kept from the previous agent attached (SCM_RIGHTS). The agent
+/// takes the ring over where the previous one stopped, and answers with an eventfd only.
+pub const RESUME: &[u8; 8] = b"KTAGENT2";
 /// What the agent answers: this magic and a status (u32, 0 = accepted), with the ring's
 /// memfd and the eventfd attached (SCM_RIGHTS) when accepted.
 pub const WELCOME: &[u8; 8] = b"KTRING01";

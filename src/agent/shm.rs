@@ -200,6 +200,27 @@ impl Ring {
         Ok(Ring { map, slots })
     }
 
+    /// The agent's side, after a restart: takes over a ring a process kept from the
+    /// previous agent, and the position that agent had reached. Only a sealed memfd of
+    /// the ring's layout (at most `max_slots` slots) is accepted: one the process could
+    /// shrink would make the agent's reads fault.
+    pub fn adopt(fd: &OwnedFd, max_slots: usize) -> std::io::Result<(Ring, u64)> {
+        use rustix::fs::SealFlags;
+        let seals = rustix::fs::fcntl_get_seals(fd)?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::SEAL) {
+            return Err(std::io::Error::other("the ring is not sealed"));
+        }
+        let ring = Ring::open(fd)?;
+        if ring.slots > max_slots as u64 {
+            return Err(std::io::Error::other(
+                "the ring is larger than the agent allows",
+            ));
+        }
+        ring.map.u32_at(OFF_ASLEEP).store(0, Ordering::SeqCst);
+        let tail = ring.map.u64_at(OFF_TAIL).load(Ordering::Acquire);
+        Ok((ring, tail))
+    }
+
     /// Slots in the ring.
     pub fn slots(&self) -> u64 {
         self.slots
@@ -422,6 +443,14 @@ impl SharedFd {
         // SAFETY: the descriptor is owned by self and closed only by `close`, which runs
         // in a child after fork, where no other thread exists to be using it.
         Some(f(unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) }))
+    }
+
+    /// Puts `fd` in place of the current descriptor. The old one is left open (leaked):
+    /// another thread may be using it at this moment, and closing it could let its number
+    /// be reused under that thread. This happens once per agent restart.
+    pub fn replace(&self, fd: OwnedFd) {
+        use std::os::fd::IntoRawFd;
+        self.0.swap(fd.into_raw_fd(), Ordering::AcqRel);
     }
 
     /// Closes the descriptor (once).
