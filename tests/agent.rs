@@ -443,11 +443,33 @@ fn sighup_reopens_the_trail_after_a_rename_and_sigterm_ends_the_chain() {
     let mut agent = Agent::start(fx.path());
     agent_mode(&fx, &agent, "");
     one_signature();
+    // The ring is drained at C_Finalize; the batch reaches the file just after.
+    let since = std::time::Instant::now();
+    while of(&agent.records(), "client_stop").is_empty() {
+        assert!(
+            since.elapsed().as_secs() < 30,
+            "the first records never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let rotated = agent.trail.with_extension("jsonl.1");
     std::fs::rename(&agent.trail, &rotated).expect("rotate");
     agent.signal(libc::SIGHUP);
-    // The agent's main loop takes SIGHUP within its 200 ms poll.
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    // Reopened: the agent no longer holds the renamed file open.
+    let holds_rotated = || {
+        std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+            .expect("agent fds")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|t| t == rotated)
+    };
+    let since = std::time::Instant::now();
+    while holds_rotated() {
+        assert!(
+            since.elapsed().as_secs() < 30,
+            "the agent kept the old file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     one_signature();
     let after = agent.stop();
     let before: Vec<Value> = std::fs::read_to_string(&rotated)
