@@ -11,7 +11,7 @@
 //!
 //! Run it with `scripts/bench.sh`, which makes the token and the configurations.
 //! Environment (set by the script): SOFTHSM2_CONF, SOFTHSM2_MODULE, KEYTRAIL_SO,
-//! BENCH_CONFIG_FULL, BENCH_CONFIG_OFF (keytrail configurations), BENCH_SPY_SO with
+//! BENCH_CONFIG_FULL, BENCH_CONFIG_OFF, BENCH_CONFIG_AGENT (keytrail configurations), BENCH_SPY_SO with
 //! PKCS11SPY/PKCS11SPY_OUTPUT, BENCH_P11KIT_SO, BENCH_ROUNDS, BENCH_ROUND_MS,
 //! BENCH_WARMUP_MS, BENCH_JSON. A child run with BENCH_SIGNATURES=n makes exactly n HMAC
 //! signatures instead (scripts/bench.sh measures trail bytes per 1,000 signatures so), and
@@ -82,6 +82,8 @@ fn routes() -> Vec<RouteSpec> {
             "BENCH_CONFIG_FULL",
             baseline.as_ref(),
         ),
+        // Full audit recorded by `keytrail agent` (started by scripts/bench.sh).
+        ("keytrail agent", "BENCH_CONFIG_AGENT", Some(&keytrail)),
     ] {
         if let (Some(c), Some(module)) = (var(config), module) {
             v.push(RouteSpec {

@@ -1,28 +1,17 @@
 //! Measures the writer thread's cost per record: formatting one typical `use` record,
 //! and formatting plus sealing it into the hash chain.
-use keytrail::audit::event::{Event, OperationInfo, Started};
+mod common;
+
+use keytrail::audit::event::{Event, OperationInfo};
 use keytrail::audit::mechanism::Mechanism;
-use keytrail::config::{IntegrityConfig, Lifecycle};
+use keytrail::config::IntegrityConfig;
 use keytrail::sink::chain::Chain;
 use keytrail::sink::json::{Origin, encode};
 use std::time::Instant;
 
 fn main() {
     let origin = Origin::current(Some("bench".into()));
-    let mut e = Event::call(Started::now(), "C_Sign", "sign", Lifecycle::Use, 0);
-    e.session = Some(1);
-    e.slot_id = Some(123456);
-    e.session_state = Some("rw_user");
-    e.mechanism = Some(Mechanism::bare(0x251));
-    e.key("key", 2, None);
-    e.operation = Some(OperationInfo {
-        kind: "sign",
-        init: "C_SignInit",
-        parts: 1,
-        in_len: 64,
-        out_len: 32,
-        end: "completed",
-    });
+    let e = common::sign_record();
     println!(
         "Event: {} bytes (Mechanism {}, OperationInfo {}, KeyRef {})",
         std::mem::size_of::<Event>(),

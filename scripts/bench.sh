@@ -2,10 +2,11 @@
 # Overhead benchmark. By default (benches/routes.rs) every route runs in its own process,
 # as an application sees it, in interleaved rounds: SoftHSM2 direct, direct with one idle
 # thread, keytrail with full audit, with `categories = []` and with `on_full = "drop"`,
-# pkcs11-spy and p11-kit log-calls; it prints each route's ns/op and its ratio to direct
-# and to direct + idle thread, with the min-max of the per-round ratios, and the keytrail
-# writer thread's CPU time per operation. scripts/bench-instructions.sh counts
-# instructions per operation instead (stable when other work loads the machine).
+# keytrail in agent mode (a `keytrail agent` started here), pkcs11-spy and p11-kit
+# log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
+# thread, with the min-max of the per-round ratios, and the keytrail writer thread's CPU
+# time per operation. scripts/bench-instructions.sh counts instructions per operation
+# instead (stable when other work loads the machine).
 # BENCH_ROUNDS (default 7) and BENCH_ROUND_MS (default 300) tune it.
 #
 # BENCH_SAME_PROCESS=1 runs the older same-process benchmark (benches/overhead.rs): the same PKCS#11 calls made straight into SoftHSM2 ("direct") and
@@ -97,6 +98,26 @@ export BENCH_CONFIG_DROP="$tmp/keytrail-drop.toml"
 sed -e '/^on_full = /d' -e 's/^\[trail\]$/[trail]\non_full = "drop"/' "$tmp/keytrail.toml" >"$BENCH_CONFIG_DROP"
 unset KEYTRAIL_MODULE
 export SOFTHSM2_MODULE="$module"
+
+# The agent route: the same audit, recorded by `keytrail agent` through a shared-memory
+# ring (no thread in the benchmarked process). BENCH_AGENT=0 leaves it out.
+agent_pid=""
+if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ "${BENCH_AGENT:-1}" != 0 ]; then
+  cargo build --release --bin keytrail
+  cat >"$tmp/agent.toml" <<CONF
+[agent]
+socket = "$tmp/agent.sock"
+[trail]
+path = "$tmp/agent-trail/trail.jsonl"
+CONF
+  target/release/keytrail agent --foreground --config "$tmp/agent.toml" >"$tmp/agent.out" &
+  agent_pid=$!
+  trap 'kill "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+  for _ in $(seq 100); do grep -q listening "$tmp/agent.out" 2>/dev/null && break; sleep 0.1; done
+  export BENCH_CONFIG_AGENT="$tmp/keytrail-agent.toml"
+  sed -e "/^\[trail\]/a mode = \"agent\"\nagent_socket = \"$tmp/agent.sock\"" \
+    "$tmp/keytrail.toml" >"$BENCH_CONFIG_AGENT"
+fi
 export KEYTRAIL_SO="${KEYTRAIL_SO:-$PWD/target/release/libkeytrail.so}"
 
 spy=""
@@ -212,6 +233,17 @@ if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ "${BENCH_VOLUME:-1}" != 0 ]; then
     done
     echo "  usage = \"$usage\": $((bytes[1] - bytes[0])) bytes ($((bytes[0])) for the setup alone)"
   done
+fi
+if [ -n "$agent_pid" ]; then
+  # The agent's CPU (user + system, all its threads) per record it wrote.
+  ticks=$(awk '{print $14 + $15}' "/proc/$agent_pid/stat" 2>/dev/null || echo 0)
+  hz=$(getconf CLK_TCK)
+  kill "$agent_pid" && wait "$agent_pid" || true
+  if [ -s "$tmp/agent-trail/trail.jsonl" ]; then
+    records=$(wc -l <"$tmp/agent-trail/trail.jsonl")
+    echo "agent trail: $records records, $(wc -c <"$tmp/agent-trail/trail.jsonl") bytes;" \
+      "agent CPU $((ticks * 1000 / hz)) ms, $((ticks * 1000000000 / hz / records)) ns per record"
+  fi
 fi
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2

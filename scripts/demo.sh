@@ -4,9 +4,13 @@
 # wrapped and destroyed, a wrong PIN), then shows the audit trail, verifies its hash
 # chain and reports on it.
 #
-# Usage: scripts/demo.sh [--clean]
+# Usage: scripts/demo.sh [--clean] [--agent]
 #   --clean   remove the scratch directory at the end (by default it is kept, so you can
 #             look at the token, the configuration and the trail)
+#   --agent   record through `keytrail agent` (started in the foreground in the scratch
+#             directory, stopped with SIGTERM at the end) instead of the embedded writer:
+#             every pkcs11-tool run is its own process, and all of them land in the
+#             agent's one chain, with pid, uid and executable taken from the kernel
 #
 # Installs what it needs when missing (softhsm2, opensc, openssl; apt-get, with sudo when
 # not root). Environment:
@@ -20,9 +24,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 clean=0
+agent=0
 for arg in "$@"; do
   case "$arg" in
     --clean) clean=1 ;;
+    --agent) agent=1 ;;
     -h | --help)
       sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
       exit 0
@@ -111,7 +117,12 @@ trail="$work/trail/keytrail.jsonl"
 log="$work/pkcs11-tool.log"
 unexpected=0
 
+agent_pid=""
 finish() {
+  if [ -n "$agent_pid" ]; then
+    kill "$agent_pid" 2>/dev/null || true
+    wait "$agent_pid" 2>/dev/null || true
+  fi
   if [ "$clean" = 1 ]; then
     rm -rf "$work"
   fi
@@ -154,6 +165,38 @@ checkpoint_interval = "5s"
 EOF
 export KEYTRAIL_CONFIG="$work/keytrail.toml"
 unset KEYTRAIL_MODULE KEYTRAIL_LOG
+
+if [ "$agent" = 1 ]; then
+  # The agent owns its trail; the library's own `path` is then only the fallback for when
+  # the agent cannot be reached (on_failure = "continue").
+  agent_trail="$work/agent-trail/keytrail.jsonl"
+  cat >"$work/agent.toml" <<EOF
+# keytrail agent configuration for the demo (packaging/agent.toml is the installed one).
+[agent]
+socket = "$work/run/agent.sock"
+
+[trail]
+path = "$agent_trail"
+
+[integrity]
+checkpoint_interval = "5s"
+EOF
+  sed -i "/^\[trail\]/a mode = \"agent\"\nagent_socket = \"$work/run/agent.sock\"" \
+    "$work/keytrail.toml"
+  echo "== starting: keytrail agent --foreground --config $work/agent.toml"
+  "$keytrail" agent --foreground --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
+  agent_pid=$!
+  for _ in $(seq 100); do
+    grep -q listening "$work/agent.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q listening "$work/agent.log" || {
+    echo "demo.sh: the agent did not start; see $work/agent.log" >&2
+    exit 1
+  }
+  sed 's/^/    /' "$work/agent.log"
+  trail="$agent_trail"
+fi
 
 step "create a SoftHSM2 token \"demo\" (softhsm2-util, not audited)"
 softhsm2-util --init-token --free --label demo --pin "$user_pin" --so-pin "$so_pin" \
@@ -216,6 +259,14 @@ step "destroy \"payments-kek\""
 p11 "${login[@]}" --delete-object --type secrkey --id 6b01 || failed "key destruction"
 
 # --- The trail -----------------------------------------------------------------------------
+if [ -n "$agent_pid" ]; then
+  echo
+  echo "== stopping the agent (SIGTERM: it drains every ring, then ends its chain)"
+  kill -TERM "$agent_pid"
+  wait "$agent_pid" || failed "the agent's clean stop"
+  agent_pid=""
+  echo "    $(grep -c '"action":"client_connected"' "$trail") processes recorded in one chain"
+fi
 echo
 echo "== keytrail show $trail"
 "$keytrail" show --color never "$trail" || failed "keytrail show"

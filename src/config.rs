@@ -302,6 +302,12 @@ pub struct TrailConfig {
     pub wait_ms: u64,
     /// The record format: `ecs` (Elastic Common Schema) or `ocsf` (OCSF 1.3).
     pub format: Format,
+    /// Who writes the trail: `embedded` (a writer thread in this process, the default) or
+    /// `agent` (the `keytrail agent` daemon at `agent_socket`; `path` is then used only
+    /// when the agent cannot be reached and `on_failure = "continue"`).
+    pub mode: TrailMode,
+    /// The agent's socket (`mode = "agent"`).
+    pub agent_socket: PathBuf,
 }
 
 /// The record format (`[trail] format`).
@@ -314,6 +320,20 @@ pub enum Format {
     /// OCSF 1.3 event classes (docs/events.md), PKCS#11 specifics under `unmapped`.
     Ocsf,
 }
+
+/// Who writes the trail (`[trail] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrailMode {
+    /// A writer thread in the audited process.
+    #[default]
+    Embedded,
+    /// The `keytrail agent` daemon, through a shared-memory ring.
+    Agent,
+}
+
+/// Where the agent listens by default.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/keytrail/agent.sock";
 
 /// Time-based rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -372,6 +392,8 @@ impl Default for TrailConfig {
             on_failure: OnFailure::Continue,
             wait_ms: DEFAULT_WAIT_MS,
             format: Format::Ecs,
+            mode: TrailMode::Embedded,
+            agent_socket: PathBuf::from(DEFAULT_AGENT_SOCKET),
         }
     }
 }

@@ -10,7 +10,9 @@
 //! - [`config`]: the configuration file and its environment overrides.
 //! - [`diag`]: keytrail's own diagnostics (never the audit trail itself).
 //! - [`trust`]: which configuration and module files may steer the process.
+//! - [`agent`]: `keytrail agent`, the trail written outside the audited process.
 
+pub mod agent;
 pub mod audit;
 pub mod backend;
 pub mod config;

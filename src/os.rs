@@ -399,3 +399,41 @@ fn scrub_environment() {
         libc::clearenv();
     }
 }
+
+/// SIGTERM or SIGINT arrived (the agent stops).
+pub static STOP_REQUESTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+/// SIGHUP arrived (the agent reopens its files).
+pub static REOPEN_REQUESTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    // Only async-signal-safe work: an atomic store.
+    if sig == libc::SIGHUP {
+        REOPEN_REQUESTED.store(true, Ordering::SeqCst);
+    } else {
+        STOP_REQUESTED.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The agent's signals: SIGTERM and SIGINT set [`STOP_REQUESTED`], SIGHUP sets
+/// [`REOPEN_REQUESTED`]; SIGPIPE is ignored (a process that closes its socket early must
+/// not end the agent).
+pub fn catch_agent_signals() -> std::io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is valid; the handler only stores to atomics.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: setting SIGPIPE to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    Ok(())
+}

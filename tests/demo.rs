@@ -147,3 +147,23 @@ fn demo_clean_removes_its_scratch_directory() {
     assert!(o.status.success());
     assert!(text(&o).0.contains("--clean"));
 }
+
+#[test]
+fn demo_with_the_agent_records_every_process_in_one_verified_chain() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let o = demo(tmp.path(), &["--agent", "--clean"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "demo failed:\n{out}\n{err}");
+    assert!(!err.contains("UNEXPECTED"), "{err}");
+    assert!(out.contains("keytrail agent: listening on"), "{out}");
+    assert!(out.contains("\nverdict: valid\n"), "{out}");
+    assert!(out.contains("FAILED LOGINS (1)"), "{out}");
+    // One chain, many processes: each pkcs11-tool run connected and ended on its own.
+    let processes: usize = out
+        .lines()
+        .find(|l| l.ends_with(" processes recorded in one chain"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(processes >= 10, "{out}");
+}

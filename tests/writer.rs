@@ -90,21 +90,7 @@ fn fork_after_initialize_gives_the_child_its_own_stream() {
     let p = open(&keytrail_module());
     let s = user_session(&p);
     let key = hmac_key(&s, 7);
-    let pid = fork();
-    let n = if pid == 0 { 150 } else { 100 };
-    for i in 0..n {
-        s.sign(&Mechanism::Sha256Hmac, key, &[i as u8; 16])
-            .expect("sign");
-    }
-    if pid == 0 {
-        std::mem::forget(s);
-        let _ = p.finalize();
-        // SAFETY (test): leave the child without running the parent's test harness.
-        unsafe { libc::_exit(0) };
-    }
-    wait_child(pid);
-    drop(s);
-    p.finalize().expect("finalize");
+    let pid = sign_in_parent_and_child(p, s, key, 100, 150);
     let trail = fx.trail();
     assert_gapless(&trail);
     let signs = of_action(&trail, "sign");

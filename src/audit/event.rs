@@ -169,6 +169,17 @@ impl Flags {
         self.0 & f as u8 != 0
     }
 
+    /// The set as a byte (the ring's layout).
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// A set from a byte; `None` when it holds an unknown flag.
+    pub fn from_bits(bits: u8) -> Option<Flags> {
+        let known = Flag::ALL.iter().fold(0u8, |m, f| m | *f as u8);
+        (bits & !known == 0).then_some(Flags(bits))
+    }
+
     /// Whether none is set.
     pub fn is_empty(self) -> bool {
         self.0 == 0

@@ -102,7 +102,11 @@ fn start_detail(backend: &Backend, threads: bool) -> serde_json::Value {
         "config": config.source.as_ref().map(|p| p.display().to_string()),
         "config_sha256": config.source_sha256,
         "trail": config.trail.path.display().to_string(),
-        "writer": if threads { "thread" } else { "synchronous" },
+        "writer": match (config.trail.mode, threads) {
+            (crate::config::TrailMode::Agent, _) => "agent",
+            (_, true) => "thread",
+            (_, false) => "synchronous",
+        },
     })
 }
 

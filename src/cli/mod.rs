@@ -1,7 +1,9 @@
-//! The `keytrail` command-line tool: `verify`, `report`, `show`, `doctor`, `seal-key` and `watch`.
+//! The `keytrail` command-line tool: `verify`, `report`, `show`, `doctor`, `seal-key`, `watch` and
+//! `agent`.
 //!
 //! Compiled into the `keytrail` binary only (the library does not link clap).
 
+pub mod agent;
 pub mod doctor;
 #[cfg(test)]
 mod fuzz;
@@ -40,6 +42,8 @@ enum Command {
     SealKey(sealkey::SealKeyArgs),
     /// Follow a trail and raise an alert, one JSON line, when a [watch] rule matches.
     Watch(watch::WatchArgs),
+    /// Run the agent: record the trail of every process whose `[trail] mode` is `agent`.
+    Agent(agent::AgentArgs),
 }
 
 /// Parses the command line and runs the subcommand; errors go to stderr with exit status 2.
@@ -55,6 +59,7 @@ pub fn main() -> ExitCode {
         Command::Doctor(a) => doctor::run(a),
         Command::SealKey(a) => sealkey::run(a),
         Command::Watch(a) => watch::run(a),
+        Command::Agent(a) => agent::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -389,9 +389,18 @@ impl Drop for HsmSealer {
 
 /// The sealer `[seal]` describes (the agent's one line), or `None` without `[seal]`.
 pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Box<dyn Sealer>>, String> {
-    let Some(s) = &cfg.seal else {
-        return Ok(None);
-    };
+    cfg.seal
+        .as_ref()
+        .map(|s| from_section(s, Some(&cfg.module)))
+        .transpose()
+}
+
+/// The sealer a `[seal]` section describes; `default_module` is the module used when the
+/// section names none (the agent has no module of its own, so its `[seal]` must name one).
+pub fn from_section(
+    s: &crate::config::SealSection,
+    default_module: Option<&std::path::Path>,
+) -> Result<Box<dyn Sealer>, String> {
     let key_id = match &s.key_id {
         Some(h) => Some(hex::decode(h).map_err(|e| format!("[seal] key_id is not hex: {e}"))?),
         None => None,
@@ -399,14 +408,19 @@ pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Box<dyn Sealer>
     if s.key_label.is_none() && key_id.is_none() {
         return Err("[seal] needs key_label or key_id".into());
     }
+    let module = s
+        .module
+        .clone()
+        .or_else(|| default_module.map(std::path::Path::to_path_buf))
+        .ok_or("[seal] needs module: the PKCS#11 module holding the sealing key")?;
     let sealer = HsmSealer::new(SealConfig {
-        module: s.module.clone().unwrap_or_else(|| cfg.module.clone()),
+        module,
         token_label: s.token_label.clone(),
         key_label: s.key_label.clone(),
         key_id,
         pin_file: s.pin_file.clone(),
     })?;
-    Ok(Some(Box::new(sealer)))
+    Ok(Box::new(sealer))
 }
 
 /// What [`create_key`] makes.

@@ -285,6 +285,13 @@ impl TrailFile {
         })
     }
 
+    /// Lets go of the file and its directory: the next write opens them by name again
+    /// (SIGHUP in the agent, after logrotate moved the file).
+    pub fn reopen(&mut self) {
+        self.set_current(None);
+        self.dir = None;
+    }
+
     /// Flushes file data to the disk.
     pub fn sync(&mut self) {
         if let Some(c) = &self.current {

@@ -22,6 +22,12 @@ pub struct Origin {
     /// `service.*`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<Service>,
+    /// `group.*`: the primary group, as the kernel gave it to the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+    /// `observer.*`: who vouches for the identity fields (the agent), and which.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observer: Option<Observer>,
     /// These fields formatted once per stream: `,"user":…,"process":{…,"thread":{"id":`.
     #[serde(skip)]
     prefix: std::sync::OnceLock<Vec<u8>>,
@@ -61,6 +67,34 @@ pub struct Host {
     pub name: Option<String>,
 }
 
+/// `group.*`
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    /// Numeric gid, as a string (ECS).
+    pub id: String,
+}
+
+/// `observer.*`: the identity fields of records written by the agent come from the
+/// kernel (SO_PEERCRED, /proc), not from the process they describe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Observer {
+    /// `"keytrail-agent"`.
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    /// The fields the agent observed itself.
+    pub trusted: &'static [&'static str],
+}
+
+/// The fields an agent's records take from the kernel.
+pub const AGENT_TRUSTED: &[&str] = &[
+    "user.id",
+    "group.id",
+    "process.pid",
+    "process.executable",
+    "process.name",
+    "host.name",
+];
+
 /// `service.*`
 #[derive(Debug, Clone, Serialize)]
 pub struct Service {
@@ -90,6 +124,44 @@ impl Origin {
                 name: crate::os::host_name(),
             },
             service: service.map(|name| Service { name }),
+            group: None,
+            observer: None,
+            prefix: std::sync::OnceLock::new(),
+            ocsf: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Another process's identity as the agent observed it: pid, uid and gid from
+    /// SO_PEERCRED, name and executable from /proc. `service` is what the process says.
+    pub fn observed(
+        pid: u32,
+        uid: u32,
+        gid: u32,
+        name: Option<String>,
+        executable: Option<String>,
+        service: Option<String>,
+    ) -> Origin {
+        Origin {
+            user: User {
+                name: crate::os::user_name(uid),
+                id: uid.to_string(),
+            },
+            process: Process {
+                pid,
+                name,
+                executable,
+            },
+            host: Host {
+                name: crate::os::host_name(),
+            },
+            service: service.map(|name| Service { name }),
+            group: Some(Group {
+                id: gid.to_string(),
+            }),
+            observer: Some(Observer {
+                type_: "keytrail-agent",
+                trusted: AGENT_TRUSTED,
+            }),
             prefix: std::sync::OnceLock::new(),
             ocsf: std::sync::OnceLock::new(),
         }
@@ -105,12 +177,18 @@ impl Origin {
                 host: &'a Host,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 service: Option<&'a Service>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                group: Option<&'a Group>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                observer: Option<&'a Observer>,
                 process: &'a Process,
             }
             let fixed = Fixed {
                 user: &self.user,
                 host: &self.host,
                 service: self.service.as_ref(),
+                group: self.group.as_ref(),
+                observer: self.observer.as_ref(),
                 process: &self.process,
             };
             let mut v = serde_json::to_vec(&fixed).unwrap_or_else(|_| b"{}".to_vec());

@@ -16,7 +16,7 @@ pub mod ocsf;
 pub mod syslog;
 
 use crate::audit::event::Event;
-use crate::config::{IntegrityConfig, OnFailure, OnFull, SyslogConfig, TrailConfig};
+use crate::config::{IntegrityConfig, OnFailure, OnFull, SyslogConfig, TrailConfig, TrailMode};
 use crate::diag;
 use chain::Chain;
 use crossbeam_queue::ArrayQueue;
@@ -151,6 +151,8 @@ fn body_pool() -> std::io::Result<ArrayQueue<Vec<u8>>> {
 enum Mode {
     Thread(Arc<Queue>),
     Sync(Box<Mutex<Writer>>),
+    /// `[trail] mode = "agent"`: records go into a ring the agent drains; no thread here.
+    Agent(Box<crate::agent::client::Connection>),
 }
 
 /// The calling side of one stream's writer.
@@ -276,10 +278,35 @@ impl Sink {
         Ok(sink)
     }
 
+    /// A stream recorded by the agent at `config.agent_socket`: connects, receives the
+    /// process's ring, and puts `start` in it.
+    pub fn start_agent(
+        config: &TrailConfig,
+        service: Option<&str>,
+        start: &Event,
+    ) -> std::io::Result<Sink> {
+        let conn = crate::agent::client::Connection::connect(&config.agent_socket, service)?;
+        let sink = Sink {
+            mode: Mode::Agent(Box::new(conn)),
+            on_full: config.on_full,
+            on_failure: config.on_failure,
+            wait: Duration::from_millis(config.wait_ms),
+            shared: Arc::new(Shared::default()),
+            forwarders: Vec::new(),
+        };
+        sink.send(start.clone());
+        Ok(sink)
+    }
+
     /// Queues a record (or, synchronously, writes it).
     #[inline]
     pub fn send(&self, mut event: Event) {
         match &self.mode {
+            Mode::Agent(c) => {
+                if !c.send(&event, self.on_full, self.wait, &self.shared.failing) {
+                    self.count_drop(DropReason::Full);
+                }
+            }
             Mode::Thread(q) => {
                 if event.owns_memory() {
                     // Only callers that allocate reclaim: frees stay with allocations.
@@ -361,6 +388,17 @@ impl Sink {
     }
 
     fn count_drop(&self, reason: DropReason) {
+        if let Mode::Agent(c) = &self.mode {
+            // The agent reads the count from the ring and records the gap.
+            c.count_drop();
+            if self.shared.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                diag::report(
+                    "the agent's ring is full; records are being dropped and counted \
+                     (the agent records how many)",
+                );
+            }
+            return;
+        }
         if matches!(reason, DropReason::Stuck) {
             self.shared.stuck.store(true, Ordering::Relaxed);
         }
@@ -398,12 +436,25 @@ impl Sink {
                 w.file.sync();
                 !self.shared.failing.load(Ordering::Relaxed)
             }
+            Mode::Agent(c) => c.flush(timeout),
+        }
+    }
+
+    /// In a child after fork: lets go of what the parent's stream holds open (the
+    /// agent's socket), so that the agent sees the parent end when it does.
+    fn forget_in_child(&self) {
+        if let Mode::Agent(c) = &self.mode {
+            c.close_in_child();
         }
     }
 
     /// What is lost and not yet reported in the trail: records that could not be
     /// written, records dropped before reaching the writer, and calls refused.
     pub fn unreported_loss(&self) -> Option<String> {
+        if let Mode::Agent(_) = &self.mode {
+            // Drops are counted in the ring and recorded by the agent.
+            return None;
+        }
         let lost = self.shared.unwritten.load(Ordering::Relaxed);
         let dropped = self.shared.dropped.load(Ordering::Relaxed);
         let refused = self.shared.refused.load(Ordering::Relaxed);
@@ -449,6 +500,8 @@ impl Sink {
                     }
                 }
             }
+            // The agent forwards what it records; a process in agent mode has no sinks.
+            Mode::Agent(_) => {}
         }
         left
     }
@@ -617,6 +670,11 @@ impl Writer {
 
     /// Formats one record into the batch.
     fn push(&mut self, e: &Event) {
+        self.push_as(e, None);
+    }
+
+    /// Formats one record of the process `origin` (the stream's own when `None`).
+    fn push_as(&mut self, e: &Event, origin: Option<&Origin>) {
         // A call that raced C_Finalize, or came after it (the module answers
         // CKR_CRYPTOKI_NOT_INITIALIZED), must not follow the stream's `trail_stop`: a
         // stream that ends with its stop record verifies as closed. Deciding here, in the
@@ -632,6 +690,7 @@ impl Writer {
             _ => {}
         }
         self.report_drops();
+        let origin = origin.unwrap_or(&self.origin);
         if let Some(reason) = e.reason {
             // trail_stop, trail_resume: their message and detail are made here.
             let mut marked = e.clone();
@@ -641,9 +700,9 @@ impl Writer {
                 _ => format!("trail stopped at {reason}"),
             });
             x.detail = Some(serde_json::json!({ "reason": reason }));
-            self.chain.append(&marked, &self.origin, &mut self.buf);
+            self.chain.append(&marked, origin, &mut self.buf);
         } else {
-            self.chain.append(e, &self.origin, &mut self.buf);
+            self.chain.append(e, origin, &mut self.buf);
         }
         self.pending += 1;
     }
@@ -946,6 +1005,9 @@ impl SinkSlot {
             // A panic while starting (a failed allocation, a bug) must leave the slot usable:
             // it is caught here, reported, and `creating` is cleared below.
             let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if self.config.mode == TrailMode::Agent {
+                    return self.start_agent(origin);
+                }
                 Chain::new(&self.integrity).and_then(|mut chain| {
                     chain.set_format(self.config.format);
                     Sink::start_with(
@@ -982,6 +1044,40 @@ impl SinkSlot {
         unsafe { p.as_ref() }
     }
 
+    /// Agent mode: the agent records the stream. When it cannot be reached, `deny` refuses
+    /// audited calls (each call retries), and `continue` falls back to the embedded
+    /// writer, whose first record says why.
+    fn start_agent(&self, origin: Origin) -> Result<Sink, String> {
+        let start = self.start_record();
+        match Sink::start_agent(&self.config, self.service.as_deref(), &start) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let why = format!(
+                    "the keytrail agent at {} cannot be reached: {e}",
+                    self.config.agent_socket.display()
+                );
+                if self.config.on_failure == OnFailure::Deny {
+                    return Err(format!(
+                        "{why}; audited calls are refused until it can (on_failure = \"deny\")"
+                    ));
+                }
+                diag::report(&format!(
+                    "{why}; recording to {} with the embedded writer instead \
+                     (on_failure = \"continue\")",
+                    self.config.path.display()
+                ));
+                let mut start = start;
+                if let Some(serde_json::Value::Object(m)) = start.extra_mut().detail.as_mut() {
+                    m.insert("writer".into(), "thread".into());
+                    m.insert("agent_unavailable".into(), why.into());
+                }
+                let chain = Chain::new(&self.integrity)?;
+                Sink::start(&self.config, chain, origin, self.threads, &start)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// The fail-closed policy is in force: with no writer at all, audited calls are refused.
     pub fn fail_closed(&self) -> bool {
         self.config.on_failure == OnFailure::Deny
@@ -1001,8 +1097,79 @@ impl SinkSlot {
 
     /// In a child after fork: forget (and deliberately leak) the parent's sink.
     pub fn after_fork_in_child(&self) {
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: as in `get`.
+        if let Some(s) = unsafe { p.as_ref() } {
+            s.forget_in_child();
+        }
         self.current.store(std::ptr::null_mut(), Ordering::Release);
         self.creating.store(false, Ordering::Release);
+    }
+}
+
+/// A writer driven by its owner instead of a thread of its own: the agent's, which
+/// records the streams of many processes into one chain, each record with the
+/// identity of the process it came from.
+pub struct Recorder {
+    writer: Writer,
+}
+
+impl Recorder {
+    /// Starts the chain with `start` (the recorder's own first record, of `origin`).
+    pub fn start(
+        config: &TrailConfig,
+        chain: Chain,
+        origin: Origin,
+        start: &Event,
+    ) -> std::io::Result<Recorder> {
+        let path = expand(&config.path);
+        let file = TrailFile::new(path, config.rotate, config.max_bytes, config.keep);
+        let mut writer = Writer::new(file, origin, chain, Arc::new(Shared::default()));
+        writer.push(start);
+        writer.commit();
+        match writer.lost.as_ref() {
+            Some(l) => Err(std::io::Error::other(format!(
+                "cannot write the trail {}: {}",
+                writer.file.current_path().display(),
+                l.reason
+            ))),
+            None => Ok(Recorder { writer }),
+        }
+    }
+
+    /// Adds a record of the process `origin` to the batch.
+    pub fn push(&mut self, e: &Event, origin: &Origin) {
+        self.writer.push_as(e, Some(origin));
+        if self.writer.pending >= BATCH as u64 {
+            self.writer.commit();
+        }
+    }
+
+    /// Adds one of the recorder's own records (`audit` category) to the batch.
+    pub fn own(&mut self, e: &Event) {
+        self.writer.push(e);
+    }
+
+    /// Writes the batch.
+    pub fn commit(&mut self) {
+        self.writer.commit();
+    }
+
+    /// Checkpoints, and the report of what a failing trail lost once it recovers.
+    pub fn tick(&mut self) {
+        self.writer.tick();
+    }
+
+    /// Closes the trail file; the next write opens it by name again (after logrotate).
+    pub fn reopen(&mut self) {
+        self.writer.commit();
+        self.writer.file.reopen();
+    }
+
+    /// Flushes the file to disk.
+    pub fn sync(&mut self) {
+        self.writer.commit();
+        self.writer.file.sync();
     }
 }
 

@@ -274,3 +274,32 @@ pub fn wait_child(pid: libc::pid_t) {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert_eq!(status, 0, "child exit status");
 }
+
+/// Forks after initialisation; the parent signs `parent` times and the child `child` times
+/// (HMAC of 16 bytes) with `key` in the session they share, each then finalizes. Returns the
+/// child's pid, once it has exited with status 0.
+pub fn sign_in_parent_and_child(
+    p: Pkcs11,
+    s: Session,
+    key: cryptoki::object::ObjectHandle,
+    parent: usize,
+    child: usize,
+) -> libc::pid_t {
+    use cryptoki::mechanism::Mechanism;
+    let pid = fork();
+    let n = if pid == 0 { child } else { parent };
+    for i in 0..n {
+        s.sign(&Mechanism::Sha256Hmac, key, &[i as u8; 16])
+            .expect("sign");
+    }
+    if pid == 0 {
+        std::mem::forget(s);
+        let _ = p.finalize();
+        // SAFETY (test): leave the child without running the parent's test harness.
+        unsafe { libc::_exit(0) };
+    }
+    wait_child(pid);
+    drop(s);
+    p.finalize().expect("finalize");
+    pid
+}

@@ -1,0 +1,56 @@
+//! Measures what agent mode costs the calling thread per record (encoding one typical
+//! `use` record into the ring's binary layout and putting it in a ring) and what taking it
+//! out and decoding it costs the agent.
+use keytrail::agent::shm::{Pop, Ring};
+use keytrail::agent::wire::{Clock, decode, encode};
+mod common;
+
+use keytrail::audit::keys::KeyIdentity;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn main() {
+    // With the key's identity, as a record of a key keytrail knows.
+    let mut e = common::sign_record();
+    let mut id = KeyIdentity::default();
+    id.class = Some("CKO_SECRET_KEY");
+    id.key_type = Some("CKK_GENERIC_SECRET");
+    id.label = Some("hmac-key".into());
+    id.id_hex = Some("0102".into());
+    e.keys.clear();
+    e.key("key", 2, Some(Arc::new(id)));
+    let (ring, fd) = Ring::create(4096).expect("ring");
+    let producer = Ring::open(&fd).expect("map");
+    let clock = Clock::now();
+    let mut buf = Vec::with_capacity(4096);
+    encode(&e, &clock, &mut buf);
+    println!("record: {} bytes in the ring", buf.len());
+    // Rounds of 2,000 records: the calling side fills part of the ring (never full, as
+    // with an agent that keeps up), then the agent's side drains and decodes it.
+    let (rounds, per_round) = (500u64, 2000u64);
+    let (mut caller, mut agent) = (Duration::ZERO, Duration::ZERO);
+    let (mut tail, mut out) = (0u64, Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..per_round {
+            encode(&e, &clock, &mut buf);
+            producer.push(&buf).expect("room");
+            std::hint::black_box(producer.take_wakeup());
+        }
+        caller += t.elapsed();
+        let t = Instant::now();
+        while ring.pop(&mut tail, &mut out) == Pop::Record {
+            std::hint::black_box(decode(&out, &clock).expect("decodes"));
+        }
+        agent += t.elapsed();
+    }
+    let n = (rounds * per_round) as f64;
+    println!(
+        "caller: {:.0} ns per record (encode + push + wake-up check)",
+        caller.as_nanos() as f64 / n
+    );
+    println!(
+        "agent: {:.0} ns per record (pop + check + decode; formatting and sealing as in encode_cost)",
+        agent.as_nanos() as f64 / n
+    );
+}

@@ -1,0 +1,726 @@
+//! `keytrail agent` (issue 9): the trail written by a separate process. Each test starts
+//! the real agent binary in the foreground in a temp dir, loads the built libkeytrail.so
+//! in agent mode through cryptoki, and reads the agent's trail.
+
+mod common;
+
+use common::*;
+use cryptoki::mechanism::Mechanism;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running agent.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+    trail: PathBuf,
+}
+
+fn keytrail_bin() -> PathBuf {
+    keytrail_module().with_file_name("keytrail")
+}
+
+impl Agent {
+    /// Starts `keytrail agent --foreground` with its socket and trail under `dir`, and
+    /// waits until it listens.
+    fn start(dir: &Path) -> Agent {
+        let socket = dir.join("run").join("agent.sock");
+        let trail = dir.join("agent-trail").join("trail.jsonl");
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nsocket = \"{}\"\nring_slots = 8192\n[trail]\npath = \"{}\"\n",
+                socket.display(),
+                trail.display()
+            ),
+        )
+        .expect("agent.toml");
+        Self::spawn(&config, socket, trail)
+    }
+
+    fn spawn(config: &Path, socket: PathBuf, trail: PathBuf) -> Agent {
+        let mut child = Command::new(keytrail_bin())
+            .args(["agent", "--foreground", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("agent output");
+        assert!(line.contains("listening"), "agent said: {line}");
+        Agent {
+            child,
+            socket,
+            trail,
+        }
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY (test): signalling our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    fn stop(&mut self) -> Vec<Value> {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().expect("wait for the agent");
+        assert!(status.success(), "agent exit: {status}");
+        self.records()
+    }
+
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.trail)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Points the library at the agent.
+fn agent_mode(fx: &Fixture, agent: &Agent, extra: &str) {
+    fx.configure(&format!(
+        "[trail]\nmode = \"agent\"\nagent_socket = \"{}\"\npath = \"{}\"\n{extra}",
+        agent.socket.display(),
+        fx.trail_path().display()
+    ));
+}
+
+fn of<'a>(records: &'a [Value], action: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| record_action(r) == action)
+        .collect()
+}
+
+fn pid_of(r: &Value) -> u64 {
+    r["process"]["pid"].as_u64().expect("pid")
+}
+
+/// `keytrail verify` on the agent's trail: exit status 0.
+fn verify(trail: &Path) {
+    let out = Command::new(keytrail_bin())
+        .arg("verify")
+        .arg(trail)
+        .output()
+        .expect("keytrail verify");
+    assert!(
+        out.status.success(),
+        "verify failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").expect("tasks").count()
+}
+
+/// A fixture, an agent, the library in agent mode, a user session and an HMAC key.
+fn with_agent(
+    key_byte: u8,
+) -> (
+    Fixture,
+    Agent,
+    cryptoki::context::Pkcs11,
+    cryptoki::session::Session,
+    cryptoki::object::ObjectHandle,
+) {
+    let fx = Fixture::new();
+    let agent = Agent::start(fx.path());
+    agent_mode(&fx, &agent, "");
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, key_byte);
+    (fx, agent, p, s, key)
+}
+
+#[test]
+fn records_arrive_in_order_with_kernel_identity_and_verify() {
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    agent_mode(&fx, &agent, "");
+    let before = threads();
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, 3);
+    for i in 0..300usize {
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![1u8; i + 1])
+            .expect("sign");
+    }
+    assert_eq!(
+        threads(),
+        before,
+        "agent mode starts no thread in the process"
+    );
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    let me = std::process::id() as u64;
+    let signs = of(&records, "sign");
+    assert_eq!(signs.len(), 300);
+    let lens: Vec<u64> = signs
+        .iter()
+        .map(|r| r["pkcs11"]["data"]["in_len"].as_u64().expect("in_len"))
+        .collect();
+    assert_eq!(lens, (1..=300).collect::<Vec<u64>>(), "in call order");
+    // SAFETY (test): getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    for r in &signs {
+        assert_eq!(pid_of(r), me);
+        assert_eq!(r["user"]["id"], uid.to_string());
+        assert_eq!(r["group"]["id"], gid.to_string());
+        assert_eq!(r["observer"]["type"], "keytrail-agent");
+        assert!(
+            r["process"]["executable"]
+                .as_str()
+                .is_some_and(|e| Path::new(e) == std::env::current_exe().expect("exe"))
+        );
+    }
+    // One chain: the agent's start first, its stop last, the process's stream between.
+    let actions: Vec<&str> = records.iter().map(record_action).collect();
+    assert_eq!(actions.first(), Some(&"trail_start"));
+    assert_eq!(actions.last(), Some(&"trail_stop"));
+    for a in [
+        "client_connected",
+        "client_start",
+        "client_stop",
+        "client_end",
+    ] {
+        assert_eq!(of(&records, a).len(), 1, "{a}");
+    }
+    let end = of(&records, "client_end")[0];
+    assert_eq!(end["keytrail"]["how"], "C_Finalize");
+    assert_eq!(end["event"]["outcome"], "success");
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|r| r["event"]["sequence"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>());
+    verify(&agent.trail);
+    assert!(!fx.trail_path().exists(), "no embedded trail");
+}
+
+#[test]
+fn a_sigkilled_client_loses_nothing_it_had_written() {
+    let (_fx, mut agent, p, s, key) = with_agent(5);
+    let (mut to_parent, mut to_child) = ([0i32; 2], [0i32; 2]);
+    // SAFETY (test): two fresh pipes.
+    unsafe {
+        assert_eq!(libc::pipe(to_parent.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(to_child.as_mut_ptr()), 0);
+    }
+    const N: usize = 700;
+    let child = fork();
+    let byte = |fd: i32, write: bool| {
+        let mut b = [1u8];
+        // SAFETY (test): a one-byte buffer on a pipe end this process holds.
+        let n = unsafe {
+            if write {
+                libc::write(fd, b.as_ptr().cast(), 1)
+            } else {
+                libc::read(fd, b.as_mut_ptr().cast(), 1)
+            }
+        };
+        assert_eq!(n, 1);
+    };
+    if child == 0 {
+        // Connect (the first record), let the parent stop the agent, then write N records
+        // that only the ring holds when the process dies.
+        s.sign(&Mechanism::Sha256Hmac, key, &[0; 8]).expect("sign");
+        byte(to_parent[1], true);
+        byte(to_child[0], false);
+        for i in 0..N {
+            s.sign(&Mechanism::Sha256Hmac, key, &vec![2; i + 1])
+                .expect("sign");
+        }
+        byte(to_parent[1], true);
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    byte(to_parent[0], false);
+    agent.signal(libc::SIGSTOP);
+    byte(to_child[1], true);
+    byte(to_parent[0], false);
+    // SAFETY (test): killing and reaping our own child.
+    unsafe {
+        assert_eq!(libc::kill(child, libc::SIGKILL), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(child, &mut status, 0), child);
+    }
+    agent.signal(libc::SIGCONT);
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    let child_signs: Vec<u64> = of(&records, "sign")
+        .iter()
+        .filter(|r| pid_of(r) == child as u64)
+        .map(|r| r["pkcs11"]["data"]["in_len"].as_u64().expect("in_len"))
+        .collect();
+    let mut want = vec![8u64];
+    want.extend(1..=N as u64);
+    assert_eq!(
+        child_signs, want,
+        "every record the killed process wrote, in order"
+    );
+    let end = of(&records, "client_end")
+        .into_iter()
+        .find(|r| pid_of(r) == child as u64)
+        .expect("the child's end");
+    assert_eq!(end["keytrail"]["how"], "connection_lost");
+    assert_eq!(end["event"]["outcome"], "failure");
+    verify(&agent.trail);
+}
+
+#[test]
+fn two_processes_share_one_chain_and_a_forked_child_gets_its_own_ring() {
+    let (_fx, mut agent, p, s, key) = with_agent(7);
+    let pid = sign_in_parent_and_child(p, s, key, 100, 150);
+    let records = agent.stop();
+    let count = |want: u64| {
+        of(&records, "sign")
+            .iter()
+            .filter(|r| pid_of(r) == want)
+            .count()
+    };
+    assert_eq!(count(std::process::id() as u64), 100);
+    assert_eq!(count(pid as u64), 150);
+    let streams: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r["integrity"]["stream"].as_str())
+        .collect();
+    assert_eq!(streams.len(), 1, "one chain for both processes");
+    let connected: Vec<u64> = of(&records, "client_connected")
+        .iter()
+        .map(|r| pid_of(r))
+        .collect();
+    assert_eq!(connected, vec![std::process::id() as u64, pid as u64]);
+    let child_end = of(&records, "client_end")
+        .into_iter()
+        .find(|r| pid_of(r) == pid as u64)
+        .expect("child's end");
+    assert_eq!(child_end["keytrail"]["how"], "C_Finalize");
+    let child_start = of(&records, "client_start")
+        .into_iter()
+        .find(|r| pid_of(r) == pid as u64)
+        .expect("child's start");
+    assert_eq!(
+        child_start["keytrail"]["forked_from"],
+        std::process::id() as u64
+    );
+    verify(&agent.trail);
+}
+
+#[test]
+fn a_process_that_exits_without_finalize_is_recorded_as_exit() {
+    let (_fx, mut agent, p, s, key) = with_agent(9);
+    let pid = fork();
+    if pid == 0 {
+        s.sign(&Mechanism::Sha256Hmac, key, &[0; 16]).expect("sign");
+        // exit() runs keytrail's exit handler, which ends the stream; no C_Finalize.
+        std::process::exit(0);
+    }
+    wait_child(pid);
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    let end = of(&records, "client_end")
+        .into_iter()
+        .find(|r| pid_of(r) == pid as u64)
+        .expect("the child's end");
+    assert_eq!(end["keytrail"]["how"], "exit");
+    assert_eq!(end["event"]["outcome"], "success");
+}
+
+/// Retries what SoftHSM's file store refuses now and then (CKR_GENERAL_ERROR,
+/// CKR_TOKEN_NOT_RECOGNIZED) while several processes open sessions and log in at once.
+fn retry<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T {
+    let mut last = None;
+    for _ in 0..50 {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("still failing: {last:?}");
+}
+
+/// One process of the load: logs in, then `threads` threads sign `signs` times each, with
+/// inputs of 1, 2, … bytes; true when all went well.
+fn busy_process(threads: usize, signs: usize) -> bool {
+    let p = open(&keytrail_module());
+    let slot = token_slot(&p);
+    let login = retry(|| p.open_rw_session(slot));
+    let pin = cryptoki::types::AuthPin::new(USER_PIN.into());
+    retry(|| login.login(cryptoki::session::UserType::User, Some(&pin)));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let s = retry(|| p.open_rw_session(slot));
+                let key = hmac_key(&s, t as u8 + 1);
+                for i in 0..signs {
+                    s.sign(&Mechanism::Sha256Hmac, key, &vec![0; i + 1])
+                        .expect("sign");
+                }
+            })
+        })
+        .collect();
+    let ok = workers.into_iter().all(|w| w.join().is_ok());
+    drop(login);
+    p.finalize().is_ok() && ok
+}
+
+#[test]
+fn eight_processes_of_four_threads_keep_exact_counts_and_order() {
+    const PROCESSES: usize = 8;
+    const THREADS: usize = 4;
+    const SIGNS: usize = 300;
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    agent_mode(&fx, &agent, "");
+    let children: Vec<libc::pid_t> = (0..PROCESSES)
+        .map(|_| {
+            let pid = fork();
+            if pid == 0 {
+                // A failure must not unwind into the test (whose values, the agent among
+                // them, this process shares): it is the exit status.
+                let ok = std::panic::catch_unwind(|| busy_process(THREADS, SIGNS));
+                let ok = ok.unwrap_or(false);
+                // SAFETY (test): leave the child without running the test harness.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            pid
+        })
+        .collect();
+    for c in &children {
+        wait_child(*c);
+    }
+    let records = agent.stop();
+    let mut lens: std::collections::HashMap<(u64, u64), Vec<u64>> = Default::default();
+    for r in of(&records, "sign") {
+        let tid = r["process"]["thread"]["id"].as_u64().expect("tid");
+        let len = r["pkcs11"]["data"]["in_len"].as_u64().expect("in_len");
+        lens.entry((pid_of(r), tid)).or_default().push(len);
+    }
+    assert_eq!(
+        lens.len(),
+        PROCESSES * THREADS,
+        "every thread of every process"
+    );
+    for ((pid, tid), l) in &lens {
+        assert!(children.contains(&(*pid as libc::pid_t)));
+        assert_eq!(
+            l,
+            &(1..=SIGNS as u64).collect::<Vec<_>>(),
+            "process {pid} thread {tid}: every record, in order"
+        );
+    }
+    verify(&agent.trail);
+}
+
+#[test]
+fn sighup_reopens_the_trail_after_a_rename_and_sigterm_ends_the_chain() {
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    // The ring is drained at C_Finalize; the batch reaches the file just after.
+    let since = std::time::Instant::now();
+    while of(&agent.records(), "client_stop").is_empty() {
+        assert!(
+            since.elapsed().as_secs() < 30,
+            "the first records never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let rotated = agent.trail.with_extension("jsonl.1");
+    std::fs::rename(&agent.trail, &rotated).expect("rotate");
+    agent.signal(libc::SIGHUP);
+    // Reopened: the agent no longer holds the renamed file open.
+    let holds_rotated = || {
+        std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+            .expect("agent fds")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|t| t == rotated)
+    };
+    let since = std::time::Instant::now();
+    while holds_rotated() {
+        assert!(
+            since.elapsed().as_secs() < 30,
+            "the agent kept the old file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    one_signature();
+    let after = agent.stop();
+    let before: Vec<Value> = std::fs::read_to_string(&rotated)
+        .expect("rotated file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(of(&before, "sign").len(), 1);
+    assert_eq!(
+        of(&after, "sign").len(),
+        1,
+        "the second process's records, in the new file"
+    );
+    assert_eq!(after.last().map(record_action), Some("trail_stop"));
+    assert!(
+        of(&after, "trail_reopened").is_empty(),
+        "a requested reopen is no loss"
+    );
+}
+
+#[test]
+fn hostile_ring_contents_become_malformed_records_naming_the_pid() {
+    use keytrail::agent::client::Connection;
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    let conn = Connection::connect(&agent.socket, Some("hostile")).expect("connect");
+    let mut rng = fastrand::Rng::with_seed(99);
+    let mut junk = 0;
+    for _ in 0..200 {
+        let bytes: Vec<u8> = (0..rng.usize(0..2000)).map(|_| rng.u8(..)).collect();
+        if conn.push_raw(&bytes) {
+            junk += 1;
+        }
+    }
+    // A well-formed record claiming to be the chain's own stop, and one honest record.
+    let clock = keytrail::agent::wire::Clock::now();
+    let mut buf = Vec::new();
+    let forged =
+        keytrail::audit::event::Event::audit("checkpoint", "forged".into(), serde_json::json!({}));
+    keytrail::agent::wire::encode(&forged, &clock, &mut buf);
+    assert!(conn.push_raw(&buf));
+    let mut honest = keytrail::audit::event::Event::audit(
+        "library_info",
+        "honest".into(),
+        serde_json::json!({}),
+    );
+    honest.thread_id = 1;
+    keytrail::agent::wire::encode(&honest, &clock, &mut buf);
+    assert!(conn.push_raw(&buf));
+    assert!(
+        conn.flush(std::time::Duration::from_secs(10)),
+        "the agent drains"
+    );
+    // A second, honest process is unaffected.
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    drop(conn);
+    let records = agent.stop();
+    let me = std::process::id() as u64;
+    let malformed = of(&records, "malformed_record");
+    assert!(
+        malformed.len() >= junk.min(100) / 2,
+        "{} of {junk}",
+        malformed.len()
+    );
+    assert!(malformed.iter().all(|r| pid_of(r) == me));
+    assert!(
+        of(&records, "checkpoint").is_empty(),
+        "a forged checkpoint is refused"
+    );
+    assert_eq!(
+        of(&records, "library_info").len(),
+        1,
+        "the honest record is kept"
+    );
+    assert_eq!(of(&records, "sign").len(), 1);
+    verify(&agent.trail);
+}
+
+/// Loads the library, signs once, finalizes.
+fn one_signature() {
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, 1);
+    s.sign(&Mechanism::Sha256Hmac, key, &[0; 4]).expect("sign");
+    drop(s);
+    p.finalize().expect("finalize");
+}
+
+/// Agent mode with no agent listening; `extra` goes in `[trail]`.
+fn agent_missing(fx: &Fixture, extra: &str) {
+    fx.configure(&format!(
+        "[trail]\nmode = \"agent\"\nagent_socket = \"{}\"\npath = \"{}\"\n{extra}",
+        fx.path().join("nobody.sock").display(),
+        fx.trail_path().display()
+    ));
+}
+
+#[test]
+fn agent_unavailable_under_deny_refuses_audited_calls() {
+    let fx = Fixture::new();
+    agent_missing(&fx, "on_failure = \"deny\"\n");
+    let p = open(&keytrail_module());
+    let slot = token_slot(&p);
+    let err = p
+        .open_rw_session(slot)
+        .expect_err("refused without the agent");
+    assert!(format!("{err:?}").contains("FunctionFailed"), "{err:?}");
+    p.finalize().expect("finalize");
+    assert!(
+        fx.diagnostics().contains("cannot be reached"),
+        "{}",
+        fx.diagnostics()
+    );
+}
+
+#[test]
+fn agent_unavailable_continue_falls_back_to_the_embedded_writer() {
+    let fx = Fixture::new();
+    agent_missing(&fx, "");
+    one_signature();
+    let trail = fx.trail();
+    let start = of(&trail, "trail_start");
+    assert_eq!(start.len(), 1);
+    assert!(
+        start[0]["keytrail"]["agent_unavailable"]
+            .as_str()
+            .is_some_and(|m| m.contains("nobody.sock"))
+    );
+    assert_eq!(of(&trail, "sign").len(), 1);
+}
+
+#[test]
+fn another_uid_can_neither_write_nor_delete_the_trail_and_is_recorded_as_itself() {
+    // SAFETY (test): geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a process as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    // The socket must be reachable by anyone (as /run/keytrail is); the trail stays the
+    // agent's alone.
+    std::fs::set_permissions(fx.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut agent = Agent::start(fx.path());
+    const NOBODY: u32 = 65534;
+    let pid = fork();
+    if pid == 0 {
+        // SAFETY (test): dropping privileges in the forked child, which then exits.
+        let dropped = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(NOBODY, NOBODY, NOBODY) == 0
+                && libc::setresuid(NOBODY, NOBODY, NOBODY) == 0
+        };
+        let code = if !dropped {
+            10
+        } else if std::fs::OpenOptions::new()
+            .append(true)
+            .open(&agent.trail)
+            .is_ok()
+        {
+            11
+        } else if std::fs::remove_file(&agent.trail).is_ok() {
+            12
+        } else {
+            match keytrail::agent::client::Connection::connect(&agent.socket, None) {
+                Err(_) => 13,
+                Ok(conn) => {
+                    let e = keytrail::audit::event::Event::audit(
+                        "library_info",
+                        "as nobody".into(),
+                        serde_json::json!({}),
+                    );
+                    let mut buf = Vec::new();
+                    let clock = keytrail::agent::wire::Clock::now();
+                    keytrail::agent::wire::encode(&e, &clock, &mut buf);
+                    if conn.push_raw(&buf) && conn.flush(std::time::Duration::from_secs(10)) {
+                        0
+                    } else {
+                        14
+                    }
+                }
+            }
+        };
+        // SAFETY (test): leave the child without running the test harness.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY (test): reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "{status}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "10: could not drop privileges, 11: opened the trail for writing, 12: deleted it, \
+         13: could not connect, 14: record not drained"
+    );
+    let records = agent.stop();
+    let mine = of(&records, "library_info");
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["user"]["id"], NOBODY.to_string());
+    assert_eq!(mine[0]["group"]["id"], NOBODY.to_string());
+    assert_eq!(pid_of(mine[0]), pid as u64);
+    verify(&agent.trail);
+}
+
+#[test]
+fn an_agent_restart_loses_nothing_already_in_a_ring() {
+    let (fx, mut first, p, s, key) = with_agent(4);
+    for i in 0..10usize {
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![0; i + 1])
+            .expect("sign");
+    }
+    // The first agent dies abruptly; the process goes on filling its ring, unaware.
+    assert!(fx.diagnostics().is_empty(), "{}", fx.diagnostics());
+    first.child.kill().expect("kill the agent");
+    first.child.wait().expect("reap the agent");
+    for i in 10..300usize {
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![0; i + 1])
+            .expect("sign");
+    }
+    let mut second = Agent::spawn(
+        &fx.path().join("agent.toml"),
+        first.socket.clone(),
+        first.trail.clone(),
+    );
+    drop(s);
+    // C_Finalize flushes the ring: the agent is gone, so the process hands its ring to the
+    // one now listening, which drains it from where the first one stopped.
+    p.finalize().expect("finalize");
+    let records = second.stop();
+    let me = std::process::id() as u64;
+    let lens: Vec<u64> = of(&records, "sign")
+        .iter()
+        .filter(|r| pid_of(r) == me)
+        .map(|r| r["pkcs11"]["data"]["in_len"].as_u64().expect("in_len"))
+        .collect();
+    assert_eq!(
+        lens,
+        (1..=300).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+    let resumed: Vec<&Value> = of(&records, "client_connected")
+        .into_iter()
+        .filter(|r| r["keytrail"]["resumed"] == true)
+        .collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(pid_of(resumed[0]), me);
+    assert!(
+        fx.diagnostics().contains("reconnected"),
+        "{}",
+        fx.diagnostics()
+    );
+}
