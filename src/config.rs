@@ -807,7 +807,7 @@ fn default_resend() -> usize {
 
 impl SyslogConfig {
     /// Checks what can be checked without connecting; the error names the key.
-    fn check(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
         if crate::sink::syslog::frame::facility_code(&self.facility).is_none() {
             return Err((
                 "facility",

@@ -724,3 +724,187 @@ fn an_agent_restart_loses_nothing_already_in_a_ring() {
         fx.diagnostics()
     );
 }
+
+/// `[seal]` in the agent: a token key, made with `keytrail seal-key`, signs each checkpoint
+/// head and the `trail_stop`. The agent is a PKCS#11 application of its own, so the
+/// audited process's login state is untouched (its C_Login succeeds, not
+/// CKR_USER_ALREADY_LOGGED_IN); the agent's login is a `seal_login` record, and
+/// `verify --seal-key` accepts every seal with no unsealed tail.
+#[test]
+fn the_agent_seals_its_checkpoints_with_a_token_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    let pin = fx.path().join("seal.pin");
+    std::fs::write(&pin, format!("{USER_PIN}\n")).expect("pin file");
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let pem = fx.path().join("seal.pem");
+    let module = softhsm_module();
+    let out = Command::new(keytrail_bin())
+        .args(["seal-key", "--module"])
+        .arg(&module)
+        .args([
+            "--token",
+            TOKEN_LABEL,
+            "--label",
+            "agent-seal",
+            "--pin-file",
+        ])
+        .arg(&pin)
+        .arg("--out")
+        .arg(&pem)
+        .output()
+        .expect("keytrail seal-key");
+    assert!(out.status.success(), "{out:?}");
+
+    let socket = fx.path().join("run").join("agent.sock");
+    let trail = fx.path().join("agent-trail").join("trail.jsonl");
+    let config = fx.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nsocket = \"{}\"\n[trail]\npath = \"{}\"\n[integrity]\ncheckpoint_interval = \"1s\"\n\
+             [seal]\nmodule = \"{}\"\ntoken_label = \"{TOKEN_LABEL}\"\nkey_label = \"agent-seal\"\npin_file = \"{}\"\n",
+            socket.display(),
+            trail.display(),
+            module.display(),
+            pin.display()
+        ),
+    )
+    .expect("agent.toml");
+    let mut agent = Agent::spawn(&config, socket, trail);
+    agent_mode(&fx, &agent, "");
+    let p = open(&keytrail_module());
+    // Logs in as the user: it would fail if the agent's login were the application's.
+    let s = user_session(&p);
+    let key = hmac_key(&s, 0x5e);
+    for _ in 0..3 {
+        s.sign(&Mechanism::Sha256Hmac, key, b"sealed")
+            .expect("sign");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    s.sign(&Mechanism::Sha256Hmac, key, b"sealed")
+        .expect("sign");
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+
+    let logins = of(&records, "seal_login");
+    assert_eq!(logins.len(), 1, "one login of the sealer");
+    assert_eq!(logins[0]["event"]["outcome"], "success");
+    assert!(
+        !serde_json::to_string(&records)
+            .expect("json")
+            .contains(USER_PIN)
+    );
+    let sealed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["keytrail"]["seal"]["sig"].is_string())
+        .collect();
+    assert!(sealed.len() >= 2, "a checkpoint and the stop are sealed");
+    assert_eq!(
+        record_action(records.last().expect("records")),
+        "trail_stop"
+    );
+    assert!(records.last().expect("stop")["keytrail"]["seal"]["sig"].is_string());
+    assert_eq!(of(&records, "sign").len(), 4);
+
+    let out = Command::new(keytrail_bin())
+        .args(["verify", "--json", "--seal-key"])
+        .arg(&pem)
+        .arg(&agent.trail)
+        .output()
+        .expect("keytrail verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let v: Value = serde_json::from_str(&text).expect("verify --json");
+    assert_eq!(
+        v["streams"][0]["seal"]["valid_seals"].as_u64(),
+        Some(sealed.len() as u64),
+        "{text}"
+    );
+    assert_eq!(v["streams"][0]["seal"]["unsealed_tail"], 0, "{text}");
+}
+
+/// `[[syslog]]` in the agent: every record of the host's chain, sealed, also goes to a
+/// collector (here the local transport, to a datagram socket the test reads; the TCP and
+/// TLS transports are tested against rsyslog in tests/syslog.rs). Each message carries its
+/// record byte for byte, in the chain's order, with the stream and seq in its structured
+/// data.
+#[test]
+fn the_agent_forwards_its_chain_to_a_syslog_collector() {
+    use std::os::unix::net::UnixDatagram;
+    let fx = Fixture::new();
+    let collector_path = fx.path().join("collector.sock");
+    let collector = UnixDatagram::bind(&collector_path).expect("collector socket");
+    collector
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .expect("timeout");
+    // Read as a collector does, while the agent runs: a datagram socket's queue is short.
+    let reader = std::thread::spawn(move || {
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = collector.recv(&mut buf) {
+            received.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        received
+    });
+    let socket = fx.path().join("run").join("agent.sock");
+    let trail = fx.path().join("agent-trail").join("trail.jsonl");
+    let config = fx.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nsocket = \"{}\"\n[trail]\npath = \"{}\"\n[[syslog]]\ntransport = \"local\"\npath = \"{}\"\n",
+            socket.display(),
+            trail.display(),
+            collector_path.display()
+        ),
+    )
+    .expect("agent.toml");
+    let mut agent = Agent::spawn(&config, socket, trail);
+    agent_mode(&fx, &agent, "");
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, 0x51);
+    for _ in 0..5 {
+        s.sign(&Mechanism::Sha256Hmac, key, b"forwarded")
+            .expect("sign");
+    }
+    drop(s);
+    p.finalize().expect("finalize");
+    agent.stop();
+    let lines: Vec<String> = std::fs::read_to_string(&agent.trail)
+        .expect("trail")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // The reader stops after 3 s without a message.
+    let received = reader.join().expect("reader");
+    assert_eq!(
+        received.len(),
+        lines.len(),
+        "one message per record, no more"
+    );
+    for (line, msg) in lines.iter().zip(&received) {
+        assert!(msg.starts_with('<'), "{msg}");
+        assert!(msg.ends_with(line.as_str()), "{msg}\nshould carry\n{line}");
+        let r: Value = serde_json::from_str(line).expect("record");
+        let sd = format!(
+            "stream=\"{}\" seq=\"{}\"",
+            r["integrity"]["stream"].as_str().expect("stream"),
+            r["integrity"]["seq"]
+        );
+        assert!(msg.contains(&sd), "{msg}");
+    }
+    assert_eq!(
+        of(
+            &lines
+                .iter()
+                .map(|l| serde_json::from_str(l).expect("json"))
+                .collect::<Vec<Value>>(),
+            "sign"
+        )
+        .len(),
+        5
+    );
+}

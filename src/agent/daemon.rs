@@ -94,6 +94,9 @@ pub struct AgentConfig {
     /// `[seal]`: the token key that signs every checkpoint head (its `module` is required
     /// here).
     pub seal: Option<crate::config::SealSection>,
+    /// `[[syslog]]`: collectors that receive every record of the agent's chain.
+    #[serde(default)]
+    pub syslog: Vec<crate::config::SyslogConfig>,
     /// The file read, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -122,6 +125,10 @@ impl AgentConfig {
         }
         if self.agent.max_clients == 0 {
             return Err("`agent.max_clients` must be at least 1".into());
+        }
+        for (i, sink) in self.syslog.iter().enumerate() {
+            sink.check()
+                .map_err(|(key, problem)| format!("`syslog[{i}].{key}`: {problem}"))?;
         }
         Ok(())
     }
@@ -170,6 +177,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     );
     let recorder = Recorder::start(
         &config.trail,
+        &config.syslog,
         chain,
         Origin::current(config.service.clone()),
         &start,
@@ -236,6 +244,9 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let mut r = agent.recorder.lock();
     r.own(&stop);
     r.sync();
+    for (sink, left) in r.drain_forwarders(Duration::from_secs(5)) {
+        eprintln!("keytrail agent: syslog sink {sink}: {left} records not delivered at stop");
+    }
     Ok(())
 }
 

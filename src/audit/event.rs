@@ -377,6 +377,21 @@ impl Event {
         e
     }
 
+    /// Turns a stream mark's reason (`trail_stop`, `trail_resume`) into its message and
+    /// `detail.reason`, as the trail shows them; other records are left as they are.
+    pub fn spell_reason(&mut self) {
+        let Some(reason) = self.reason.take() else {
+            return;
+        };
+        let message = match self.action {
+            "trail_resume" => format!("trail resumed at {reason}"),
+            _ => format!("trail stopped at {reason}"),
+        };
+        let x = self.extra_mut();
+        x.message = Some(message);
+        x.detail = Some(serde_json::json!({ "reason": reason }));
+    }
+
     /// Whether the record owns heap memory of its own (allocated by the caller that built
     /// it): its rarer parts, built or encoded outside the writer's pool.
     #[inline]

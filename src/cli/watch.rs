@@ -1041,8 +1041,8 @@ impl Rules {
             } else {
                 k.and_then(|k| k.pointer("/integrity/checkpoint_interval_s"))
                     .and_then(Value::as_f64)
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .map(Duration::from_secs_f64)
+                    .filter(|s| *s > 0.0)
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
             };
         }
         if matches!(action, "trail_start" | "checkpoint") && t >= s.last_anchor {

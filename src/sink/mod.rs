@@ -303,6 +303,9 @@ impl Sink {
     pub fn send(&self, mut event: Event) {
         match &self.mode {
             Mode::Agent(c) => {
+                // The ring's layout carries a stop's reason as its detail, which the agent
+                // reads (how the process ended).
+                event.spell_reason();
                 if !c.send(&event, self.on_full, self.wait, &self.shared.failing) {
                     self.count_drop(DropReason::Full);
                 }
@@ -691,15 +694,10 @@ impl Writer {
         }
         self.report_drops();
         let origin = origin.unwrap_or(&self.origin);
-        if let Some(reason) = e.reason {
+        if e.reason.is_some() {
             // trail_stop, trail_resume: their message and detail are made here.
             let mut marked = e.clone();
-            let x = marked.extra_mut();
-            x.message = Some(match e.action {
-                "trail_resume" => format!("trail resumed at {reason}"),
-                _ => format!("trail stopped at {reason}"),
-            });
-            x.detail = Some(serde_json::json!({ "reason": reason }));
+            marked.spell_reason();
             self.chain.append(&marked, origin, &mut self.buf);
         } else {
             self.chain.append(e, origin, &mut self.buf);
@@ -1115,16 +1113,25 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the chain with `start` (the recorder's own first record, of `origin`).
+    /// Starts the chain with `start` (the recorder's own first record, of `origin`), and
+    /// the `syslog` sinks that receive every record after it is sealed. A daemon is
+    /// started by an operator: a sink that cannot be set up is an error, not a warning.
     pub fn start(
         config: &TrailConfig,
+        syslog: &[SyslogConfig],
         chain: Chain,
         origin: Origin,
         start: &Event,
     ) -> std::io::Result<Recorder> {
+        let forward = syslog
+            .iter()
+            .map(|s| syslog::SyslogSink::start(s, config, true))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| std::io::Error::other(format!("syslog sink: {e}")))?;
         let path = expand(&config.path);
         let file = TrailFile::new(path, config.rotate, config.max_bytes, config.keep);
         let mut writer = Writer::new(file, origin, chain, Arc::new(Shared::default()));
+        writer.forward = forward;
         writer.push(start);
         writer.commit();
         match writer.lost.as_ref() {
@@ -1170,6 +1177,17 @@ impl Recorder {
     pub fn sync(&mut self) {
         self.writer.commit();
         self.writer.file.sync();
+    }
+
+    /// Waits (at most `timeout` for each) until the syslog sinks have delivered what they
+    /// hold; returns each sink that has not, with how many records it still holds.
+    pub fn drain_forwarders(&self, timeout: Duration) -> Vec<(String, u64)> {
+        self.writer
+            .forward
+            .iter()
+            .map(|f| (f.name().to_string(), f.handle().drain(timeout)))
+            .filter(|(_, left)| *left > 0)
+            .collect()
     }
 }
 
