@@ -1051,35 +1051,12 @@ fn divert_stderr(to: &Path) {
 
 /// The slot holding the token labelled `label`, as `route` numbers slots.
 fn find_slot(route: Route, label: &str) -> CK_SLOT_ID {
-    let mut count: CK_ULONG = 0;
-    check(
-        ck!(
-            route,
-            C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut count)
-        ),
-        "C_GetSlotList",
-    );
-    let mut slots = vec![0 as CK_SLOT_ID; count as usize];
-    check(
-        ck!(
-            route,
-            C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut count)
-        ),
-        "C_GetSlotList",
-    );
-    slots.truncate(count as usize);
-    for slot in slots {
-        let mut info = CK_TOKEN_INFO::default();
-        if ck!(route, C_GetTokenInfo(slot, &mut info)) == CKR_OK
-            && String::from_utf8_lossy(&info.label).trim_end() == label
-        {
-            return slot;
-        }
-    }
-    panic!(
-        "{}: no token labelled {label:?}: check SOFTHSM2_CONF",
-        route.name
-    );
+    common::find_slot(route.fns, label).unwrap_or_else(|| {
+        panic!(
+            "{}: no token labelled {label:?}: check SOFTHSM2_CONF",
+            route.name
+        )
+    })
 }
 
 fn main() {

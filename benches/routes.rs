@@ -605,24 +605,6 @@ fn child() {
 }
 
 fn find_slot(f: Fns) -> CK_SLOT_ID {
-    let mut count: CK_ULONG = 0;
-    check(
-        ck!(f, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut count)),
-        "C_GetSlotList",
-    );
-    let mut slots = vec![0 as CK_SLOT_ID; count as usize];
-    check(
-        ck!(f, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut count)),
-        "C_GetSlotList",
-    );
-    slots.truncate(count as usize);
-    for slot in slots {
-        let mut info = CK_TOKEN_INFO::default();
-        if ck!(f, C_GetTokenInfo(slot, &mut info)) == CKR_OK
-            && String::from_utf8_lossy(&info.label).trim_end() == LABEL
-        {
-            return slot;
-        }
-    }
-    panic!("no token labelled {LABEL:?}: check SOFTHSM2_CONF");
+    common::find_slot(f.0, LABEL)
+        .unwrap_or_else(|| panic!("no token labelled {LABEL:?}: check SOFTHSM2_CONF"))
 }

@@ -26,13 +26,18 @@ impl Agent {
     /// Starts `keytrail agent --foreground` with its socket and trail under `dir`, and
     /// waits until it listens.
     fn start(dir: &Path) -> Agent {
+        Self::start_with(dir, "")
+    }
+
+    /// As [`Agent::start`], with `extra` sections appended to its configuration.
+    fn start_with(dir: &Path, extra: &str) -> Agent {
         let socket = dir.join("run").join("agent.sock");
         let trail = dir.join("agent-trail").join("trail.jsonl");
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
             format!(
-                "[agent]\nsocket = \"{}\"\nring_slots = 8192\n[trail]\npath = \"{}\"\n",
+                "[agent]\nsocket = \"{}\"\nring_slots = 8192\n[trail]\npath = \"{}\"\n{extra}",
                 socket.display(),
                 trail.display()
             ),
@@ -756,22 +761,15 @@ fn the_agent_seals_its_checkpoints_with_a_token_key() {
         .expect("keytrail seal-key");
     assert!(out.status.success(), "{out:?}");
 
-    let socket = fx.path().join("run").join("agent.sock");
-    let trail = fx.path().join("agent-trail").join("trail.jsonl");
-    let config = fx.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nsocket = \"{}\"\n[trail]\npath = \"{}\"\n[integrity]\ncheckpoint_interval = \"1s\"\n\
-             [seal]\nmodule = \"{}\"\ntoken_label = \"{TOKEN_LABEL}\"\nkey_label = \"agent-seal\"\npin_file = \"{}\"\n",
-            socket.display(),
-            trail.display(),
+    let mut agent = Agent::start_with(
+        fx.path(),
+        &format!(
+            "[integrity]\ncheckpoint_interval = \"1s\"\n[seal]\nmodule = \"{}\"\n\
+             token_label = \"{TOKEN_LABEL}\"\nkey_label = \"agent-seal\"\npin_file = \"{}\"\n",
             module.display(),
             pin.display()
         ),
-    )
-    .expect("agent.toml");
-    let mut agent = Agent::spawn(&config, socket, trail);
+    );
     agent_mode(&fx, &agent, "");
     let p = open(&keytrail_module());
     // Logs in as the user: it would fail if the agent's login were the application's.
@@ -848,20 +846,13 @@ fn the_agent_forwards_its_chain_to_a_syslog_collector() {
         }
         received
     });
-    let socket = fx.path().join("run").join("agent.sock");
-    let trail = fx.path().join("agent-trail").join("trail.jsonl");
-    let config = fx.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nsocket = \"{}\"\n[trail]\npath = \"{}\"\n[[syslog]]\ntransport = \"local\"\npath = \"{}\"\n",
-            socket.display(),
-            trail.display(),
+    let mut agent = Agent::start_with(
+        fx.path(),
+        &format!(
+            "[[syslog]]\ntransport = \"local\"\npath = \"{}\"\n",
             collector_path.display()
         ),
-    )
-    .expect("agent.toml");
-    let mut agent = Agent::spawn(&config, socket, trail);
+    );
     agent_mode(&fx, &agent, "");
     let p = open(&keytrail_module());
     let s = user_session(&p);

@@ -75,6 +75,36 @@ pub fn load_table(path: &Path) -> &'static CK_FUNCTION_LIST {
     unsafe { &*list }
 }
 
+/// The slot holding the token labelled `label`, as the module behind `fns` numbers slots;
+/// `None` when no token has that label.
+pub fn find_slot(fns: &CK_FUNCTION_LIST, label: &str) -> Option<CK_SLOT_ID> {
+    let get_slots = fns
+        .C_GetSlotList
+        .expect("C_GetSlotList missing from the table");
+    let get_info = fns
+        .C_GetTokenInfo
+        .expect("C_GetTokenInfo missing from the table");
+    let mut count: CK_ULONG = 0;
+    // SAFETY: a NULL list asks for the count only; `count` is a live local.
+    check(
+        unsafe { get_slots(CK_TRUE, std::ptr::null_mut(), &mut count) },
+        "C_GetSlotList",
+    );
+    let mut slots = vec![0 as CK_SLOT_ID; count as usize];
+    // SAFETY: `slots` holds `count` entries, as the call is told.
+    check(
+        unsafe { get_slots(CK_TRUE, slots.as_mut_ptr(), &mut count) },
+        "C_GetSlotList",
+    );
+    slots.truncate(count as usize);
+    slots.into_iter().find(|&slot| {
+        let mut info = CK_TOKEN_INFO::default();
+        // SAFETY: `info` is a live CK_TOKEN_INFO the call fills.
+        let rv = unsafe { get_info(slot, &mut info) };
+        rv == CKR_OK && String::from_utf8_lossy(&info.label).trim_end() == label
+    })
+}
+
 /// The 1-minute load average (Linux), to tell a quiet run from a disturbed one.
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
