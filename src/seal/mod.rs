@@ -16,7 +16,7 @@
 //! (pure Ed25519, 64 bytes), `alg = "ed25519"`.
 
 use crate::audit::event::{Event, Outcome};
-use crate::sink::chain::{Sealer, check_key_file};
+use crate::sink::chain::{Sealer, read_key_file};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -156,9 +156,9 @@ impl Module {
     /// `pin_file` (which must be readable by its owner only). The PIN is never in an error.
     fn login(&self, label: &str, pin_file: &Path, rw: bool) -> Result<Session, String> {
         let slot = self.slot(label)?;
-        check_key_file(pin_file).map_err(|e| format!("PIN file: {e}"))?;
-        let pin = std::fs::read_to_string(pin_file)
-            .map_err(|e| format!("the PIN file {} cannot be read: {e}", pin_file.display()))?;
+        let bytes = read_key_file(pin_file).map_err(|e| format!("PIN file: {e}"))?;
+        let pin = std::str::from_utf8(&bytes)
+            .map_err(|_| format!("the PIN file {} is not text", pin_file.display()))?;
         let session = if rw {
             self.pkcs11.open_rw_session(slot)
         } else {

@@ -68,11 +68,7 @@ impl Key {
     /// Reads a key file: its bytes are the key. The file must be readable by its owner
     /// only and hold at least [`MIN_KEY_LEN`] bytes.
     pub fn load(path: &Path) -> Result<Key, String> {
-        check_key_file(path)?;
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| format!("the key file {} cannot be read: {e}", path.display()))?;
+        let mut bytes = read_key_file(path)?;
         if bytes.len() < MIN_KEY_LEN {
             return Err(format!(
                 "the key file {} holds {} bytes; a key needs at least {MIN_KEY_LEN} (make one with `head -c 32 /dev/urandom > {}`)",
@@ -81,7 +77,9 @@ impl Key {
                 path.display()
             ));
         }
-        Ok(Key { bytes })
+        Ok(Key {
+            bytes: std::mem::take(&mut *bytes),
+        })
     }
 
     /// A short public identifier of the key: the first 8 hex digits of SHA-256 over
@@ -103,11 +101,49 @@ impl Key {
     }
 }
 
+/// The longest secret file read (an HMAC key, an epoch key, a PIN, a TLS private key).
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// Reads a secret file (an HMAC or epoch key, a PIN, a TLS private key): opened by its
+/// resolved path without following a link, and checked on the opened descriptor, so that
+/// the file read is the file checked ([`check_key_file`]'s rules). The bytes are zeroed
+/// when dropped.
+pub fn read_key_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: std::io::Error| format!("the key file {} cannot be read: {e}", path.display());
+    let resolved = std::fs::canonicalize(path).map_err(cannot)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&resolved)
+        .map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    check_key_meta(path, &resolved, &meta)?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(format!(
+            "the key file {} is larger than {MAX_KEY_FILE} bytes",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Checks that a key file exists, is a regular file, and is neither readable nor
-/// writable by group or others.
+/// writable by group or others. Readers use [`read_key_file`], which applies the same
+/// rules to the descriptor it reads.
 pub fn check_key_file(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path)
+    let resolved = std::fs::canonicalize(path)
         .map_err(|e| format!("the key file {} cannot be read: {e}", path.display()))?;
+    let meta = std::fs::metadata(&resolved)
+        .map_err(|e| format!("the key file {} cannot be read: {e}", path.display()))?;
+    check_key_meta(path, &resolved, &meta)
+}
+
+fn check_key_meta(path: &Path, resolved: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     if !meta.is_file() {
         return Err(format!("the key file {} is not a file", path.display()));
     }
@@ -122,7 +158,9 @@ pub fn check_key_file(path: &Path) -> Result<(), String> {
     // Its owner knows the key: only root or the user keytrail runs as may own it.
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if let Err(crate::trust::TrustError::Untrusted(u)) = crate::trust::check(path, euid) {
+    if let Err(crate::trust::TrustError::Untrusted(u)) =
+        crate::trust::check_opened(path, resolved, meta, euid)
+    {
         return Err(format!("the key file {u}"));
     }
     Ok(())
@@ -629,6 +667,36 @@ mod tests {
         std::os::unix::fs::chown(&key, Some(65534), Some(65534)).expect("chown");
         let e = check_key_file(&key).expect_err("another user's key file");
         assert!(e.contains("uid 65534") || e.contains("nobody"), "{e}");
+        let e = read_key_file(&key).expect_err("read: another user's key file");
+        assert!(e.contains("uid 65534") || e.contains("nobody"), "{e}");
+    }
+
+    /// The reader applies the checks to what it reads: a loose mode, a directory, and a
+    /// file too large to be a key are refused; a private file is read whole.
+    #[test]
+    fn read_key_file_checks_the_file_it_reads() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let key = dir.path().join("trail.key");
+        std::fs::write(&key, [7u8; 32]).expect("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(
+            read_key_file(&key).expect("private key file").as_slice(),
+            [7u8; 32]
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = read_key_file(&key).expect_err("loose mode");
+        assert!(e.contains("group or others"), "{e}");
+        let e = read_key_file(dir.path()).expect_err("a directory");
+        assert!(
+            e.contains("not a file") || e.contains("cannot be read"),
+            "{e}"
+        );
+        let big = dir.path().join("big.key");
+        std::fs::write(&big, vec![1u8; MAX_KEY_FILE as usize + 1]).expect("big");
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let e = read_key_file(&big).expect_err("too large");
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]

@@ -148,12 +148,10 @@ impl EpochKey {
 
     /// Reads a key file (which must be readable by its owner only).
     pub fn load(path: &Path) -> Result<EpochKey, String> {
-        super::check_key_file(path)?;
-        let mut text = Zeroizing::new(String::new());
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .map_err(|e| format!("the key file {} cannot be read: {e}", path.display()))?;
-        EpochKey::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let bytes = super::read_key_file(path)?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| format!("the key file {} is not text: {e}", path.display()))?;
+        EpochKey::parse(text).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

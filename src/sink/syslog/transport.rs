@@ -75,8 +75,8 @@ pub fn tls_config(
                     )
                 })?;
             // The key file must be as private as the HMAC key file.
-            crate::sink::chain::check_key_file(key)?;
-            let key_der = PrivateKeyDer::from_pem_file(key)
+            let pem = crate::sink::chain::read_key_file(key)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem)
                 .map_err(|e| format!("the key file {} cannot be read: {e}", key.display()))?;
             builder
                 .with_client_auth_cert(chain, key_der)
