@@ -2,7 +2,7 @@
 //! `use` record into the ring's binary layout and putting it in a ring) and what taking it
 //! out and decoding it costs the agent.
 use keytrail::agent::shm::{Pop, Ring};
-use keytrail::agent::wire::{Clock, decode, encode};
+use keytrail::agent::wire::{Clock, Encoder, decode};
 mod common;
 
 use keytrail::audit::keys::KeyIdentity;
@@ -22,26 +22,26 @@ fn main() {
     let (ring, fd) = Ring::create(4096).expect("ring");
     let producer = Ring::open(&fd).expect("map");
     let clock = Clock::now();
-    let mut buf = Vec::with_capacity(4096);
-    encode(&e, &clock, &mut buf);
-    println!("record: {} bytes in the ring", buf.len());
+    let mut buf = Encoder::new();
+    println!("record: {} bytes in the ring", buf.encode(&e, &clock).len());
     // Rounds of 2,000 records: the calling side fills part of the ring (never full, as
     // with an agent that keeps up), then the agent's side drains and decodes it.
-    let (rounds, per_round) = (500u64, 2000u64);
+    // RING_COST_ROUNDS: fewer rounds under callgrind (scripts/cg-count.sh).
+    let rounds = std::env::var("RING_COST_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500u64);
+    let per_round = 2000u64;
     let (mut caller, mut agent) = (Duration::ZERO, Duration::ZERO);
     let (mut tail, mut out) = (0u64, Vec::new());
     for _ in 0..rounds {
         let t = Instant::now();
         for _ in 0..per_round {
-            encode(&e, &clock, &mut buf);
-            producer.push(&buf).expect("room");
-            std::hint::black_box(producer.take_wakeup());
+            caller_side(&e, &clock, &producer, &mut buf);
         }
         caller += t.elapsed();
         let t = Instant::now();
-        while ring.pop(&mut tail, &mut out) == Pop::Record {
-            std::hint::black_box(decode(&out, &clock).expect("decodes"));
-        }
+        while agent_side(&ring, &mut tail, &mut out, &clock) {}
         agent += t.elapsed();
     }
     let n = (rounds * per_round) as f64;
@@ -53,4 +53,26 @@ fn main() {
         "agent: {:.0} ns per record (pop + check + decode; formatting and sealing as in encode_cost)",
         agent.as_nanos() as f64 / n
     );
+}
+
+/// What the calling thread does per record (apart for callgrind).
+#[inline(never)]
+fn caller_side(
+    e: &keytrail::audit::event::Event,
+    clock: &Clock,
+    producer: &Ring,
+    buf: &mut Encoder,
+) {
+    producer.push(buf.encode(e, clock)).expect("room");
+    std::hint::black_box(producer.take_wakeup());
+}
+
+/// What the agent's drain thread does per record before formatting (apart for callgrind).
+#[inline(never)]
+fn agent_side(ring: &Ring, tail: &mut u64, out: &mut Vec<u8>, clock: &Clock) -> bool {
+    if ring.pop(tail, out) != Pop::Record {
+        return false;
+    }
+    std::hint::black_box(decode(out, clock).expect("decodes"));
+    true
 }

@@ -18,7 +18,7 @@ const HANDSHAKE: Duration = Duration::from_secs(2);
 
 thread_local! {
     /// Each thread's encoding buffer, reused: encoding allocates nothing once warm.
-    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static BUF: RefCell<wire::Encoder> = const { RefCell::new(wire::Encoder::new()) };
 }
 
 /// This process's connection to the agent.
@@ -121,9 +121,9 @@ impl Connection {
     pub fn send(&self, e: &Event, on_full: OnFull, wait: Duration, failing: &AtomicBool) -> bool {
         let fitted = BUF
             .try_with(|b| {
-                let mut buf = b.borrow_mut();
-                wire::encode(e, &self.clock, &mut buf);
-                self.push(&buf, on_full, wait, failing)
+                let mut enc = b.borrow_mut();
+                let record = enc.encode(e, &self.clock);
+                self.push(record, on_full, wait, failing)
             })
             .unwrap_or_else(|_| {
                 // The thread is exiting (its buffer is gone): encode on the heap.

@@ -57,7 +57,14 @@ impl Clock {
     /// The pair read now.
     pub fn now() -> Clock {
         let instant = Instant::now();
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        // Through libc (the vDSO via the C library, as `Instant::now` reads it): rustix's
+        // own vDSO lookup faults under valgrind, which the instruction counts run under.
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
         Clock {
             instant,
             ns: (t.tv_sec as u64)
@@ -102,12 +109,11 @@ const HAS_LABELS: u16 = 1 << 9;
 const HAS_EXTRA: u16 = 1 << 10;
 const ALL_FIELDS: u16 = (1 << 11) - 1;
 
-/// A lifecycle's number on the wire: its place in `Lifecycle::ALL`, then `Audit`.
+/// A lifecycle's number on the wire: its place in `Lifecycle::ALL`, then `Audit` (the
+/// enum's own order, which a test checks).
+#[inline]
 fn lifecycle_number(l: Lifecycle) -> u8 {
-    Lifecycle::ALL
-        .iter()
-        .position(|x| *x == l)
-        .unwrap_or(Lifecycle::ALL.len()) as u8
+    l as u8
 }
 
 fn lifecycle_of(n: u8) -> Option<Lifecycle> {
@@ -117,134 +123,232 @@ fn lifecycle_of(n: u8) -> Option<Lifecycle> {
     }
 }
 
-/// Appends `e` to `out` (cleared first). Records larger than [`MAX_RECORD`] lose their
-/// attribute lists and say so.
-pub fn encode(e: &Event, clock: &Clock, out: &mut Vec<u8>) {
-    out.clear();
-    encode_into(e, clock, out, true);
-    if out.len() > MAX_RECORD {
-        out.clear();
-        encode_into(e, clock, out, false);
+/// A calling thread's encoding buffer: encodes records without allocating once warm.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    /// Always fully initialised (its length is its size): writes only check the end.
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    /// An empty encoder (its buffer grows at the first record).
+    pub const fn new() -> Encoder {
+        Encoder { buf: Vec::new() }
+    }
+
+    /// Encodes `e`: the record's bytes. Records larger than [`MAX_RECORD`] lose their
+    /// attribute lists and say so.
+    #[inline]
+    pub fn encode(&mut self, e: &Event, clock: &Clock) -> &[u8] {
+        let mut attributes = true;
+        loop {
+            let mut w = Writer {
+                buf: &mut self.buf,
+                at: 0,
+            };
+            encode_into(e, clock, &mut w, attributes);
+            let n = w.at;
+            if n > MAX_RECORD && attributes {
+                attributes = false;
+            } else if n > self.buf.len() {
+                // Did not fit: now that the size is known, once more with room.
+                self.buf.resize(n.max(1024), 0);
+            } else {
+                return &self.buf[..n];
+            }
+        }
     }
 }
 
-fn encode_into(e: &Event, clock: &Clock, out: &mut Vec<u8>, attributes: bool) {
-    let mut mask = 0u16;
-    for (bit, set) in [
-        (HAS_DURATION, e.duration_ns.is_some()),
-        (HAS_RV, e.rv.is_some()),
-        (HAS_SLOT, e.slot_id.is_some()),
-        (HAS_TOKEN, e.token.is_some()),
-        (HAS_SESSION, e.session.is_some()),
-        (HAS_STATE, e.session_state.is_some()),
-        (HAS_USER_TYPE, e.user_type.is_some()),
-        (HAS_MECHANISM, e.mechanism.is_some()),
-        (HAS_OPERATION, e.operation.is_some()),
-        (HAS_LABELS, e.labels.is_some()),
-        (HAS_EXTRA, e.extra.is_some()),
-    ] {
-        if set {
-            mask |= bit;
+/// Appends `e` to `out` (cleared first), as [`Encoder::encode`] does.
+pub fn encode(e: &Event, clock: &Clock, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(Encoder::new().encode(e, clock));
+}
+
+/// Writes into a buffer of fixed size, counting past its end (then writing nothing): one
+/// check per field, and the buffer's address and size stay in registers (a `&mut Vec`
+/// would be reloaded after every byte written).
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    /// The next `n` bytes, to be written, if they fit.
+    #[inline(always)]
+    fn room(&mut self, n: usize) -> Option<&mut [u8]> {
+        let at = self.at;
+        self.at = at + n;
+        self.buf.get_mut(at..at + n)
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        if let Some(d) = self.room(1) {
+            d[0] = b;
         }
     }
-    let lifecycle = lifecycle_number(e.lifecycle);
+
+    #[inline(always)]
+    fn u16(&mut self, v: u16) {
+        if let Some(d) = self.room(2) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    #[inline(always)]
+    fn u64(&mut self, v: u64) {
+        if let Some(d) = self.room(8) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Bytes; the short ones (names, most strings) by two overlapping moves.
+    #[inline(always)]
+    fn bytes(&mut self, src: &[u8]) {
+        let n = src.len();
+        let Some(dst) = self.room(n) else { return };
+        if (8..=16).contains(&n) {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        } else if (4..8).contains(&n) {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        } else if n < 4 {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = *s;
+            }
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+fn encode_into(e: &Event, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
+    let bit = |set: bool, bit: u16| if set { bit } else { 0 };
+    let mask = bit(e.duration_ns.is_some(), HAS_DURATION)
+        | bit(e.rv.is_some(), HAS_RV)
+        | bit(e.slot_id.is_some(), HAS_SLOT)
+        | bit(e.token.is_some(), HAS_TOKEN)
+        | bit(e.session.is_some(), HAS_SESSION)
+        | bit(e.session_state.is_some(), HAS_STATE)
+        | bit(e.user_type.is_some(), HAS_USER_TYPE)
+        | bit(e.mechanism.is_some(), HAS_MECHANISM)
+        | bit(e.operation.is_some(), HAS_OPERATION)
+        | bit(e.labels.is_some(), HAS_LABELS)
+        | bit(e.extra.is_some(), HAS_EXTRA);
     let outcome = match e.outcome {
         Outcome::Success => 0u8,
         Outcome::Failure => 1,
         Outcome::Unknown => 2,
     };
-    out.extend_from_slice(&[VERSION, lifecycle, outcome, e.flags.bits()]);
-    out.extend_from_slice(&mask.to_le_bytes());
-    put_u64(out, clock.ns(e.started.instant));
-    put_u64(out, e.thread_id);
-    put_str(out, e.function);
-    put_str(out, e.action);
-    let opt = [
-        e.duration_ns,
-        e.rv,
-        e.slot_id,
-        None,
-        e.session,
-        None,
-        e.user_type,
-    ];
-    for v in opt.into_iter().flatten() {
-        put_u64(out, v);
+    // The fixed head in one piece.
+    if let Some(head) = w.room(22) {
+        head[..4].copy_from_slice(&[
+            VERSION,
+            lifecycle_number(e.lifecycle),
+            outcome,
+            e.flags.bits(),
+        ]);
+        head[4..6].copy_from_slice(&mask.to_le_bytes());
+        head[6..14].copy_from_slice(&clock.ns(e.started.instant).to_le_bytes());
+        head[14..22].copy_from_slice(&e.thread_id.to_le_bytes());
+    }
+    put_str(w, e.function);
+    put_str(w, e.action);
+    for v in [e.duration_ns, e.rv, e.slot_id, e.session, e.user_type]
+        .into_iter()
+        .flatten()
+    {
+        w.u64(v);
     }
     if let Some(t) = e.token.as_deref() {
-        put_str(out, &t.label);
-        put_str(out, &t.serial);
+        put_str(w, &t.label);
+        put_str(w, &t.serial);
     }
     if let Some(s) = e.session_state {
-        put_str(out, s);
+        put_str(w, s);
     }
     if let Some(m) = &e.mechanism {
-        put_mechanism(out, m);
+        put_mechanism(w, m);
     }
     if let Some(op) = &e.operation {
-        put_str(out, op.kind);
-        put_str(out, op.init);
-        put_str(out, op.end);
-        for n in [op.parts, op.in_len, op.out_len] {
-            put_u64(out, n);
+        put_str(w, op.kind);
+        put_str(w, op.init);
+        put_str(w, op.end);
+        if let Some(o) = w.room(24) {
+            o[..8].copy_from_slice(&op.parts.to_le_bytes());
+            o[8..16].copy_from_slice(&op.in_len.to_le_bytes());
+            o[16..].copy_from_slice(&op.out_len.to_le_bytes());
         }
     }
     if let Some(labels) = e.labels.as_deref() {
-        put_len(out, labels.len());
+        put_len(w, labels.len());
         for (k, v) in labels.iter().take(MAX_LIST) {
-            put_str(out, k);
-            put_str(out, v);
+            put_str(w, k);
+            put_str(w, v);
         }
     }
-    out.push(e.keys.len() as u8);
+    w.byte(e.keys.len() as u8);
     for k in &e.keys {
-        put_key(out, k);
+        put_key(w, k);
     }
     if let Some(x) = e.extra() {
-        put_extra(out, x, clock, attributes);
+        put_extra(w, x, clock, attributes);
     }
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_len(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&(n.min(MAX_LIST) as u16).to_le_bytes());
+#[inline(always)]
+fn put_len(w: &mut Writer<'_>, n: usize) {
+    w.u16(n.min(MAX_LIST) as u16);
 }
 
 /// A string, cut at [`MAX_STR`] bytes (on a character boundary).
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    let mut end = s.len().min(MAX_STR);
+#[inline(always)]
+fn put_str(w: &mut Writer<'_>, s: &str) {
+    let b = if s.len() <= MAX_STR {
+        s.as_bytes()
+    } else {
+        cut(s)
+    };
+    w.u16(b.len() as u16);
+    w.bytes(b);
+}
+
+#[cold]
+fn cut(s: &str) -> &[u8] {
+    let mut end = MAX_STR;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    out.extend_from_slice(&(end as u16).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..end]);
+    &s.as_bytes()[..end]
 }
 
-fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+#[inline(always)]
+fn put_opt_str(w: &mut Writer<'_>, s: Option<&str>) {
     match s {
         Some(s) => {
-            out.push(1);
-            put_str(out, s);
+            w.byte(1);
+            put_str(w, s);
         }
-        None => out.push(0),
+        None => w.byte(0),
     }
 }
 
-fn put_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
+#[inline(always)]
+fn put_opt_u64(w: &mut Writer<'_>, v: Option<u64>) {
     match v {
         Some(v) => {
-            out.push(1);
-            put_u64(out, v);
+            w.byte(1);
+            w.u64(v);
         }
-        None => out.push(0),
+        None => w.byte(0),
     }
 }
 
-fn put_mechanism(out: &mut Vec<u8>, m: &Mechanism) {
-    put_u64(out, m.type_);
+#[inline]
+fn put_mechanism(w: &mut Writer<'_>, m: &Mechanism) {
     let (tag, values): (u8, [u64; 3]) = match m.params {
         Params::None => (0, [0; 3]),
         Params::Gcm {
@@ -261,94 +365,99 @@ fn put_mechanism(out: &mut Vec<u8>, m: &Mechanism) {
         Params::Ecdh { kdf } => (4, [kdf, 0, 0]),
         Params::Raw { len } => (5, [len, 0, 0]),
     };
-    out.push(tag);
-    for v in values {
-        put_u64(out, v);
+    if let Some(o) = w.room(33) {
+        o[..8].copy_from_slice(&m.type_.to_le_bytes());
+        o[8] = tag;
+        o[9..17].copy_from_slice(&values[0].to_le_bytes());
+        o[17..25].copy_from_slice(&values[1].to_le_bytes());
+        o[25..33].copy_from_slice(&values[2].to_le_bytes());
     }
 }
 
-fn put_key(out: &mut Vec<u8>, k: &KeyRef) {
-    put_str(out, k.role);
-    put_u64(out, k.handle);
+#[inline]
+fn put_key(w: &mut Writer<'_>, k: &KeyRef) {
+    put_str(w, k.role);
+    w.u64(k.handle);
     match k.identity.as_deref() {
-        None => out.push(0),
+        None => w.byte(0),
         Some(id) => {
-            out.push(1);
-            put_opt_str(out, id.class);
-            put_opt_str(out, id.key_type);
-            put_opt_u64(out, id.bits);
-            put_opt_str(out, id.id_hex.as_deref());
-            put_opt_str(out, id.label.as_deref());
-            put_opt_str(out, id.unique_id.as_deref());
-            out.push(match id.token {
+            w.byte(1);
+            put_opt_str(w, id.class);
+            put_opt_str(w, id.key_type);
+            put_opt_u64(w, id.bits);
+            put_opt_str(w, id.id_hex.as_deref());
+            put_opt_str(w, id.label.as_deref());
+            put_opt_str(w, id.unique_id.as_deref());
+            w.byte(match id.token {
                 None => 0,
                 Some(false) => 1,
                 Some(true) => 2,
             });
-            put_opt_str(out, id.public_sha256.as_deref());
+            put_opt_str(w, id.public_sha256.as_deref());
         }
     }
 }
 
-fn put_attrs(out: &mut Vec<u8>, list: &[Attr], depth: u8) {
+fn put_attrs(w: &mut Writer<'_>, list: &[Attr], depth: u8) {
     if depth > MAX_DEPTH {
-        put_len(out, 0);
+        put_len(w, 0);
         return;
     }
-    put_len(out, list.len());
+    put_len(w, list.len());
     for a in list.iter().take(MAX_LIST) {
-        put_str(out, &a.type_name);
+        put_str(w, &a.type_name);
         match &a.value {
-            AttrValue::Bool(b) => out.extend_from_slice(&[0, u8::from(*b)]),
+            AttrValue::Bool(b) => w.bytes(&[0, u8::from(*b)]),
             AttrValue::Ulong { value, name } => {
-                out.push(1);
-                put_u64(out, *value);
-                put_opt_str(out, *name);
+                w.byte(1);
+                w.u64(*value);
+                put_opt_str(w, *name);
             }
             AttrValue::Hex(s) => {
-                out.push(2);
-                put_str(out, s);
+                w.byte(2);
+                put_str(w, s);
             }
             AttrValue::Text(s) => {
-                out.push(3);
-                put_str(out, s);
+                w.byte(3);
+                put_str(w, s);
             }
             AttrValue::Sha256(s) => {
-                out.push(4);
-                put_str(out, s);
+                w.byte(4);
+                put_str(w, s);
             }
             AttrValue::Template(t) => {
-                out.push(5);
-                put_attrs(out, t, depth + 1);
+                w.byte(5);
+                put_attrs(w, t, depth + 1);
             }
-            AttrValue::Redacted(b) => out.extend_from_slice(&[6, u8::from(*b)]),
-            AttrValue::Unavailable(b) => out.extend_from_slice(&[7, u8::from(*b)]),
+            AttrValue::Redacted(b) => w.bytes(&[6, u8::from(*b)]),
+            AttrValue::Unavailable(b) => w.bytes(&[7, u8::from(*b)]),
         }
     }
 }
 
-fn put_extra(out: &mut Vec<u8>, x: &Extra, clock: &Clock, attributes: bool) {
-    put_opt_str(out, x.username.as_deref());
+#[inline(never)]
+fn put_extra(w: &mut Writer<'_>, x: &Extra, clock: &Clock, attributes: bool) {
+    put_opt_str(w, x.username.as_deref());
     let lists: &[(&str, Vec<Attr>)] = if attributes { &x.attributes } else { &[] };
-    put_len(out, lists.len());
+    put_len(w, lists.len());
     for (role, list) in lists.iter().take(MAX_LIST) {
-        put_str(out, role);
-        put_attrs(out, list, 0);
+        put_str(w, role);
+        put_attrs(w, list, 0);
     }
-    put_len(out, x.attribute_counts.len());
+    put_len(w, x.attribute_counts.len());
     for (role, n) in x.attribute_counts.iter().take(MAX_LIST) {
-        put_str(out, role);
-        put_u64(out, *n);
+        put_str(w, role);
+        w.u64(*n);
     }
     match x.data {
-        None => out.push(0),
+        None => w.byte(0),
         Some((i, o)) => {
-            out.push(1);
-            put_opt_u64(out, i);
-            put_opt_u64(out, o);
+            w.byte(1);
+            put_opt_u64(w, i);
+            put_opt_u64(w, o);
         }
     }
-    put_opt_str(out, x.message.as_deref());
+    put_opt_str(w, x.message.as_deref());
     let mut detail = x.detail.clone();
     if !attributes && !x.attributes.is_empty() {
         // Said in the record itself: its attribute lists did not fit.
@@ -358,14 +467,14 @@ fn put_extra(out: &mut Vec<u8>, x: &Extra, clock: &Clock, attributes: bool) {
         }
     }
     let json = detail.map(|d| d.to_string());
-    put_opt_str(out, json.as_deref());
+    put_opt_str(w, json.as_deref());
     match x.summary {
-        None => out.push(0),
+        None => w.byte(0),
         Some(s) => {
-            out.push(1);
-            put_u64(out, s.successes);
-            put_u64(out, s.failures);
-            put_u64(out, clock.ns(s.last.instant));
+            w.byte(1);
+            w.u64(s.successes);
+            w.u64(s.failures);
+            w.u64(clock.ns(s.last.instant));
         }
     }
 }
@@ -805,6 +914,17 @@ mod tests {
             let junk: Vec<u8> = (0..rng.usize(..300)).map(|_| rng.u8(..)).collect();
             let _ = decode(&junk, &clock);
         }
+    }
+
+    #[test]
+    fn lifecycle_numbers_are_their_place() {
+        for (i, l) in Lifecycle::ALL.iter().enumerate() {
+            assert_eq!(lifecycle_number(*l) as usize, i);
+            assert_eq!(lifecycle_of(i as u8), Some(*l));
+        }
+        let audit = lifecycle_number(Lifecycle::Audit);
+        assert_eq!(audit as usize, Lifecycle::ALL.len());
+        assert_eq!(lifecycle_of(audit), Some(Lifecycle::Audit));
     }
 
     #[test]
