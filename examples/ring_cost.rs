@@ -2,7 +2,7 @@
 //! `use` record into the ring's binary layout and putting it in a ring) and what taking it
 //! out and decoding it costs the agent.
 use keytrail::agent::shm::{Pop, Ring};
-use keytrail::agent::wire::{Clock, Encoder, decode};
+use keytrail::agent::wire::{Clock, Decoder, Encoder};
 mod common;
 
 use keytrail::audit::keys::KeyIdentity;
@@ -34,6 +34,7 @@ fn main() {
     let per_round = 2000u64;
     let (mut caller, mut agent) = (Duration::ZERO, Duration::ZERO);
     let (mut tail, mut out) = (0u64, Vec::new());
+    let mut decoder = Decoder::new(clock);
     for _ in 0..rounds {
         let t = Instant::now();
         for _ in 0..per_round {
@@ -41,7 +42,7 @@ fn main() {
         }
         caller += t.elapsed();
         let t = Instant::now();
-        while agent_side(&ring, &mut tail, &mut out, &clock) {}
+        while agent_side(&ring, &mut tail, &mut out, &mut decoder) {}
         agent += t.elapsed();
     }
     let n = (rounds * per_round) as f64;
@@ -69,10 +70,10 @@ fn caller_side(
 
 /// What the agent's drain thread does per record before formatting (apart for callgrind).
 #[inline(never)]
-fn agent_side(ring: &Ring, tail: &mut u64, out: &mut Vec<u8>, clock: &Clock) -> bool {
+fn agent_side(ring: &Ring, tail: &mut u64, out: &mut Vec<u8>, decoder: &mut Decoder) -> bool {
     if ring.pop(tail, out) != Pop::Record {
         return false;
     }
-    std::hint::black_box(decode(out, clock).expect("decodes"));
+    std::hint::black_box(decoder.decode(out).expect("decodes"));
     true
 }

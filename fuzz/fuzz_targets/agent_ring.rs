@@ -5,7 +5,7 @@
 #![no_main]
 
 use keytrail::agent::shm::{Pop, Ring};
-use keytrail::agent::wire::{Clock, decode};
+use keytrail::agent::wire::{Clock, Decoder, decode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,12 +18,14 @@ fuzz_target!(|data: &[u8]| {
     ring.scribble(0, body);
     ring.set_head(u64::from_le_bytes(h));
     let clock = Clock::now();
+    // One decoder for the whole ring, as the agent keeps one per process.
+    let mut decoder = Decoder::new(clock);
     let (mut tail, mut out) = (0u64, Vec::new());
     // At most one pass over the ring per slot: the agent's own loops are bounded so.
     for _ in 0..2 * ring.slots() {
         match ring.pop(&mut tail, &mut out) {
             Pop::Record => {
-                let _ = decode(&out, &clock);
+                let _ = decoder.decode(&out);
             }
             Pop::Malformed(_) => {}
             Pop::Empty => {

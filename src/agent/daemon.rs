@@ -7,7 +7,7 @@
 //! `trail_stop`) and SIGHUP (reopen the trail file, for logrotate).
 
 use super::shm::{Pop, Ring};
-use super::wire::{self, Clock, Malformed};
+use super::wire::{Clock, Decoder, Malformed};
 use crate::audit::event::{Event, Outcome};
 use crate::config::{IntegrityConfig, TrailConfig, TrailMode};
 use crate::sink::Recorder;
@@ -485,12 +485,12 @@ fn drain_until_end(
     stream: &UnixStream,
     wake: &OwnedFd,
 ) {
-    let clock = Clock::now();
+    let mut decoder = Decoder::new(Clock::now());
     let mut buf = Vec::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut idle = 0u32;
     let ended_by = loop {
-        let n = drain(ring, &mut tail, &mut buf, &clock, client, &mut batch);
+        let n = drain(ring, &mut tail, &mut buf, &mut decoder, client, &mut batch);
         if !batch.is_empty() {
             record(agent, client, &batch);
             batch.clear();
@@ -535,7 +535,7 @@ fn drain_until_end(
     // after a slot a killed thread never finished); only what is published when the
     // agent stops while the process runs on.
     loop {
-        while drain(ring, &mut tail, &mut buf, &clock, client, &mut batch) > 0 {
+        while drain(ring, &mut tail, &mut buf, &mut decoder, client, &mut batch) > 0 {
             record(agent, client, &batch);
             batch.clear();
         }
@@ -625,7 +625,7 @@ fn drain(
     ring: &Ring,
     tail: &mut u64,
     buf: &mut Vec<u8>,
-    clock: &Clock,
+    decoder: &mut Decoder,
     client: &mut Client,
     batch: &mut Vec<Event>,
 ) -> usize {
@@ -633,7 +633,7 @@ fn drain(
     while batch.len() < BATCH {
         let result = match ring.pop(tail, buf) {
             Pop::Empty => break,
-            Pop::Record => wire::decode(buf, clock).and_then(|e| admit(e, client)),
+            Pop::Record => decoder.decode(buf).and_then(|e| admit(e, client)),
             Pop::Malformed(why) => Err(Malformed(why)),
         };
         n += 1;

@@ -479,106 +479,156 @@ fn put_extra(w: &mut Writer<'_>, x: &Extra, clock: &Clock, attributes: bool) {
     }
 }
 
-/// Reads a record written by [`encode`]. `clock` is the reader's own.
+/// Reads a record written by [`encode`]. `clock` is the reader's own. (The agent keeps a
+/// [`Decoder`], which remembers what it read before.)
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, Malformed> {
-    let mut r = Reader { b: bytes, at: 0 };
-    let head = r.take(4)?;
-    if head[0] != VERSION {
-        return Err(Malformed("unknown record version"));
-    }
-    let lifecycle = lifecycle_of(head[1]).ok_or(Malformed("unknown lifecycle"))?;
-    let outcome = match head[2] {
-        0 => Outcome::Success,
-        1 => Outcome::Failure,
-        2 => Outcome::Unknown,
-        _ => return Err(Malformed("unknown outcome")),
-    };
-    let flags = Flags::from_bits(head[3]).ok_or(Malformed("unknown flag"))?;
-    let mask = r.u16()?;
-    if mask & !ALL_FIELDS != 0 {
-        return Err(Malformed("unknown field"));
-    }
-    let started = Started {
-        instant: clock.instant(r.u64()?),
-    };
-    let thread_id = r.u64()?;
-    let function = r.name()?;
-    let action = r.name()?;
-    let mut e = Event::call(started, function, action, lifecycle, 0);
-    e.outcome = outcome;
-    e.flags = flags;
-    e.thread_id = thread_id;
-    let has = |bit| mask & bit != 0;
-    e.duration_ns = if has(HAS_DURATION) {
-        Some(r.u64()?)
-    } else {
-        None
-    };
-    e.rv = if has(HAS_RV) { Some(r.u64()?) } else { None };
-    e.slot_id = if has(HAS_SLOT) { Some(r.u64()?) } else { None };
-    e.session = if has(HAS_SESSION) {
-        Some(r.u64()?)
-    } else {
-        None
-    };
-    e.user_type = if has(HAS_USER_TYPE) {
-        Some(r.u64()?)
-    } else {
-        None
-    };
-    if has(HAS_TOKEN) {
-        e.token = Some(Arc::new(TokenRef {
-            label: r.string()?,
-            serial: r.string()?,
-        }));
-    }
-    if has(HAS_STATE) {
-        e.session_state = Some(r.name()?);
-    }
-    if has(HAS_MECHANISM) {
-        e.mechanism = Some(r.mechanism()?);
-    }
-    if has(HAS_OPERATION) {
-        e.operation = Some(OperationInfo {
-            kind: r.name()?,
-            init: r.name()?,
-            end: r.name()?,
-            parts: r.u64()?,
-            in_len: r.u64()?,
-            out_len: r.u64()?,
-        });
-    }
-    if has(HAS_LABELS) {
-        let n = r.len()?;
-        let mut labels = Vec::with_capacity(n);
-        for _ in 0..n {
-            labels.push((r.string()?, r.string()?));
-        }
-        e.labels = Some(Arc::new(labels));
-    }
-    let keys = r.byte()?;
-    if keys as usize > crate::audit::event::MAX_KEYS {
-        return Err(Malformed("too many keys"));
-    }
-    for _ in 0..keys {
-        let k = r.key()?;
-        e.keys.push(k);
-    }
-    if has(HAS_EXTRA) {
-        e.extra = Some(Box::new(r.extra(clock)?));
-    }
-    if r.at != bytes.len() {
-        return Err(Malformed("trailing bytes"));
-    }
-    Ok(e)
+    Decoder::new(*clock).decode(bytes)
 }
 
-struct Reader<'a> {
+/// The most bytes of a key identity or token that a [`Decoder`] remembers.
+const MAX_REMEMBERED: usize = 512;
+/// Key identities a [`Decoder`] remembers.
+const IDENTITIES: usize = 8;
+/// Names a [`Decoder`] remembers (a power of two).
+const NAME_CACHE: usize = 256;
+
+/// The agent's reader of one ring: records of one process repeat the same names, keys
+/// and token, so what was read (and checked) once is taken again when the same bytes come
+/// again: names without checking or hashing them, key identities and tokens without
+/// allocating. A hit returns exactly what reading the bytes would: the bytes are compared
+/// whole, and reading is deterministic.
+#[derive(Debug)]
+pub struct Decoder {
+    clock: Clock,
+    names: Box<[Option<&'static str>; NAME_CACHE]>,
+    identities: Vec<(Vec<u8>, Arc<KeyIdentity>)>,
+    next_identity: usize,
+    token: Option<(Vec<u8>, Arc<TokenRef>)>,
+}
+
+impl Decoder {
+    /// A reader whose times are read with `clock` (the agent's own).
+    pub fn new(clock: Clock) -> Decoder {
+        Decoder {
+            clock,
+            names: Box::new([None; NAME_CACHE]),
+            identities: Vec::with_capacity(IDENTITIES),
+            next_identity: 0,
+            token: None,
+        }
+    }
+
+    /// Reads a record written by [`Encoder::encode`].
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, Malformed> {
+        let clock = self.clock;
+        let mut r = Reader {
+            b: bytes,
+            at: 0,
+            d: self,
+        };
+        r.record(bytes, &clock)
+    }
+}
+
+impl Reader<'_, '_> {
+    fn record(&mut self, bytes: &[u8], clock: &Clock) -> Result<Event, Malformed> {
+        let r = self;
+        let head = r.take(4)?;
+        if head[0] != VERSION {
+            return Err(Malformed("unknown record version"));
+        }
+        let lifecycle = lifecycle_of(head[1]).ok_or(Malformed("unknown lifecycle"))?;
+        let outcome = match head[2] {
+            0 => Outcome::Success,
+            1 => Outcome::Failure,
+            2 => Outcome::Unknown,
+            _ => return Err(Malformed("unknown outcome")),
+        };
+        let flags = Flags::from_bits(head[3]).ok_or(Malformed("unknown flag"))?;
+        let mask = r.u16()?;
+        if mask & !ALL_FIELDS != 0 {
+            return Err(Malformed("unknown field"));
+        }
+        let started = Started {
+            instant: clock.instant(r.u64()?),
+        };
+        let thread_id = r.u64()?;
+        let function = r.name()?;
+        let action = r.name()?;
+        let mut e = Event::call(started, function, action, lifecycle, 0);
+        e.outcome = outcome;
+        e.flags = flags;
+        e.thread_id = thread_id;
+        let has = |bit| mask & bit != 0;
+        e.duration_ns = if has(HAS_DURATION) {
+            Some(r.u64()?)
+        } else {
+            None
+        };
+        e.rv = if has(HAS_RV) { Some(r.u64()?) } else { None };
+        e.slot_id = if has(HAS_SLOT) { Some(r.u64()?) } else { None };
+        e.session = if has(HAS_SESSION) {
+            Some(r.u64()?)
+        } else {
+            None
+        };
+        e.user_type = if has(HAS_USER_TYPE) {
+            Some(r.u64()?)
+        } else {
+            None
+        };
+        if has(HAS_TOKEN) {
+            e.token = Some(r.token()?);
+        }
+        if has(HAS_STATE) {
+            e.session_state = Some(r.name()?);
+        }
+        if has(HAS_MECHANISM) {
+            e.mechanism = Some(r.mechanism()?);
+        }
+        if has(HAS_OPERATION) {
+            e.operation = Some(OperationInfo {
+                kind: r.name()?,
+                init: r.name()?,
+                end: r.name()?,
+                parts: r.u64()?,
+                in_len: r.u64()?,
+                out_len: r.u64()?,
+            });
+        }
+        if has(HAS_LABELS) {
+            let n = r.len()?;
+            let mut labels = Vec::with_capacity(n);
+            for _ in 0..n {
+                labels.push((r.string()?, r.string()?));
+            }
+            e.labels = Some(Arc::new(labels));
+        }
+        let keys = r.byte()?;
+        if keys as usize > crate::audit::event::MAX_KEYS {
+            return Err(Malformed("too many keys"));
+        }
+        for _ in 0..keys {
+            let k = r.key()?;
+            e.keys.push(k);
+        }
+        if has(HAS_EXTRA) {
+            e.extra = Some(Box::new(r.extra(clock)?));
+        }
+        if r.at != bytes.len() {
+            return Err(Malformed("trailing bytes"));
+        }
+        Ok(e)
+    }
+}
+
+struct Reader<'a, 'd> {
     b: &'a [u8],
     at: usize,
+    d: &'d mut Decoder,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> Reader<'a, '_> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         let end = self
             .at
@@ -633,8 +683,110 @@ impl<'a> Reader<'a> {
         Ok(self.str()?.to_owned())
     }
 
+    /// A name: taken from the decoder's cache when the same bytes were a name before
+    /// (no UTF-8 check, no hashing of the whole name), else checked and interned.
     fn name(&mut self) -> Result<&'static str, Malformed> {
-        intern(self.str()?)
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        let slot = name_slot(b);
+        if let Some(name) = self.d.names[slot]
+            && name.as_bytes() == b
+        {
+            return Ok(name);
+        }
+        if n > MAX_NAME {
+            return Err(Malformed("bad name"));
+        }
+        let name = intern(std::str::from_utf8(b).map_err(|_| Malformed("bad name"))?)?;
+        self.d.names[slot] = Some(name);
+        Ok(name)
+    }
+
+    /// Skips a string, returning nothing: for measuring a span of bytes.
+    fn skip_str(&mut self) -> Result<(), Malformed> {
+        let n = self.u16()? as usize;
+        self.take(n).map(|_| ())
+    }
+
+    fn skip_opt_str(&mut self) -> Result<(), Malformed> {
+        if self.flag()? {
+            self.skip_str()?;
+        }
+        Ok(())
+    }
+
+    /// The token: the one read last, when its bytes are the same.
+    fn token(&mut self) -> Result<Arc<TokenRef>, Malformed> {
+        let start = self.at;
+        self.skip_str()?;
+        self.skip_str()?;
+        let raw = &self.b[start..self.at];
+        if let Some((b, t)) = &self.d.token
+            && b.as_slice() == raw
+        {
+            return Ok(t.clone());
+        }
+        self.at = start;
+        let t = Arc::new(TokenRef {
+            label: self.string()?,
+            serial: self.string()?,
+        });
+        if raw.len() <= MAX_REMEMBERED {
+            let (b, kept) = self.d.token.get_or_insert_with(|| (Vec::new(), t.clone()));
+            b.clear();
+            b.extend_from_slice(raw);
+            *kept = t.clone();
+        }
+        Ok(t)
+    }
+
+    /// A key's identity (after its presence byte): one read before, when its bytes are
+    /// the same.
+    fn identity(&mut self) -> Result<Arc<KeyIdentity>, Malformed> {
+        let start = self.at;
+        self.skip_opt_str()?;
+        self.skip_opt_str()?;
+        if self.flag()? {
+            self.take(8)?;
+        }
+        self.skip_opt_str()?;
+        self.skip_opt_str()?;
+        self.skip_opt_str()?;
+        self.byte()?;
+        self.skip_opt_str()?;
+        let raw = &self.b[start..self.at];
+        if let Some((_, id)) = self.d.identities.iter().find(|(b, _)| b.as_slice() == raw) {
+            return Ok(id.clone());
+        }
+        self.at = start;
+        let mut id = KeyIdentity::default();
+        id.class = self.opt_name()?;
+        id.key_type = self.opt_name()?;
+        id.bits = self.opt_u64()?;
+        id.id_hex = self.opt_string()?;
+        id.label = self.opt_string()?;
+        id.unique_id = self.opt_string()?;
+        id.token = match self.byte()? {
+            0 => None,
+            1 => Some(false),
+            2 => Some(true),
+            _ => return Err(Malformed("bad token flag")),
+        };
+        id.public_sha256 = self.opt_string()?;
+        let id = Arc::new(id);
+        if raw.len() <= MAX_REMEMBERED {
+            let d = &mut *self.d;
+            if d.identities.len() < IDENTITIES {
+                d.identities.push((raw.to_vec(), id.clone()));
+            } else {
+                let (b, kept) = &mut d.identities[d.next_identity % IDENTITIES];
+                b.clear();
+                b.extend_from_slice(raw);
+                *kept = id.clone();
+                d.next_identity = d.next_identity.wrapping_add(1);
+            }
+        }
+        Ok(id)
     }
 
     fn opt_name(&mut self) -> Result<Option<&'static str>, Malformed> {
@@ -689,21 +841,7 @@ impl<'a> Reader<'a> {
         let role = self.name()?;
         let handle = self.u64()?;
         let identity = if self.flag()? {
-            let mut id = KeyIdentity::default();
-            id.class = self.opt_name()?;
-            id.key_type = self.opt_name()?;
-            id.bits = self.opt_u64()?;
-            id.id_hex = self.opt_string()?;
-            id.label = self.opt_string()?;
-            id.unique_id = self.opt_string()?;
-            id.token = match self.byte()? {
-                0 => None,
-                1 => Some(false),
-                2 => Some(true),
-                _ => return Err(Malformed("bad token flag")),
-            };
-            id.public_sha256 = self.opt_string()?;
-            Some(Arc::new(id))
+            Some(self.identity()?)
         } else {
             None
         };
@@ -782,6 +920,24 @@ impl<'a> Reader<'a> {
 const MAX_NAMES: usize = 4096;
 /// The longest name.
 const MAX_NAME: usize = 64;
+
+/// A name's place in a [`Decoder`]'s cache: from its length and first and last bytes.
+#[inline]
+fn name_slot(b: &[u8]) -> usize {
+    let n = b.len();
+    let (first, last) = if n >= 8 {
+        (
+            u64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
+            u64::from_le_bytes(b[n - 8..].try_into().unwrap_or_default()),
+        )
+    } else {
+        let mut a = [0u8; 8];
+        a[..n].copy_from_slice(b);
+        (u64::from_le_bytes(a), 0)
+    };
+    let h = (first ^ last.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - NAME_CACHE.trailing_zeros())) as usize
+}
 
 /// A name as a `&'static str`: the event model holds names that way. Each distinct name
 /// is leaked once; only identifier-like names are accepted, and at most [`MAX_NAMES`].
@@ -895,6 +1051,16 @@ mod tests {
         assert_eq!(strip(json(&back)), strip(json(&e)));
     }
 
+    /// `buf` with one to three bytes changed at random.
+    fn corrupted(buf: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
+        let mut b = buf.to_vec();
+        for _ in 0..rng.usize(1..4) {
+            let i = rng.usize(..b.len());
+            b[i] = rng.u8(..);
+        }
+        b
+    }
+
     #[test]
     fn every_truncation_and_corruption_is_an_error_not_a_panic() {
         let clock = Clock::now();
@@ -905,14 +1071,39 @@ mod tests {
         }
         let mut rng = fastrand::Rng::with_seed(9);
         for _ in 0..20_000 {
-            let mut b = buf.clone();
-            for _ in 0..rng.usize(1..4) {
-                let i = rng.usize(..b.len());
-                b[i] = rng.u8(..);
-            }
+            let b = corrupted(&buf, &mut rng);
             let _ = decode(&b, &clock);
             let junk: Vec<u8> = (0..rng.usize(..300)).map(|_| rng.u8(..)).collect();
             let _ = decode(&junk, &clock);
+        }
+    }
+
+    #[test]
+    fn a_decoder_that_remembers_reads_exactly_what_a_fresh_one_reads() {
+        let clock = Clock::now();
+        let mut buf = Vec::new();
+        encode(&sample(), &clock, &mut buf);
+        // The trail's time is read from the clock as it is formatted: compare the rest.
+        let json = |e: &Event| json(e).split_once("\"event\"").map(|(_, r)| r.to_owned());
+        let mut kept = Decoder::new(clock);
+        let first = kept.decode(&buf).expect("decodes");
+        let again = kept.decode(&buf).expect("decodes again");
+        assert_eq!(json(&again), json(&first));
+        // Corrupted records after good ones: what the remembered names, keys and token
+        // would answer must never differ from a fresh reading.
+        let mut rng = fastrand::Rng::with_seed(21);
+        for _ in 0..20_000 {
+            let b = corrupted(&buf, &mut rng);
+            let fresh = decode(&b, &clock);
+            let remembered = kept.decode(&b);
+            match (&fresh, &remembered) {
+                (Ok(f), Ok(r)) => assert_eq!(json(r), json(f)),
+                (Err(f), Err(r)) => assert_eq!(r, f),
+                _ => panic!("fresh {fresh:?} but remembered {remembered:?}"),
+            }
+            if rng.bool() {
+                let _ = kept.decode(&buf);
+            }
         }
     }
 
