@@ -5,20 +5,10 @@ use keytrail::agent::shm::{Pop, Ring};
 use keytrail::agent::wire::{Clock, Decoder, Encoder};
 mod common;
 
-use keytrail::audit::keys::KeyIdentity;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() {
-    // With the key's identity, as a record of a key keytrail knows.
-    let mut e = common::sign_record();
-    let mut id = KeyIdentity::default();
-    id.class = Some("CKO_SECRET_KEY");
-    id.key_type = Some("CKK_GENERIC_SECRET");
-    id.label = Some("hmac-key".into());
-    id.id_hex = Some("0102".into());
-    e.keys.clear();
-    e.key("key", 2, Some(Arc::new(id)));
+    let e = common::sign_record_with_identity();
     let (ring, fd) = Ring::create(4096).expect("ring");
     let producer = Ring::open(&fd).expect("map");
     let clock = Clock::now();

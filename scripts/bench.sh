@@ -244,6 +244,10 @@ if [ -n "$agent_pid" ]; then
     echo "agent trail: $records records, $(wc -c <"$tmp/agent-trail/trail.jsonl") bytes;" \
       "agent CPU $((ticks * 1000 / hz)) ms, $((ticks * 1000000000 / hz / records)) ns per record"
   fi
+  # The agent's ceiling: records driven through a fresh agent as fast as it takes them,
+  # its sustained records per second and CPU per record (one and two sending threads).
+  cargo build --release -q --example agent_throughput
+  for t in 1 2; do AGENT_THREADS=$t target/release/examples/agent_throughput; done
 fi
 if [ -s "$tmp/keytrail-diagnostics.log" ]; then
   echo "--- keytrail diagnostics ---" >&2
