@@ -8,10 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 fn main() {
+    // The clock first, as a connection reads it before any call: records start after it.
+    let clock = Clock::now();
     let e = common::sign_record_with_identity();
     let (ring, fd) = Ring::create(4096).expect("ring");
     let producer = Ring::open(&fd).expect("map");
-    let clock = Clock::now();
     let mut buf = Encoder::new();
     println!("record: {} bytes in the ring", buf.encode(&e, &clock).len());
     // Rounds of 2,000 records: the calling side fills part of the ring (never full, as

@@ -236,8 +236,13 @@ impl Ring {
         self.map.u64_at(self.slot(pos))
     }
 
+    #[inline]
     fn slots_for(len: usize) -> u64 {
-        len.div_ceil(DATA).max(1) as u64
+        if len <= DATA {
+            1
+        } else {
+            len.div_ceil(DATA) as u64
+        }
     }
 
     /// Producer: puts one record in the ring, or says why not. Never blocks.
@@ -264,21 +269,27 @@ impl Ring {
                 p = head.load(Ordering::Relaxed);
             }
         }
-        for (j, chunk) in record
-            .chunks(DATA)
-            .chain(record.is_empty().then_some(&[][..]))
-            .enumerate()
-        {
-            let off = self.slot(p + j as u64);
-            let kind = if j == 0 { FIRST } else { CONT };
-            self.map.u32_at(off + 8).store(kind, Ordering::Relaxed);
+        if k == 1 {
+            // Most records: one slot, no chunking.
+            let off = self.slot(p);
+            self.map.u32_at(off + 8).store(FIRST, Ordering::Relaxed);
             self.map
                 .u32_at(off + 12)
                 .store(record.len() as u32, Ordering::Relaxed);
-            self.map.write(off + 16, chunk);
-        }
-        for j in 1..k {
-            self.seq(p + j).store(p + j + 1, Ordering::Release);
+            self.map.write(off + 16, record);
+        } else {
+            for (j, chunk) in record.chunks(DATA).enumerate() {
+                let off = self.slot(p + j as u64);
+                let kind = if j == 0 { FIRST } else { CONT };
+                self.map.u32_at(off + 8).store(kind, Ordering::Relaxed);
+                self.map
+                    .u32_at(off + 12)
+                    .store(record.len() as u32, Ordering::Relaxed);
+                self.map.write(off + 16, chunk);
+            }
+            for j in 1..k {
+                self.seq(p + j).store(p + j + 1, Ordering::Release);
+            }
         }
         // The first slot last, and with a full barrier: the consumer sees a whole record,
         // and the `asleep` check below cannot be ordered before this store.

@@ -204,24 +204,44 @@ impl Writer<'_> {
         }
     }
 
-    /// Bytes; the short ones (names, most strings) by two overlapping moves.
+    /// Bytes.
     #[inline(always)]
     fn bytes(&mut self, src: &[u8]) {
-        let n = src.len();
-        let Some(dst) = self.room(n) else { return };
-        if (8..=16).contains(&n) {
-            dst[..8].copy_from_slice(&src[..8]);
-            dst[n - 8..].copy_from_slice(&src[n - 8..]);
-        } else if (4..8).contains(&n) {
-            dst[..4].copy_from_slice(&src[..4]);
-            dst[n - 4..].copy_from_slice(&src[n - 4..]);
-        } else if n < 4 {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = *s;
-            }
-        } else {
-            dst.copy_from_slice(src);
+        if let Some(dst) = self.room(src.len()) {
+            copy(dst, src);
         }
+    }
+
+    /// A string after `prefix` (presence byte, if any): one check for all of it.
+    #[inline(always)]
+    fn str_after(&mut self, prefix: &[u8], s: &[u8]) {
+        let (p, n) = (prefix.len(), s.len());
+        if let Some(dst) = self.room(p + 2 + n) {
+            let (head, rest) = dst.split_at_mut(p + 2);
+            head[..p].copy_from_slice(prefix);
+            head[p..].copy_from_slice(&(n as u16).to_le_bytes());
+            copy(rest, s);
+        }
+    }
+}
+
+/// Copies `src` into `dst` (of the same length); the short ones (names, most strings) by
+/// two overlapping moves instead of a call.
+#[inline(always)]
+fn copy(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    if (8..=16).contains(&n) {
+        dst[..8].copy_from_slice(&src[..8]);
+        dst[n - 8..].copy_from_slice(&src[n - 8..]);
+    } else if (4..8).contains(&n) {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[n - 4..].copy_from_slice(&src[n - 4..]);
+    } else if n < 4 {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+    } else {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -307,13 +327,17 @@ fn put_len(w: &mut Writer<'_>, n: usize) {
 /// A string, cut at [`MAX_STR`] bytes (on a character boundary).
 #[inline(always)]
 fn put_str(w: &mut Writer<'_>, s: &str) {
-    let b = if s.len() <= MAX_STR {
+    w.str_after(&[], bounded(s));
+}
+
+/// `s`, cut at [`MAX_STR`] bytes.
+#[inline(always)]
+fn bounded(s: &str) -> &[u8] {
+    if s.len() <= MAX_STR {
         s.as_bytes()
     } else {
         cut(s)
-    };
-    w.u16(b.len() as u16);
-    w.bytes(b);
+    }
 }
 
 #[cold]
@@ -328,10 +352,7 @@ fn cut(s: &str) -> &[u8] {
 #[inline(always)]
 fn put_opt_str(w: &mut Writer<'_>, s: Option<&str>) {
     match s {
-        Some(s) => {
-            w.byte(1);
-            put_str(w, s);
-        }
+        Some(s) => w.str_after(&[1], bounded(s)),
         None => w.byte(0),
     }
 }
