@@ -45,6 +45,63 @@ fn main() {
         "agent: {:.0} ns per record (pop + check + decode; formatting and sealing as in encode_cost)",
         agent.as_nanos() as f64 / n
     );
+    if rounds >= 100 {
+        two_threads(&e, clock);
+    }
+}
+
+/// Two calling threads at once, into one ring (they share its `head` and take turns
+/// with its slots' cache lines) and into a ring each: what sharing costs per record.
+fn two_threads(e: &keytrail::audit::event::Event, clock: Clock) {
+    const PER_THREAD: u64 = 15_000;
+    let (ring, fd) = Ring::create(1 << 15).expect("ring");
+    let (ring2, fd2) = Ring::create(1 << 15).expect("ring");
+    let shared = Ring::open(&fd).expect("map");
+    let own = [
+        Ring::open(&fd).expect("map"),
+        Ring::open(&fd2).expect("map"),
+    ];
+    let drain = |r: &Ring, tail: &mut u64| {
+        let mut out = Vec::new();
+        while r.pop(tail, &mut out) == Pop::Record {}
+    };
+    let (mut t1, mut t2) = (0u64, 0u64);
+    let (mut one, mut two) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..40 {
+        for sharing in [true, false] {
+            let barrier = std::sync::Barrier::new(2);
+            let took: Vec<Duration> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..2)
+                    .map(|i| {
+                        let r = if sharing { &shared } else { &own[i] };
+                        let barrier = &barrier;
+                        s.spawn(move || {
+                            let mut buf = Encoder::new();
+                            barrier.wait();
+                            let t = Instant::now();
+                            for _ in 0..PER_THREAD {
+                                caller_side(e, &clock, r, &mut buf);
+                            }
+                            t.elapsed()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().expect("thread")).collect()
+            });
+            drain(&ring, &mut t1);
+            drain(&ring2, &mut t2);
+            if round > 0 {
+                let sum = took.iter().sum::<Duration>();
+                *(if sharing { &mut one } else { &mut two }) += sum;
+            }
+        }
+    }
+    let n = (39 * 2 * PER_THREAD) as f64;
+    println!(
+        "two calling threads: {:.0} ns per record into one ring, {:.0} ns into a ring each",
+        one.as_nanos() as f64 / n,
+        two.as_nanos() as f64 / n
+    );
 }
 
 /// What the calling thread does per record (apart for callgrind).
