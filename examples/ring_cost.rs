@@ -53,7 +53,6 @@ fn main() {
 /// Two calling threads at once, into one ring (they share its `head` and take turns
 /// with its slots' cache lines) and into a ring each: what sharing costs per record.
 fn two_threads(e: &keytrail::audit::event::Event, clock: Clock) {
-    const PER_THREAD: u64 = 15_000;
     let (ring, fd) = Ring::create(1 << 15).expect("ring");
     let (ring2, fd2) = Ring::create(1 << 15).expect("ring");
     let shared = Ring::open(&fd).expect("map");
@@ -61,47 +60,72 @@ fn two_threads(e: &keytrail::audit::event::Event, clock: Clock) {
         Ring::open(&fd).expect("map"),
         Ring::open(&fd2).expect("map"),
     ];
-    let drain = |r: &Ring, tail: &mut u64| {
-        let mut out = Vec::new();
-        while r.pop(tail, &mut out) == Pop::Record {}
-    };
-    let (mut t1, mut t2) = (0u64, 0u64);
+    let mut tails = (0u64, 0u64);
+    for gap in [Duration::ZERO, Duration::from_micros(2)] {
+        let (one, two) =
+            two_threads_with(e, clock, &shared, &own, gap, (&ring, &ring2), &mut tails);
+        println!(
+            "two calling threads, {} µs apart: {one:.0} ns per record into one ring, {two:.0} ns into a ring each",
+            gap.as_micros()
+        );
+    }
+}
+
+/// [`two_threads`] with `gap` of other work between one thread's records (as between its
+/// PKCS#11 calls); returns ns per record into the shared ring and into a ring each.
+fn two_threads_with(
+    e: &keytrail::audit::event::Event,
+    clock: Clock,
+    shared: &Ring,
+    own: &[Ring; 2],
+    gap: Duration,
+    rings: (&Ring, &Ring),
+    tails: &mut (u64, u64),
+) -> (f64, f64) {
+    const PER_THREAD: u64 = 15_000;
     let (mut one, mut two) = (Duration::ZERO, Duration::ZERO);
-    for round in 0..40 {
+    for round in 0..if gap.is_zero() { 40 } else { 10 } {
         for sharing in [true, false] {
             let barrier = std::sync::Barrier::new(2);
             let took: Vec<Duration> = std::thread::scope(|s| {
                 let hs: Vec<_> = (0..2)
                     .map(|i| {
-                        let r = if sharing { &shared } else { &own[i] };
+                        let r = if sharing { shared } else { &own[i] };
                         let barrier = &barrier;
                         s.spawn(move || {
                             let mut buf = Encoder::new();
                             barrier.wait();
-                            let t = Instant::now();
-                            for _ in 0..PER_THREAD {
-                                caller_side(e, &clock, r, &mut buf);
+                            if gap.is_zero() {
+                                let t = Instant::now();
+                                for _ in 0..PER_THREAD {
+                                    caller_side(e, &clock, r, &mut buf);
+                                }
+                                return t.elapsed();
                             }
-                            t.elapsed()
+                            let mut took = Duration::ZERO;
+                            for _ in 0..PER_THREAD {
+                                let t = Instant::now();
+                                while t.elapsed() < gap {}
+                                let t = Instant::now();
+                                caller_side(e, &clock, r, &mut buf);
+                                took += t.elapsed();
+                            }
+                            took
                         })
                     })
                     .collect();
                 hs.into_iter().map(|h| h.join().expect("thread")).collect()
             });
-            drain(&ring, &mut t1);
-            drain(&ring2, &mut t2);
+            drain(rings.0, &mut tails.0);
+            drain(rings.1, &mut tails.1);
             if round > 0 {
                 let sum = took.iter().sum::<Duration>();
                 *(if sharing { &mut one } else { &mut two }) += sum;
             }
         }
     }
-    let n = (39 * 2 * PER_THREAD) as f64;
-    println!(
-        "two calling threads: {:.0} ns per record into one ring, {:.0} ns into a ring each",
-        one.as_nanos() as f64 / n,
-        two.as_nanos() as f64 / n
-    );
+    let n = ((if gap.is_zero() { 39 } else { 9 }) * 2 * PER_THREAD) as f64;
+    (one.as_nanos() as f64 / n, two.as_nanos() as f64 / n)
 }
 
 /// What the calling thread does per record (apart for callgrind).
@@ -124,4 +148,10 @@ fn agent_side(ring: &Ring, tail: &mut u64, out: &mut Vec<u8>, decoder: &mut Deco
     }
     std::hint::black_box(decoder.decode(out).expect("decodes"));
     true
+}
+
+/// Empties a ring (untimed, between rounds).
+fn drain(r: &Ring, tail: &mut u64) {
+    let mut out = Vec::new();
+    while r.pop(tail, &mut out) == Pop::Record {}
 }
