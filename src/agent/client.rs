@@ -42,8 +42,19 @@ pub struct Connection {
 impl Connection {
     /// Connects to the agent at `path`, says hello, and maps the ring it sends.
     pub fn connect(path: &Path, service: Option<&str>) -> std::io::Result<Connection> {
+        Self::connect_on(dial(path)?, path, service, None)
+    }
+
+    /// As [`Connection::connect`], on a socket already connected by [`dial`]; `note` says
+    /// where the process recorded while the agent was unavailable.
+    pub fn connect_on(
+        s: UnixStream,
+        path: &Path,
+        service: Option<&str>,
+        note: Option<&FellBack>,
+    ) -> std::io::Result<Connection> {
         let service = service.unwrap_or("").to_owned();
-        let (s, fds) = handshake(path, &service, None)?;
+        let (s, fds) = handshake(s, &service, None, note)?;
         let mut fds = fds.into_iter();
         let (Some(memfd), Some(eventfd)) = (fds.next(), fds.next()) else {
             return Err(std::io::Error::other(
@@ -63,8 +74,9 @@ impl Connection {
         })
     }
 
-    /// Whether the agent's end of the socket has closed (it stopped or died).
-    fn agent_gone(&self) -> bool {
+    /// Whether the agent's end of the socket has closed (it stopped or died). One system
+    /// call: callers rate-limit it.
+    pub fn agent_gone(&self) -> bool {
         use rustix::net::RecvFlags;
         let mut b = [0u8; 1];
         self.socket
@@ -81,7 +93,7 @@ impl Connection {
     /// The agent is gone: hands the ring (and everything still in it) to the agent now
     /// listening, if any. One thread at a time; true when reconnected.
     #[cold]
-    fn reconnect_if_gone(&self) -> bool {
+    pub fn reconnect_if_gone(&self) -> bool {
         if !self.agent_gone()
             || self
                 .reconnecting
@@ -90,46 +102,60 @@ impl Connection {
         {
             return false;
         }
-        let resumed = self
-            .memfd
-            .with(|memfd| handshake(&self.path, &self.service, Some(memfd)))
-            .unwrap_or_else(|| Err(std::io::Error::other("no ring")));
-        let ok = match resumed {
-            Ok((s, fds)) => match fds.into_iter().next() {
-                Some(eventfd) => {
-                    self.wake.replace(eventfd);
-                    self.socket.replace(s.into());
-                    crate::diag::report(&format!(
-                        "reconnected to the keytrail agent at {}; it takes over this \
-                         process's ring with everything in it",
-                        self.path.display()
-                    ));
-                    true
-                }
-                None => false,
-            },
-            Err(_) => false,
-        };
+        let ok = dial(&self.path)
+            .and_then(|s| self.resume_on(s, None))
+            .is_ok();
+        if ok {
+            crate::diag::report(&format!(
+                "reconnected to the keytrail agent at {}; it takes over this \
+                 process's ring with everything in it",
+                self.path.display()
+            ));
+        }
         self.reconnecting.store(false, Ordering::Release);
         ok
     }
 
-    /// Puts a record in the ring. Returns false when it was dropped (counted by the
+    /// Hands the ring (and everything still in it) to the agent on `s`, a socket
+    /// connected by [`dial`]; `note` says where the process recorded meanwhile.
+    pub fn resume_on(&self, s: UnixStream, note: Option<&FellBack>) -> std::io::Result<()> {
+        let (s, fds) = self
+            .memfd
+            .with(|memfd| handshake(s, &self.service, Some(memfd), note))
+            .unwrap_or_else(|| Err(std::io::Error::other("no ring")))?;
+        let Some(eventfd) = fds.into_iter().next() else {
+            return Err(std::io::Error::other("the agent sent no eventfd"));
+        };
+        self.wake.replace(eventfd);
+        self.socket.replace(s.into());
+        Ok(())
+    }
+
+    /// Puts a record in the ring. [`Sent::Dropped`] when it was dropped (counted by the
     /// caller): the ring was full under `on_full = "drop"`, or stayed full past `wait`
     /// (then `failing` is set, and later records are dropped at once until one fits).
+    /// With `leave`, a full ring whose agent is gone (and none listening to take it over)
+    /// gives [`Sent::Gone`] at once: the caller records elsewhere.
     #[inline]
-    pub fn send(&self, e: &Event, on_full: OnFull, wait: Duration, failing: &AtomicBool) -> bool {
+    pub fn send(
+        &self,
+        e: &Event,
+        on_full: OnFull,
+        wait: Duration,
+        failing: &AtomicBool,
+        leave: bool,
+    ) -> Sent {
         let fitted = BUF
             .try_with(|b| {
                 let mut buf = b.borrow_mut();
                 wire::encode(e, &self.clock, &mut buf);
-                self.push(&buf, on_full, wait, failing)
+                self.push(&buf, on_full, wait, failing, leave)
             })
             .unwrap_or_else(|_| {
                 // The thread is exiting (its buffer is gone): encode on the heap.
                 let mut buf = Vec::new();
                 wire::encode(e, &self.clock, &mut buf);
-                self.push(&buf, on_full, wait, failing)
+                self.push(&buf, on_full, wait, failing, leave)
             });
         if self.ring.take_wakeup() {
             self.wake();
@@ -137,7 +163,14 @@ impl Connection {
         fitted
     }
 
-    fn push(&self, record: &[u8], on_full: OnFull, wait: Duration, failing: &AtomicBool) -> bool {
+    fn push(
+        &self,
+        record: &[u8],
+        on_full: OnFull,
+        wait: Duration,
+        failing: &AtomicBool,
+        leave: bool,
+    ) -> Sent {
         let mut since: Option<Instant> = None;
         let mut tries = 0u32;
         loop {
@@ -146,16 +179,21 @@ impl Connection {
                     if failing.load(Ordering::Relaxed) {
                         failing.store(false, Ordering::Relaxed);
                     }
-                    return true;
+                    return Sent::Ok;
                 }
-                Err(PushError::TooLarge) => return false,
+                Err(PushError::TooLarge) => return Sent::Dropped,
                 Err(PushError::Full) => {
-                    if since.is_none() && self.reconnect_if_gone() {
-                        // A restarted agent drains the ring from where the last one stopped.
-                        since = Some(Instant::now());
+                    if since.is_none() {
+                        if self.reconnect_if_gone() {
+                            // A restarted agent drains the ring from where the last one
+                            // stopped.
+                            since = Some(Instant::now());
+                        } else if leave && self.agent_gone() {
+                            return Sent::Gone;
+                        }
                     }
                     if on_full == OnFull::Drop || failing.load(Ordering::Relaxed) {
-                        return false;
+                        return Sent::Dropped;
                     }
                     if since.get_or_insert_with(Instant::now).elapsed() >= wait {
                         failing.store(true, Ordering::Relaxed);
@@ -164,7 +202,7 @@ impl Connection {
                              [trail] wait_ms ({} ms); records are dropped and counted until it does",
                             wait.as_millis()
                         ));
-                        return false;
+                        return Sent::Dropped;
                     }
                     // The agent is behind or asleep: wake it, then wait for room.
                     self.wake();
@@ -227,24 +265,88 @@ impl Connection {
     }
 }
 
-/// Connects, says hello (or, with `resume`, hands over the ring), and reads the answer.
-fn handshake(
-    path: &Path,
-    service: &str,
-    resume: Option<std::os::fd::BorrowedFd<'_>>,
-) -> std::io::Result<(UnixStream, Vec<OwnedFd>)> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    use std::mem::MaybeUninit;
+/// What happened to a record put in the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// It is in the ring.
+    Ok,
+    /// It was dropped (the caller counts it).
+    Dropped,
+    /// The ring is full and its agent gone: it is not in the ring.
+    Gone,
+}
+
+/// Where a process recorded while the agent was unavailable, said in the hello when it
+/// returns to the agent (the agent records it in `client_connected` as the process's
+/// claim).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FellBack {
+    /// When the process began recording without the agent (RFC 3339).
+    pub since: String,
+    /// Why: the agent could not be reached, or went away.
+    pub reason: String,
+    /// The embedded writer's trail file.
+    pub path: String,
+    /// Records the process put in that trail (besides the stream's own start and stop).
+    pub records: u64,
+}
+
+impl FellBack {
+    /// The note with its texts cut short enough for the hello ([`super::MAX_NOTE`]).
+    pub fn bounded(&self) -> FellBack {
+        fn cut(s: &str, max: usize) -> String {
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        }
+        FellBack {
+            since: cut(&self.since, 64),
+            reason: cut(&self.reason, 1024),
+            path: cut(&self.path, 1024),
+            records: self.records,
+        }
+    }
+}
+
+/// Connects to the agent's socket, without saying anything yet: a failure here costs the
+/// caller nothing, and the hello follows with [`Connection::connect_on`] or
+/// [`Connection::resume_on`].
+pub fn dial(path: &Path) -> std::io::Result<UnixStream> {
     let s = UnixStream::connect(path)?;
     s.set_read_timeout(Some(HANDSHAKE))?;
     s.set_write_timeout(Some(HANDSHAKE))?;
-    let mut hello = match resume {
-        Some(_) => super::RESUME.to_vec(),
-        None => super::HELLO.to_vec(),
-    };
+    Ok(s)
+}
+
+/// Says hello on `s` (or, with `resume`, hands over the ring; with `note`, says where the
+/// process recorded meanwhile), and reads the answer.
+fn handshake(
+    s: UnixStream,
+    service: &str,
+    resume: Option<std::os::fd::BorrowedFd<'_>>,
+    note: Option<&FellBack>,
+) -> std::io::Result<(UnixStream, Vec<OwnedFd>)> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
     let n = service.len().min(255);
+    let mut hello = match (note, resume) {
+        (Some(_), _) => {
+            let mut h = super::HELLO_NOTED.to_vec();
+            h.push(u8::from(resume.is_some()));
+            h
+        }
+        (None, Some(_)) => super::RESUME.to_vec(),
+        (None, None) => super::HELLO.to_vec(),
+    };
     hello.push(n as u8);
     hello.extend_from_slice(&service.as_bytes()[..n]);
+    if let Some(note) = note {
+        let json = serde_json::to_vec(&note.bounded()).map_err(std::io::Error::other)?;
+        hello.extend_from_slice(&(json.len() as u16).to_le_bytes());
+        hello.extend_from_slice(&json);
+    }
     let fds: Vec<std::os::fd::BorrowedFd<'_>> = resume.into_iter().collect();
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
