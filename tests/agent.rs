@@ -899,3 +899,283 @@ fn the_agent_forwards_its_chain_to_a_syslog_collector() {
         5
     );
 }
+
+/// The `in_len` of each `sign` record of this process in `records`, in their order.
+fn my_sign_lens(records: &[Value]) -> Vec<u64> {
+    let me = std::process::id() as u64;
+    of(records, "sign")
+        .iter()
+        .filter(|r| pid_of(r) == me)
+        .map(|r| r["pkcs11"]["data"]["in_len"].as_u64().expect("in_len"))
+        .collect()
+}
+
+/// Signs with inputs of `*n + 1` bytes, one every 20 ms, until the diagnostics file
+/// says `what` (at most 30 s); returns how many it signed.
+fn sign_until(
+    fx: &Fixture,
+    s: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    n: &mut usize,
+    what: &str,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !fx.diagnostics().contains(what) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never said {what:?}: {}",
+            fx.diagnostics()
+        );
+        *n += 1;
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![0; *n])
+            .expect("sign");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Signs `count` more times, with inputs of `*n + 1`, … bytes.
+fn sign_more(
+    s: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    n: &mut usize,
+    count: usize,
+) {
+    for _ in 0..count {
+        *n += 1;
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![0; *n])
+            .expect("sign");
+    }
+}
+
+/// The fallback trail's story: one stream per fallback, each starting with
+/// `agent_unavailable` and ending with `trail_stop` (`agent_returned`) whose `records`
+/// counts the process's records in it; returns those counts.
+fn fallback_streams(trail: &[Value]) -> Vec<u64> {
+    let mut counts = Vec::new();
+    let mut inside: Option<u64> = None;
+    for r in trail {
+        match record_action(r) {
+            "trail_start" => {
+                assert!(inside.is_none(), "a stream starts inside another");
+                assert!(r["keytrail"]["agent_unavailable"].as_str().is_some(), "{r}");
+                inside = Some(0);
+            }
+            "trail_stop" => {
+                let n = inside.take().expect("a stop ends a stream");
+                assert_eq!(r["keytrail"]["reason"], "agent_returned", "{r}");
+                assert_eq!(r["keytrail"]["records"].as_u64(), Some(n), "{r}");
+                counts.push(n);
+            }
+            "checkpoint" => {}
+            _ => *inside.as_mut().expect("records inside a stream") += 1,
+        }
+    }
+    assert!(inside.is_none(), "the last fallback stream ended");
+    counts
+}
+
+#[test]
+fn a_process_that_fell_back_returns_to_the_agent_and_both_trails_say_so() {
+    let fx = Fixture::new();
+    let socket = fx.path().join("run").join("agent.sock");
+    fx.configure(&format!(
+        "[trail]\nmode = \"agent\"\nagent_socket = \"{}\"\npath = \"{}\"\n",
+        socket.display(),
+        fx.trail_path().display()
+    ));
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, 6);
+    let mut n = 0;
+    sign_more(&s, key, &mut n, 20);
+    let with_writer = threads();
+    let mut agent = Agent::start(fx.path());
+    assert_eq!(agent.socket, socket);
+    // The process looks for the agent on a call, at most once a second.
+    sign_until(&fx, &s, key, &mut n, "records to it again");
+    assert_eq!(
+        threads(),
+        with_writer - 1,
+        "the embedded writer's thread has ended"
+    );
+    sign_more(&s, key, &mut n, 30);
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    let trail = fx.trail();
+    // Everything before the return is in the fallback trail, everything after in the
+    // agent's: each call once, in order.
+    let before = my_sign_lens(&trail);
+    let after = my_sign_lens(&records);
+    assert!(before.len() >= 20, "{}", before.len());
+    assert!(after.len() >= 30, "{}", after.len());
+    assert_eq!(
+        before.iter().chain(&after).copied().collect::<Vec<u64>>(),
+        (1..=n as u64).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+    let counts = fallback_streams(&trail);
+    assert_eq!(counts.len(), 1);
+    let me = std::process::id() as u64;
+    let connected: Vec<&Value> = of(&records, "client_connected")
+        .into_iter()
+        .filter(|r| pid_of(r) == me)
+        .collect();
+    assert_eq!(connected.len(), 1);
+    let fell_back = &connected[0]["keytrail"]["fell_back"];
+    assert_eq!(
+        fell_back["records"].as_u64(),
+        Some(counts[0]),
+        "{fell_back}"
+    );
+    assert_eq!(
+        fell_back["path"].as_str(),
+        Some(fx.trail_path().to_str().expect("utf-8"))
+    );
+    assert!(
+        fell_back["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot be reached")),
+        "{fell_back}"
+    );
+    assert!(fell_back["since"].as_str().is_some(), "{fell_back}");
+    // The process's own stream goes on in the agent's trail as usual.
+    assert_eq!(
+        of(&records, "client_stop")
+            .iter()
+            .filter(|r| pid_of(r) == me)
+            .count(),
+        1
+    );
+    verify(&fx.trail_path());
+    verify(&agent.trail);
+}
+
+#[test]
+fn an_agent_gone_for_good_is_replaced_by_the_embedded_writer_until_it_returns() {
+    let (fx, mut first, p, s, key) = with_agent(7);
+    let mut n = 0;
+    sign_more(&s, key, &mut n, 20);
+    first.child.kill().expect("kill the agent");
+    first.child.wait().expect("reap the agent");
+    // The process goes on into its ring, then (past the grace period) falls back.
+    sign_until(&fx, &s, key, &mut n, "went away");
+    sign_until(&fx, &s, key, &mut n, "with the embedded writer");
+    sign_more(&s, key, &mut n, 10);
+    // The second agent writes a trail of its own: the first one's ends unclosed (killed).
+    let config = fx.path().join("agent2.toml");
+    let trail2 = fx.path().join("agent-trail2").join("trail.jsonl");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nsocket = \"{}\"\nring_slots = 8192\n[trail]\npath = \"{}\"\n",
+            first.socket.display(),
+            trail2.display()
+        ),
+    )
+    .expect("agent2.toml");
+    let mut second = Agent::spawn(&config, first.socket.clone(), trail2);
+    sign_until(&fx, &s, key, &mut n, "records to it again");
+    sign_more(&s, key, &mut n, 30);
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = second.stop();
+    let trail = fx.trail();
+    let mut in_agent = my_sign_lens(&first.records());
+    in_agent.extend(my_sign_lens(&records));
+    let in_fallback = my_sign_lens(&trail);
+    // The agent's trail holds the calls before the fallback (those still in the ring when
+    // the first agent died are drained by the second), the fallback trail the calls
+    // between, then the agent's again: each call exactly once.
+    let split = in_agent
+        .iter()
+        .position(|l| Some(l) > in_fallback.first())
+        .expect("calls after the return");
+    let mut all: Vec<u64> = in_agent[..split].to_vec();
+    all.extend(&in_fallback);
+    all.extend(&in_agent[split..]);
+    assert_eq!(
+        all,
+        (1..=n as u64).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+    assert!(in_fallback.len() >= 10, "{}", in_fallback.len());
+    let counts = fallback_streams(&trail);
+    assert_eq!(counts.len(), 1);
+    assert!(
+        trail[0]["keytrail"]["agent_unavailable"]
+            .as_str()
+            .is_some_and(|r| r.contains("went away")),
+        "{}",
+        trail[0]
+    );
+    let me = std::process::id() as u64;
+    let resumed: Vec<&Value> = of(&records, "client_connected")
+        .into_iter()
+        .filter(|r| pid_of(r) == me && r["keytrail"]["resumed"] == true)
+        .collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(
+        resumed[0]["keytrail"]["fell_back"]["records"].as_u64(),
+        Some(counts[0])
+    );
+    verify(&fx.trail_path());
+    verify(&second.trail);
+}
+
+#[test]
+fn a_process_sending_novel_names_spends_its_own_quota_not_the_agents_table() {
+    use keytrail::agent::client::Connection;
+    const NOVEL: usize = 5000;
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    let conn = Connection::connect(&agent.socket, Some("hostile")).expect("connect");
+    let clock = keytrail::agent::wire::Clock::now();
+    let mut buf = Vec::new();
+    for i in 0..NOVEL {
+        let action: &'static str = Box::leak(format!("novel_{i}").into_boxed_str());
+        let e = keytrail::audit::event::Event::audit(action, "x".into(), serde_json::json!({}));
+        keytrail::agent::wire::encode(&e, &clock, &mut buf);
+        while !conn.push_raw(&buf) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    assert!(conn.flush(std::time::Duration::from_secs(20)));
+    // Another process's records, with names new to the table, are unaffected.
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    drop(conn);
+    let records = agent.stop();
+    let quota = keytrail::agent::wire::NAMES_PER_CLIENT;
+    let malformed = of(&records, "malformed_record");
+    assert!(!malformed.is_empty());
+    assert!(
+        malformed.iter().all(|r| r["keytrail"]["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("quota"))),
+        "{malformed:?}"
+    );
+    let hostile_end = of(&records, "client_end")
+        .into_iter()
+        .find(|r| r["keytrail"]["malformed"].as_u64() > Some(0))
+        .expect("the hostile connection's end");
+    // Its quota went to its novel names (and to the few names of the record layout the
+    // table did not hold yet), the rest are malformed.
+    let refused = hostile_end["keytrail"]["malformed"]
+        .as_u64()
+        .expect("count") as usize;
+    assert!(
+        (NOVEL - quota..NOVEL - quota + 8).contains(&refused),
+        "{refused}"
+    );
+    assert_eq!(
+        hostile_end["keytrail"]["records"].as_u64(),
+        Some((NOVEL - refused) as u64)
+    );
+    assert_eq!(
+        of(&records, "sign").len(),
+        1,
+        "the other process is unaffected"
+    );
+    verify(&agent.trail);
+}

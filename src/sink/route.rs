@@ -360,7 +360,7 @@ impl Route {
         let sink = Sink::start(&self.config, chain, origin, self.threads, &start)
             .map_err(|e| e.to_string())?;
         diag::report(&format!(
-            "{why}; recording to {} with the embedded writer until it is back \
+            "{why}; recording to {} with the embedded writer until the agent returns \
              (on_failure = \"continue\")",
             super::expand(&self.config.path).display()
         ));
