@@ -100,9 +100,15 @@ impl Drop for Agent {
 
 /// Points the library at the agent.
 fn agent_mode(fx: &Fixture, agent: &Agent, extra: &str) {
+    agent_at(fx, &agent.socket, extra);
+}
+
+/// Points the library at an agent's socket, whether or not one listens there; `extra`
+/// goes in `[trail]`.
+fn agent_at(fx: &Fixture, socket: &Path, extra: &str) {
     fx.configure(&format!(
         "[trail]\nmode = \"agent\"\nagent_socket = \"{}\"\npath = \"{}\"\n{extra}",
-        agent.socket.display(),
+        socket.display(),
         fx.trail_path().display()
     ));
 }
@@ -566,11 +572,7 @@ fn one_signature() {
 
 /// Agent mode with no agent listening; `extra` goes in `[trail]`.
 fn agent_missing(fx: &Fixture, extra: &str) {
-    fx.configure(&format!(
-        "[trail]\nmode = \"agent\"\nagent_socket = \"{}\"\npath = \"{}\"\n{extra}",
-        fx.path().join("nobody.sock").display(),
-        fx.trail_path().display()
-    ));
+    agent_at(fx, &fx.path().join("nobody.sock"), extra);
 }
 
 #[test]
@@ -978,11 +980,7 @@ fn fallback_streams(trail: &[Value]) -> Vec<u64> {
 fn a_process_that_fell_back_returns_to_the_agent_and_both_trails_say_so() {
     let fx = Fixture::new();
     let socket = fx.path().join("run").join("agent.sock");
-    fx.configure(&format!(
-        "[trail]\nmode = \"agent\"\nagent_socket = \"{}\"\npath = \"{}\"\n",
-        socket.display(),
-        fx.trail_path().display()
-    ));
+    agent_at(&fx, &socket, "");
     let p = open(&keytrail_module());
     let s = user_session(&p);
     let key = hmac_key(&s, 6);
@@ -1176,6 +1174,43 @@ fn a_process_sending_novel_names_spends_its_own_quota_not_the_agents_table() {
         of(&records, "sign").len(),
         1,
         "the other process is unaffected"
+    );
+    verify(&agent.trail);
+}
+
+#[test]
+fn under_deny_calls_are_refused_until_the_agent_listens_then_recorded_by_it() {
+    let fx = Fixture::new();
+    let socket = fx.path().join("run").join("agent.sock");
+    agent_at(&fx, &socket, "on_failure = \"deny\"\n");
+    let p = open(&keytrail_module());
+    let slot = token_slot(&p);
+    for _ in 0..100 {
+        assert!(
+            p.open_rw_session(slot).is_err(),
+            "refused without the agent"
+        );
+    }
+    let mut agent = Agent::start(fx.path());
+    // The connection is retried at most once a second: calls succeed soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let s = loop {
+        match p.open_rw_session(slot) {
+            Ok(s) => break s,
+            Err(_) => assert!(std::time::Instant::now() < deadline, "still refused"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    assert_eq!(of(&records, "session_open").len(), 1);
+    assert!(fx.trail().is_empty(), "no embedded trail under deny");
+    assert_eq!(
+        fx.diagnostics().matches("cannot be reached").count(),
+        1,
+        "reported once: {}",
+        fx.diagnostics()
     );
     verify(&agent.trail);
 }

@@ -396,7 +396,7 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
     );
     if let Some(f) = &fell_back {
         message.push_str(&format!(
-            "; it recorded {} records with its embedded writer to {} since {} ({})",
+            "; it says it recorded {} records with its embedded writer to {} since {} ({})",
             f.records, f.path, f.since, f.reason
         ));
         detail["fell_back"] = serde_json::json!(f);

@@ -42,6 +42,8 @@ const EVERY_MS: u64 = 1000;
 /// How long a process whose agent went away goes on writing into its ring (for a
 /// restarted agent to take over) before it falls back under `on_failure = "continue"`.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// How long a process waits before asking again an agent that refused it.
+const REFUSED_MS: u64 = 30_000;
 /// How long ending the fallback stream may take (its last records written).
 const FINISH: Duration = Duration::from_secs(10);
 
@@ -464,6 +466,9 @@ impl Route {
                     "the keytrail agent at {socket} accepted a connection but not this \
                      process: {e}"
                 );
+                // An agent that refuses (it serves as many processes as it may) is asked
+                // again later, not every second: each attempt ends a fallback stream.
+                self.next.store(now_ms() + REFUSED_MS, Ordering::Relaxed);
                 if let Err(e) = self.start_fallback(why) {
                     diag::report(&format!(
                         "cannot start the embedded writer again: {e}; records are lost"
