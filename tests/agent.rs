@@ -976,19 +976,24 @@ fn fallback_streams(trail: &[Value]) -> Vec<u64> {
     counts
 }
 
+/// The library loaded in agent mode, pointed at where [`Agent::start`] will listen, with
+/// no agent there yet; `extra` goes in `[trail]`.
+fn agent_to_come(extra: &str) -> (Fixture, cryptoki::context::Pkcs11) {
+    let fx = Fixture::new();
+    agent_at(&fx, &fx.path().join("run").join("agent.sock"), extra);
+    let p = open(&keytrail_module());
+    (fx, p)
+}
+
 #[test]
 fn a_process_that_fell_back_returns_to_the_agent_and_both_trails_say_so() {
-    let fx = Fixture::new();
-    let socket = fx.path().join("run").join("agent.sock");
-    agent_at(&fx, &socket, "");
-    let p = open(&keytrail_module());
+    let (fx, p) = agent_to_come("");
     let s = user_session(&p);
     let key = hmac_key(&s, 6);
     let mut n = 0;
     sign_more(&s, key, &mut n, 20);
     let with_writer = threads();
     let mut agent = Agent::start(fx.path());
-    assert_eq!(agent.socket, socket);
     // The process looks for the agent on a call, at most once a second.
     sign_until(&fx, &s, key, &mut n, "records to it again");
     assert_eq!(
@@ -1180,10 +1185,7 @@ fn a_process_sending_novel_names_spends_its_own_quota_not_the_agents_table() {
 
 #[test]
 fn under_deny_calls_are_refused_until_the_agent_listens_then_recorded_by_it() {
-    let fx = Fixture::new();
-    let socket = fx.path().join("run").join("agent.sock");
-    agent_at(&fx, &socket, "on_failure = \"deny\"\n");
-    let p = open(&keytrail_module());
+    let (fx, p) = agent_to_come("on_failure = \"deny\"\n");
     let slot = token_slot(&p);
     for _ in 0..100 {
         assert!(
