@@ -1216,3 +1216,74 @@ fn under_deny_calls_are_refused_until_the_agent_listens_then_recorded_by_it() {
     );
     verify(&agent.trail);
 }
+
+#[test]
+fn threads_calling_across_the_return_keep_their_order_and_counts() {
+    const THREADS: usize = 4;
+    const SPAN: u64 = 10_000;
+    let (fx, p) = agent_to_come("");
+    let slot = token_slot(&p);
+    let login = user_session(&p);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let s = p.open_rw_session(slot).expect("session");
+                let key = hmac_key(&s, t as u8 + 1);
+                let mut n = 0u64;
+                // Each thread's inputs: SPAN·t + 1, + 2, …, one call a millisecond at most.
+                while n < SPAN - 1 && (!stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50) {
+                    n += 1;
+                    let len = (SPAN * t as u64 + n) as usize;
+                    s.sign(&Mechanism::Sha256Hmac, key, &vec![0; len])
+                        .expect("sign");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut agent = Agent::start(fx.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !fx.diagnostics().contains("records to it again") {
+        assert!(std::time::Instant::now() < deadline, "{}", fx.diagnostics());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut counts = Vec::with_capacity(THREADS);
+    for w in workers {
+        counts.push(w.join().expect("worker"));
+    }
+    drop(login);
+    p.finalize().expect("finalize");
+    let (trail, records) = (fx.trail(), agent.stop());
+    let (before, after) = (my_sign_lens(&trail), my_sign_lens(&records));
+    for (t, &n) in counts.iter().enumerate() {
+        let base = SPAN * t as u64;
+        let mine = |lens: &[u64]| -> Vec<u64> {
+            lens.iter()
+                .filter(|&&l| (base + 1..base + SPAN).contains(&l))
+                .map(|l| l - base)
+                .collect()
+        };
+        let mut all = mine(&before);
+        let switched_at = all.len();
+        all.extend(mine(&after));
+        let first_wrong = all.iter().zip(1..).position(|(&l, i)| l != i);
+        assert!(
+            first_wrong.is_none() && all.len() as u64 == n,
+            "thread {t}: {} of {n} calls recorded, switched after {switched_at}, first out of \
+             order at {first_wrong:?}",
+            all.len()
+        );
+    }
+    let total: u64 = counts.iter().sum();
+    assert_eq!((before.len() + after.len()) as u64, total);
+    assert!(!before.is_empty() && !after.is_empty());
+    assert_eq!(fallback_streams(&trail).len(), 1);
+    verify(&fx.trail_path());
+    verify(&agent.trail);
+}
