@@ -1287,3 +1287,42 @@ fn threads_calling_across_the_return_keep_their_order_and_counts() {
     verify(&fx.trail_path());
     verify(&agent.trail);
 }
+
+#[test]
+fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    let notes: [&[u8]; 3] = [
+        b"{not json",
+        br#"{"since":1,"reason":"r","path":"p","records":2}"#,
+        br#"{"since":"s","reason":"r","path":"p","records":-1}"#,
+    ];
+    for note in notes {
+        let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+        let mut hello = b"KTAGENT3".to_vec();
+        hello.extend([0u8, 0u8]);
+        hello.extend((note.len() as u16).to_le_bytes());
+        hello.extend(note);
+        s.write_all(&hello).expect("hello");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "no ring for a bad hello");
+    }
+    // A note longer than allowed: refused before it is read.
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    s.write_all(b"KTAGENT3\x00\x00\xff\xff").expect("hello");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.is_empty());
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    let records = agent.stop();
+    assert_eq!(of(&records, "sign").len(), 1);
+    assert!(
+        of(&records, "client_connected")
+            .iter()
+            .all(|r| r["keytrail"].get("fell_back").is_none())
+    );
+    verify(&agent.trail);
+}
