@@ -935,6 +935,55 @@ fn sign_until(
     }
 }
 
+/// Waits (at most 20 s) until `agent` has written `count` of this process's signatures to
+/// its trail. (A record the agent has taken from the ring but not yet written is lost
+/// when it is killed: the tests kill it only once its trail holds what it took.)
+fn written_by(agent: &Agent, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let written = || -> Vec<Value> {
+        // A line being written as it is read is not counted yet.
+        std::fs::read_to_string(&agent.trail)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    while my_sign_lens(&written()).len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never wrote them"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Signs 20 times, waits until the agent has written them, and kills it; returns it to
+/// read its trail.
+fn signed_then_killed<'a>(
+    agent: &'a Agent,
+    s: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    n: &mut usize,
+) -> &'a Agent {
+    sign_more(s, key, n, 20);
+    written_by(agent, 20);
+    // SAFETY (test): killing our own child, reaped when `agent` is dropped.
+    assert_eq!(unsafe { libc::kill(agent.pid(), libc::SIGKILL) }, 0);
+    let mut status = 0;
+    // SAFETY (test): waiting for our own child.
+    assert_eq!(
+        unsafe { libc::waitpid(agent.pid(), &mut status, 0) },
+        agent.pid()
+    );
+    agent
+}
+
+/// The fallback trail's first record says why the process fell back: `why`.
+fn fell_back_because(trail: &[Value], why: &str) {
+    let said = trail[0]["keytrail"]["agent_unavailable"].as_str();
+    assert!(said.is_some_and(|r| r.contains(why)), "{said:?}");
+}
+
 /// Signs `count` more times, with inputs of `*n + 1`, … bytes.
 fn sign_more(
     s: &cryptoki::session::Session,
@@ -1056,11 +1105,9 @@ fn a_process_that_fell_back_returns_to_the_agent_and_both_trails_say_so() {
 
 #[test]
 fn an_agent_gone_for_good_is_replaced_by_the_embedded_writer_until_it_returns() {
-    let (fx, mut first, p, s, key) = with_agent(7);
+    let (fx, first, p, s, key) = with_agent(7);
     let mut n = 0;
-    sign_more(&s, key, &mut n, 20);
-    first.child.kill().expect("kill the agent");
-    first.child.wait().expect("reap the agent");
+    let first = signed_then_killed(&first, &s, key, &mut n);
     // The process goes on into its ring, then (past the grace period) falls back.
     sign_until(&fx, &s, key, &mut n, "went away");
     sign_until(&fx, &s, key, &mut n, "with the embedded writer");
@@ -1105,13 +1152,7 @@ fn an_agent_gone_for_good_is_replaced_by_the_embedded_writer_until_it_returns() 
     assert!(in_fallback.len() >= 10, "{}", in_fallback.len());
     let counts = fallback_streams(&trail);
     assert_eq!(counts.len(), 1);
-    assert!(
-        trail[0]["keytrail"]["agent_unavailable"]
-            .as_str()
-            .is_some_and(|r| r.contains("went away")),
-        "{}",
-        trail[0]
-    );
+    fell_back_because(&trail, "went away");
     let me = std::process::id() as u64;
     let resumed: Vec<&Value> = of(&records, "client_connected")
         .into_iter()
@@ -1325,4 +1366,36 @@ fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
             .all(|r| r["keytrail"].get("fell_back").is_none())
     );
     verify(&agent.trail);
+}
+
+#[test]
+fn records_left_in_the_ring_of_a_dead_agent_go_to_the_embedded_writer_at_finalize() {
+    let (fx, first, p, s, key) = with_agent(8);
+    let mut n = 0;
+    let first = signed_then_killed(&first, &s, key, &mut n);
+    // Within the grace period: into the ring, which no agent takes over.
+    sign_more(&s, key, &mut n, 30);
+    drop(s);
+    p.finalize().expect("finalize");
+    let trail = fx.trail();
+    let mut all = my_sign_lens(&first.records());
+    all.extend(my_sign_lens(&trail));
+    assert_eq!(
+        all,
+        (1..=n as u64).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+    fell_back_because(&trail, "held records");
+    assert_eq!(
+        of(&trail, "trail_start").len(),
+        1,
+        "the ring's own start is not repeated"
+    );
+    assert_eq!(
+        of(&trail, "trail_stop")
+            .last()
+            .map(|r| r["keytrail"]["reason"].clone()),
+        Some(Value::from("C_Finalize"))
+    );
+    verify(&fx.trail_path());
 }

@@ -217,6 +217,52 @@ impl Connection {
         }
     }
 
+    /// Whether the agent has taken everything put in the ring so far.
+    pub fn drained(&self) -> bool {
+        self.ring.drained()
+    }
+
+    /// The agent is gone (its socket closed, so nothing drains the ring): takes the
+    /// records still in the ring out of it, in order, and hands each to `each`, with a
+    /// `records_dropped` record for what was dropped on the full ring. Waits (at most
+    /// `settle`) for records other threads are still writing. The ring's consumer
+    /// position moves on, so an agent that takes the ring over later starts after them.
+    /// Returns how many records were taken and how many slots could not be read.
+    pub fn take_over(&self, settle: Duration, mut each: impl FnMut(Event)) -> (u64, u64) {
+        use super::shm::Pop;
+        let adopted = self
+            .memfd
+            .with(|fd| {
+                let fd = fd.try_clone_to_owned()?;
+                Ring::adopt(&fd, usize::MAX)
+            })
+            .unwrap_or_else(|| Err(std::io::Error::other("no ring")));
+        let Ok((ring, mut tail)) = adopted else {
+            return (0, 0);
+        };
+        let start = Instant::now();
+        let (mut taken, mut unreadable) = (0u64, 0u64);
+        let mut buf = Vec::new();
+        loop {
+            match ring.pop(&mut tail, &mut buf) {
+                Pop::Record => match wire::decode(&buf, &self.clock) {
+                    Ok(e) => {
+                        taken += 1;
+                        each(e);
+                    }
+                    Err(_) => unreadable += 1,
+                },
+                Pop::Malformed(_) => unreadable += 1,
+                Pop::Empty if ring.drained() || start.elapsed() >= settle => break,
+                Pop::Empty => std::thread::yield_now(),
+            }
+        }
+        if let Some(e) = super::daemon::drops(&ring) {
+            each(e);
+        }
+        (taken, unreadable)
+    }
+
     /// Puts raw bytes in the ring as one record, as a hostile or broken process could
     /// (tests and fuzzing of the agent); false when the ring has no room.
     #[doc(hidden)]

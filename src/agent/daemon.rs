@@ -707,7 +707,7 @@ fn drain(
 }
 
 /// The record of what the process dropped on a full ring, if it dropped anything.
-fn drops(ring: &Ring) -> Option<Event> {
+pub(crate) fn drops(ring: &Ring) -> Option<Event> {
     let (n, since) = ring.take_drops()?;
     let since = std::time::UNIX_EPOCH + Duration::from_micros(since);
     let since = humantime::format_rfc3339_micros(since).to_string();

@@ -44,6 +44,8 @@ const EVERY_MS: u64 = 1000;
 pub const GRACE: Duration = Duration::from_secs(5);
 /// How long a process waits before asking again an agent that refused it.
 const REFUSED_MS: u64 = 30_000;
+/// How long taking over a ring waits for records other threads are still writing.
+const SETTLE: Duration = Duration::from_millis(100);
 /// How long ending the fallback stream may take (its last records written).
 const FINISH: Duration = Duration::from_secs(10);
 
@@ -138,7 +140,7 @@ impl Route {
                         "{why}; audited calls are refused until it can (on_failure = \"deny\")"
                     ));
                 }
-                route.start_fallback(why)?;
+                route.start_fallback(why, None)?;
                 Ok(route)
             }
         }
@@ -228,7 +230,29 @@ impl Route {
     pub fn flush(&self, timeout: Duration) -> bool {
         loop {
             match self.state.load(Ordering::Acquire) {
-                AGENT => return self.conn.get().is_some_and(|c| c.flush(timeout)),
+                AGENT => {
+                    let Some(conn) = self.conn.get() else {
+                        return false;
+                    };
+                    // Records left in the ring of an agent that is gone and not back would
+                    // be lost with the process: under `continue` they go to the embedded
+                    // writer now.
+                    if self.config.on_failure == OnFailure::Continue
+                        && !conn.drained()
+                        && conn.agent_gone()
+                        && !conn.reconnect_if_gone()
+                    {
+                        let why = format!(
+                            "the keytrail agent at {} went away, and this process's ring \
+                             held records when it flushed its trail",
+                            self.config.agent_socket.display()
+                        );
+                        if self.fall_back_from_agent(why) {
+                            continue;
+                        }
+                    }
+                    return conn.flush(timeout);
+                }
                 FALLBACK => {
                     if let Some(ok) = self.with_fallback(|s| s.flush(timeout)) {
                         return ok;
@@ -328,7 +352,7 @@ impl Route {
     fn fall_back_from_agent(&self, why: String) -> bool {
         self.take_token();
         let ok = match self.state.load(Ordering::Acquire) {
-            AGENT => match self.start_fallback(why) {
+            AGENT => match self.start_fallback(why, self.conn.get()) {
                 Ok(()) => true,
                 Err(e) => {
                     diag::report(&format!(
@@ -344,9 +368,10 @@ impl Route {
         ok
     }
 
-    /// Starts an embedded writer whose `trail_start` says `why`, and sends records to it.
-    /// The caller holds the switching token (or is the only one to know the route).
-    fn start_fallback(&self, why: String) -> Result<(), String> {
+    /// Starts an embedded writer whose `trail_start` says `why`, and sends records to it:
+    /// first, with `ring` (its agent gone), what is still in the ring. The caller holds
+    /// the switching token (or is the only one to know the route).
+    fn start_fallback(&self, why: String, ring: Option<&Connection>) -> Result<(), String> {
         let mut start = self.start.clone();
         start.started = crate::audit::event::Started::now();
         if let Some(serde_json::Value::Object(m)) = start.extra_mut().detail.as_mut() {
@@ -361,13 +386,39 @@ impl Route {
         let origin = Origin::current(self.service.clone());
         let sink = Sink::start(&self.config, chain, origin, self.threads, &start)
             .map_err(|e| e.to_string())?;
+        let path = super::expand(&self.config.path);
         diag::report(&format!(
             "{why}; recording to {} with the embedded writer until the agent returns \
              (on_failure = \"continue\")",
-            super::expand(&self.config.path).display()
+            path.display()
         ));
         *self.fell_back.lock() = Some((rfc3339_now(), why));
-        self.records.store(0, Ordering::Relaxed);
+        let mut records = 0;
+        if let Some(conn) = ring {
+            // Callers wait while the ring is emptied: each thread's records then follow,
+            // in the fallback trail, those it had put in the ring.
+            self.state.store(SWITCHING, Ordering::SeqCst);
+            let (taken, unreadable) = conn.take_over(SETTLE, |e| {
+                // The process's own start, which the agent never took: the fallback
+                // stream's `trail_start` says the same.
+                if e.action != "trail_start" {
+                    records += 1;
+                    sink.send(e);
+                }
+            });
+            if taken + unreadable > 0 {
+                diag::report(&format!(
+                    "{taken} records still in the ring were written to {}{}",
+                    path.display(),
+                    if unreadable > 0 {
+                        format!("; {unreadable} could not be read back")
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        self.records.store(records, Ordering::Relaxed);
         self.fallback
             .store(Box::into_raw(Box::new(sink)), Ordering::Release);
         self.state.store(FALLBACK, Ordering::SeqCst);
@@ -469,7 +520,7 @@ impl Route {
                 // An agent that refuses (it serves as many processes as it may) is asked
                 // again later, not every second: each attempt ends a fallback stream.
                 self.next.store(now_ms() + REFUSED_MS, Ordering::Relaxed);
-                if let Err(e) = self.start_fallback(why) {
+                if let Err(e) = self.start_fallback(why, None) {
                     diag::report(&format!(
                         "cannot start the embedded writer again: {e}; records are lost"
                     ));
