@@ -58,6 +58,17 @@ fn now_ms() -> u64 {
         .saturating_add(t.tv_nsec as u64 / 1_000_000)
 }
 
+/// Waits while another thread switches the stream: it takes milliseconds, rarely more
+/// (the embedded writer finishing its file), so yield first, then sleep in short steps.
+fn pause(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 fn rfc3339_now() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
@@ -156,6 +167,7 @@ impl Route {
         wait: Duration,
         failing: &AtomicBool,
     ) -> bool {
+        let mut spins = 0u32;
         loop {
             match self.state.load(Ordering::Acquire) {
                 AGENT => {
@@ -208,7 +220,7 @@ impl Route {
                     }
                     self.inflight.fetch_sub(1, Ordering::SeqCst);
                 }
-                _ => std::thread::yield_now(),
+                _ => pause(&mut spins),
             }
         }
     }
@@ -228,6 +240,7 @@ impl Route {
 
     /// Waits until everything sent so far is recorded (at most `timeout`).
     pub fn flush(&self, timeout: Duration) -> bool {
+        let mut spins = 0u32;
         loop {
             match self.state.load(Ordering::Acquire) {
                 AGENT => {
@@ -258,7 +271,7 @@ impl Route {
                         return ok;
                     }
                 }
-                _ => std::thread::yield_now(),
+                _ => pause(&mut spins),
             }
         }
     }
