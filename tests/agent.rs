@@ -31,18 +31,24 @@ impl Agent {
 
     /// As [`Agent::start`], with `extra` sections appended to its configuration.
     fn start_with(dir: &Path, extra: &str) -> Agent {
+        Self::start_at(dir, "agent", 8192, extra)
+    }
+
+    /// As [`Agent::start_with`], with its configuration in `NAME.toml`, its trail in
+    /// `NAME-trail/` and rings of `slots` slots.
+    fn start_at(dir: &Path, name: &str, slots: usize, extra: &str) -> Agent {
         let socket = dir.join("run").join("agent.sock");
-        let trail = dir.join("agent-trail").join("trail.jsonl");
-        let config = dir.join("agent.toml");
+        let trail = dir.join(format!("{name}-trail")).join("trail.jsonl");
+        let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
-                "[agent]\nsocket = \"{}\"\nring_slots = 8192\n[trail]\npath = \"{}\"\n{extra}",
+                "[agent]\nsocket = \"{}\"\nring_slots = {slots}\n[trail]\npath = \"{}\"\n{extra}",
                 socket.display(),
                 trail.display()
             ),
         )
-        .expect("agent.toml");
+        .expect("agent configuration");
         Self::spawn(&config, socket, trail)
     }
 
@@ -1113,18 +1119,7 @@ fn an_agent_gone_for_good_is_replaced_by_the_embedded_writer_until_it_returns() 
     sign_until(&fx, &s, key, &mut n, "with the embedded writer");
     sign_more(&s, key, &mut n, 10);
     // The second agent writes a trail of its own: the first one's ends unclosed (killed).
-    let config = fx.path().join("agent2.toml");
-    let trail2 = fx.path().join("agent-trail2").join("trail.jsonl");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nsocket = \"{}\"\nring_slots = 8192\n[trail]\npath = \"{}\"\n",
-            first.socket.display(),
-            trail2.display()
-        ),
-    )
-    .expect("agent2.toml");
-    let mut second = Agent::spawn(&config, first.socket.clone(), trail2);
+    let mut second = Agent::start_at(fx.path(), "second", 8192, "");
     sign_until(&fx, &s, key, &mut n, "records to it again");
     sign_more(&s, key, &mut n, 30);
     drop(s);
@@ -1396,6 +1391,36 @@ fn records_left_in_the_ring_of_a_dead_agent_go_to_the_embedded_writer_at_finaliz
             .last()
             .map(|r| r["keytrail"]["reason"].clone()),
         Some(Value::from("C_Finalize"))
+    );
+    verify(&fx.trail_path());
+}
+
+#[test]
+fn a_full_ring_whose_agent_is_gone_falls_back_at_once() {
+    let fx = Fixture::new();
+    let first = Agent::start_at(fx.path(), "small", 64, "");
+    agent_mode(&fx, &first, "");
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, 9);
+    let mut n = 0;
+    let first = signed_then_killed(&first, &s, key, &mut n);
+    // Far more than the ring holds, well within the grace period.
+    let started = std::time::Instant::now();
+    sign_more(&s, key, &mut n, 300);
+    let quick = started.elapsed() < std::time::Duration::from_secs(4);
+    drop(s);
+    p.finalize().expect("finalize");
+    let trail = fx.trail();
+    if quick {
+        fell_back_because(&trail, "ring is full");
+    }
+    let mut all = my_sign_lens(&first.records());
+    all.extend(my_sign_lens(&trail));
+    assert_eq!(
+        all,
+        (1..=n as u64).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
     );
     verify(&fx.trail_path());
 }

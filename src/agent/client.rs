@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long connecting may take before the agent counts as unavailable.
@@ -37,6 +37,8 @@ pub struct Connection {
     service: String,
     /// A thread is reconnecting.
     reconnecting: AtomicBool,
+    /// When (coarse ms) a full ring may next look for a restarted agent.
+    next_look: AtomicU64,
 }
 
 impl Connection {
@@ -71,6 +73,7 @@ impl Connection {
             path: path.to_path_buf(),
             service,
             reconnecting: AtomicBool::new(false),
+            next_look: AtomicU64::new(0),
         })
     }
 
@@ -184,11 +187,12 @@ impl Connection {
                 Err(PushError::TooLarge) => return Sent::Dropped,
                 Err(PushError::Full) => {
                     if since.is_none() {
-                        if self.reconnect_if_gone() {
+                        if self.may_look() && self.reconnect_if_gone() {
                             // A restarted agent drains the ring from where the last one
                             // stopped.
                             since = Some(Instant::now());
                         } else if leave && self.agent_gone() {
+                            // Once: the caller falls back.
                             return Sent::Gone;
                         }
                     }
@@ -215,6 +219,19 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Whether a caller that found the ring full may look for a restarted agent now: at
+    /// most once a second, so that calls on a full ring whose agent is gone do not each
+    /// make system calls.
+    fn may_look(&self) -> bool {
+        let next = self.next_look.load(Ordering::Relaxed);
+        let now = coarse_ms();
+        now >= next
+            && self
+                .next_look
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Whether the agent has taken everything put in the ring so far.
@@ -309,6 +326,15 @@ impl Connection {
         self.wake.close();
         self.memfd.close();
     }
+}
+
+/// Milliseconds of a coarse monotonic clock: read from the vDSO, no system call.
+#[inline]
+pub fn coarse_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (t.tv_sec as u64)
+        .saturating_mul(1000)
+        .saturating_add(t.tv_nsec as u64 / 1_000_000)
 }
 
 /// What happened to a record put in the ring.

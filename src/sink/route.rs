@@ -49,15 +49,6 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// How long ending the fallback stream may take (its last records written).
 const FINISH: Duration = Duration::from_secs(10);
 
-/// Milliseconds of a coarse monotonic clock: read from the vDSO, no system call.
-#[inline]
-fn now_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    (t.tv_sec as u64)
-        .saturating_mul(1000)
-        .saturating_add(t.tv_nsec as u64 / 1_000_000)
-}
-
 /// Waits while another thread switches the stream: it takes milliseconds, rarely more
 /// (the embedded writer finishing its file), so yield first, then sleep in short steps.
 fn pause(spins: &mut u32) {
@@ -124,7 +115,7 @@ impl Route {
             fallback: AtomicPtr::new(std::ptr::null_mut()),
             inflight: AtomicU64::new(0),
             records: AtomicU64::new(0),
-            next: AtomicU64::new(now_ms() + EVERY_MS),
+            next: AtomicU64::new(client::coarse_ms() + EVERY_MS),
             gone_since: AtomicU64::new(0),
             switching: AtomicBool::new(false),
             fell_back: Mutex::new(None),
@@ -300,7 +291,7 @@ impl Route {
     #[inline]
     fn due(&self) -> bool {
         let next = self.next.load(Ordering::Relaxed);
-        let now = now_ms();
+        let now = client::coarse_ms();
         now >= next
             && self
                 .next
@@ -316,7 +307,7 @@ impl Route {
             self.gone_since.store(0, Ordering::Relaxed);
             return;
         }
-        let now = now_ms();
+        let now = client::coarse_ms();
         let since = self.gone_since.load(Ordering::Relaxed);
         if since == 0 {
             self.gone_since.store(now, Ordering::Relaxed);
@@ -532,7 +523,8 @@ impl Route {
                 );
                 // An agent that refuses (it serves as many processes as it may) is asked
                 // again later, not every second: each attempt ends a fallback stream.
-                self.next.store(now_ms() + REFUSED_MS, Ordering::Relaxed);
+                self.next
+                    .store(client::coarse_ms() + REFUSED_MS, Ordering::Relaxed);
                 if let Err(e) = self.start_fallback(why, None) {
                     diag::report(&format!(
                         "cannot start the embedded writer again: {e}; records are lost"
