@@ -990,6 +990,18 @@ fn fell_back_because(trail: &[Value], why: &str) {
     assert!(said.is_some_and(|r| r.contains(why)), "{said:?}");
 }
 
+/// The signatures of the killed agent's trail, then those of the fallback trail, are
+/// calls 1 to `n`: nothing lost, nothing twice.
+fn every_call_once(agent: &[Value], fallback: &[Value], n: usize) {
+    let mut all = my_sign_lens(agent);
+    all.extend(my_sign_lens(fallback));
+    assert_eq!(
+        all,
+        (1..=n as u64).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+}
+
 /// Signs `count` more times, with inputs of `*n + 1`, … bytes.
 fn sign_more(
     s: &cryptoki::session::Session,
@@ -1373,13 +1385,7 @@ fn records_left_in_the_ring_of_a_dead_agent_go_to_the_embedded_writer_at_finaliz
     drop(s);
     p.finalize().expect("finalize");
     let trail = fx.trail();
-    let mut all = my_sign_lens(&first.records());
-    all.extend(my_sign_lens(&trail));
-    assert_eq!(
-        all,
-        (1..=n as u64).collect::<Vec<u64>>(),
-        "nothing lost, nothing twice"
-    );
+    every_call_once(&first.records(), &trail, n);
     fell_back_because(&trail, "held records");
     assert_eq!(
         of(&trail, "trail_start").len(),
@@ -1415,12 +1421,6 @@ fn a_full_ring_whose_agent_is_gone_falls_back_at_once() {
     if quick {
         fell_back_because(&trail, "ring is full");
     }
-    let mut all = my_sign_lens(&first.records());
-    all.extend(my_sign_lens(&trail));
-    assert_eq!(
-        all,
-        (1..=n as u64).collect::<Vec<u64>>(),
-        "nothing lost, nothing twice"
-    );
+    every_call_once(&first.records(), &trail, n);
     verify(&fx.trail_path());
 }
