@@ -192,7 +192,7 @@ impl Route {
                     self.inflight.fetch_add(1, Ordering::SeqCst);
                     if self.state.load(Ordering::SeqCst) == FALLBACK {
                         let p = self.fallback.load(Ordering::Acquire);
-                        // SAFETY: `fallback` is freed only by `try_return`, after the state
+                        // SAFETY: `fallback` is freed only by `switch_back`, after the state
                         // has left FALLBACK and no caller is in flight (`inflight` is 0);
                         // this caller counted itself in flight before seeing FALLBACK.
                         let sent = match unsafe { p.as_ref() } {
@@ -535,3 +535,9 @@ impl Route {
         }
     }
 }
+
+// The route is shared by every calling thread of the process.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Route>();
+};
