@@ -1109,6 +1109,7 @@ fn a_process_that_fell_back_returns_to_the_agent_and_both_trails_say_so() {
         "{fell_back}"
     );
     assert!(fell_back["since"].as_str().is_some(), "{fell_back}");
+    assert!(fell_back["seconds"].as_u64().is_some(), "{fell_back}");
     // The process's own stream goes on in the agent's trail as usual.
     assert_eq!(
         of(&records, "client_stop")

@@ -361,6 +361,9 @@ pub struct FellBack {
     pub path: String,
     /// Records the process put in that trail (besides the stream's own start and stop).
     pub records: u64,
+    /// How long it recorded there, in seconds.
+    #[serde(default)]
+    pub seconds: u64,
 }
 
 impl FellBack {
@@ -378,6 +381,7 @@ impl FellBack {
             reason: cut(&self.reason, 1024),
             path: cut(&self.path, 1024),
             records: self.records,
+            seconds: self.seconds,
         }
     }
 }

@@ -88,8 +88,9 @@ pub struct Route {
     gone_since: AtomicU64,
     /// One thread switches at a time.
     switching: AtomicBool,
-    /// Since when and why the process records with the embedded writer.
-    fell_back: Mutex<Option<(String, String)>>,
+    /// Since when (RFC 3339, and coarse ms) and why the process records with the
+    /// embedded writer.
+    fell_back: Mutex<Option<(String, u64, String)>>,
 }
 
 impl Route {
@@ -396,7 +397,7 @@ impl Route {
              (on_failure = \"continue\")",
             path.display()
         ));
-        *self.fell_back.lock() = Some((rfc3339_now(), why));
+        *self.fell_back.lock() = Some((rfc3339_now(), client::coarse_ms(), why));
         let mut records = 0;
         if let Some(conn) = ring {
             // Callers wait while the ring is emptied: each thread's records then follow,
@@ -464,7 +465,7 @@ impl Route {
         // FALLBACK and no caller is in flight, so no reference to it remains.
         let sink = unsafe { Box::from_raw(p) };
         let records = self.records.swap(0, Ordering::Relaxed);
-        let (since, reason) = self.fell_back.lock().take().unwrap_or_default();
+        let (since, since_ms, reason) = self.fell_back.lock().take().unwrap_or_default();
         let path = super::expand(&self.config.path).display().to_string();
         let socket = self.config.agent_socket.display().to_string();
         let mut stop = Event::audit(
@@ -493,6 +494,7 @@ impl Route {
             reason,
             path: path.clone(),
             records,
+            seconds: client::coarse_ms().saturating_sub(since_ms) / 1000,
         };
         let back = match self.conn.get() {
             Some(conn) => conn.resume_on(s, Some(&note)),
