@@ -5,7 +5,7 @@
 //! Environment: AGENT_RECORDS (records per sending thread, default 200,000),
 //! AGENT_THREADS (sending threads, default 1), KEYTRAIL_BIN (the keytrail binary; by
 //! default the one beside this example's directory, target/release/keytrail).
-use keytrail::agent::client::Connection;
+use keytrail::agent::client::{Connection, Sent};
 use keytrail::config::OnFull;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -90,7 +90,10 @@ fn main() {
             std::thread::spawn(move || {
                 let failing = AtomicBool::new(false);
                 for _ in 0..per_thread {
-                    assert!(conn.send(&e, OnFull::Wait, Duration::from_secs(30), &failing));
+                    assert_eq!(
+                        conn.send(&e, OnFull::Wait, Duration::from_secs(30), &failing, false),
+                        Sent::Ok
+                    );
                 }
             })
         })

@@ -31,18 +31,24 @@ impl Agent {
 
     /// As [`Agent::start`], with `extra` sections appended to its configuration.
     fn start_with(dir: &Path, extra: &str) -> Agent {
+        Self::start_at(dir, "agent", 8192, extra)
+    }
+
+    /// As [`Agent::start_with`], with its configuration in `NAME.toml`, its trail in
+    /// `NAME-trail/` and rings of `slots` slots.
+    fn start_at(dir: &Path, name: &str, slots: usize, extra: &str) -> Agent {
         let socket = dir.join("run").join("agent.sock");
-        let trail = dir.join("agent-trail").join("trail.jsonl");
-        let config = dir.join("agent.toml");
+        let trail = dir.join(format!("{name}-trail")).join("trail.jsonl");
+        let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
-                "[agent]\nsocket = \"{}\"\nring_slots = 8192\n[trail]\npath = \"{}\"\n{extra}",
+                "[agent]\nsocket = \"{}\"\nring_slots = {slots}\n[trail]\npath = \"{}\"\n{extra}",
                 socket.display(),
                 trail.display()
             ),
         )
-        .expect("agent.toml");
+        .expect("agent configuration");
         Self::spawn(&config, socket, trail)
     }
 
@@ -100,9 +106,15 @@ impl Drop for Agent {
 
 /// Points the library at the agent.
 fn agent_mode(fx: &Fixture, agent: &Agent, extra: &str) {
+    agent_at(fx, &agent.socket, extra);
+}
+
+/// Points the library at an agent's socket, whether or not one listens there; `extra`
+/// goes in `[trail]`.
+fn agent_at(fx: &Fixture, socket: &Path, extra: &str) {
     fx.configure(&format!(
         "[trail]\nmode = \"agent\"\nagent_socket = \"{}\"\npath = \"{}\"\n{extra}",
-        agent.socket.display(),
+        socket.display(),
         fx.trail_path().display()
     ));
 }
@@ -566,11 +578,7 @@ fn one_signature() {
 
 /// Agent mode with no agent listening; `extra` goes in `[trail]`.
 fn agent_missing(fx: &Fixture, extra: &str) {
-    fx.configure(&format!(
-        "[trail]\nmode = \"agent\"\nagent_socket = \"{}\"\npath = \"{}\"\n{extra}",
-        fx.path().join("nobody.sock").display(),
-        fx.trail_path().display()
-    ));
+    agent_at(fx, &fx.path().join("nobody.sock"), extra);
 }
 
 #[test]
@@ -898,4 +906,522 @@ fn the_agent_forwards_its_chain_to_a_syslog_collector() {
         .len(),
         5
     );
+}
+
+/// The `in_len` of each `sign` record of this process in `records`, in their order.
+fn my_sign_lens(records: &[Value]) -> Vec<u64> {
+    let me = std::process::id() as u64;
+    of(records, "sign")
+        .iter()
+        .filter(|r| pid_of(r) == me)
+        .map(|r| r["pkcs11"]["data"]["in_len"].as_u64().expect("in_len"))
+        .collect()
+}
+
+/// Signs with inputs of `*n + 1` bytes, one every 20 ms, until the diagnostics file
+/// says `what` (at most 30 s); returns how many it signed.
+fn sign_until(
+    fx: &Fixture,
+    s: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    n: &mut usize,
+    what: &str,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !fx.diagnostics().contains(what) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never said {what:?}: {}",
+            fx.diagnostics()
+        );
+        *n += 1;
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![0; *n])
+            .expect("sign");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits (at most 20 s) until `agent` has written `count` of this process's signatures to
+/// its trail. (A record the agent has taken from the ring but not yet written is lost
+/// when it is killed: the tests kill it only once its trail holds what it took.)
+fn written_by(agent: &Agent, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let written = || -> Vec<Value> {
+        // A line being written as it is read is not counted yet.
+        std::fs::read_to_string(&agent.trail)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    while my_sign_lens(&written()).len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never wrote them"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Signs 20 times, waits until the agent has written them, and kills it; returns it to
+/// read its trail.
+fn signed_then_killed<'a>(
+    agent: &'a Agent,
+    s: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    n: &mut usize,
+) -> &'a Agent {
+    sign_more(s, key, n, 20);
+    written_by(agent, 20);
+    // SAFETY (test): killing our own child, reaped when `agent` is dropped.
+    assert_eq!(unsafe { libc::kill(agent.pid(), libc::SIGKILL) }, 0);
+    let mut status = 0;
+    // SAFETY (test): waiting for our own child.
+    assert_eq!(
+        unsafe { libc::waitpid(agent.pid(), &mut status, 0) },
+        agent.pid()
+    );
+    agent
+}
+
+/// The fallback trail's first record says why the process fell back: `why`.
+fn fell_back_because(trail: &[Value], why: &str) {
+    let said = trail[0]["keytrail"]["agent_unavailable"].as_str();
+    assert!(said.is_some_and(|r| r.contains(why)), "{said:?}");
+}
+
+/// The signatures of the killed agent's trail, then those of the fallback trail, are
+/// calls 1 to `n`: nothing lost, nothing twice.
+fn every_call_once(agent: &[Value], fallback: &[Value], n: usize) {
+    let mut all = my_sign_lens(agent);
+    all.extend(my_sign_lens(fallback));
+    assert_eq!(
+        all,
+        (1..=n as u64).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+}
+
+/// Signs `count` more times, with inputs of `*n + 1`, … bytes.
+fn sign_more(
+    s: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    n: &mut usize,
+    count: usize,
+) {
+    for _ in 0..count {
+        *n += 1;
+        s.sign(&Mechanism::Sha256Hmac, key, &vec![0; *n])
+            .expect("sign");
+    }
+}
+
+/// The fallback trail's story: one stream per fallback, each starting with
+/// `agent_unavailable` and ending with `trail_stop` (`agent_returned`) whose `records`
+/// counts the process's records in it; returns those counts.
+fn fallback_streams(trail: &[Value]) -> Vec<u64> {
+    let mut counts = Vec::new();
+    let mut inside: Option<u64> = None;
+    for r in trail {
+        match record_action(r) {
+            "trail_start" => {
+                assert!(inside.is_none(), "a stream starts inside another");
+                assert!(r["keytrail"]["agent_unavailable"].as_str().is_some(), "{r}");
+                inside = Some(0);
+            }
+            "trail_stop" => {
+                let n = inside.take().expect("a stop ends a stream");
+                assert_eq!(r["keytrail"]["reason"], "agent_returned", "{r}");
+                assert_eq!(r["keytrail"]["records"].as_u64(), Some(n), "{r}");
+                counts.push(n);
+            }
+            "checkpoint" => {}
+            _ => *inside.as_mut().expect("records inside a stream") += 1,
+        }
+    }
+    assert!(inside.is_none(), "the last fallback stream ended");
+    counts
+}
+
+/// The library loaded in agent mode, pointed at where [`Agent::start`] will listen, with
+/// no agent there yet; `extra` goes in `[trail]`.
+fn agent_to_come(extra: &str) -> (Fixture, cryptoki::context::Pkcs11) {
+    let fx = Fixture::new();
+    agent_at(&fx, &fx.path().join("run").join("agent.sock"), extra);
+    let p = open(&keytrail_module());
+    (fx, p)
+}
+
+#[test]
+fn a_process_that_fell_back_returns_to_the_agent_and_both_trails_say_so() {
+    let (fx, p) = agent_to_come("");
+    let s = user_session(&p);
+    let key = hmac_key(&s, 6);
+    let mut n = 0;
+    sign_more(&s, key, &mut n, 20);
+    let with_writer = threads();
+    let mut agent = Agent::start(fx.path());
+    // The process looks for the agent on a call, at most once a second.
+    sign_until(&fx, &s, key, &mut n, "records to it again");
+    assert_eq!(
+        threads(),
+        with_writer - 1,
+        "the embedded writer's thread has ended"
+    );
+    sign_more(&s, key, &mut n, 30);
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    let trail = fx.trail();
+    // Everything before the return is in the fallback trail, everything after in the
+    // agent's: each call once, in order.
+    let before = my_sign_lens(&trail);
+    let after = my_sign_lens(&records);
+    assert!(before.len() >= 20, "{}", before.len());
+    assert!(after.len() >= 30, "{}", after.len());
+    assert_eq!(
+        before.iter().chain(&after).copied().collect::<Vec<u64>>(),
+        (1..=n as u64).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+    let counts = fallback_streams(&trail);
+    assert_eq!(counts.len(), 1);
+    let me = std::process::id() as u64;
+    let connected: Vec<&Value> = of(&records, "client_connected")
+        .into_iter()
+        .filter(|r| pid_of(r) == me)
+        .collect();
+    assert_eq!(connected.len(), 1);
+    let fell_back = &connected[0]["keytrail"]["fell_back"];
+    assert_eq!(
+        fell_back["records"].as_u64(),
+        Some(counts[0]),
+        "{fell_back}"
+    );
+    assert_eq!(
+        fell_back["path"].as_str(),
+        Some(fx.trail_path().to_str().expect("utf-8"))
+    );
+    assert!(
+        fell_back["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot be reached")),
+        "{fell_back}"
+    );
+    assert!(fell_back["since"].as_str().is_some(), "{fell_back}");
+    assert!(fell_back["seconds"].as_u64().is_some(), "{fell_back}");
+    // The process's own stream goes on in the agent's trail as usual.
+    assert_eq!(
+        of(&records, "client_stop")
+            .iter()
+            .filter(|r| pid_of(r) == me)
+            .count(),
+        1
+    );
+    verify(&fx.trail_path());
+    verify(&agent.trail);
+}
+
+#[test]
+fn an_agent_gone_for_good_is_replaced_by_the_embedded_writer_until_it_returns() {
+    let (fx, first, p, s, key) = with_agent(7);
+    let mut n = 0;
+    let first = signed_then_killed(&first, &s, key, &mut n);
+    // The process goes on into its ring, then (past the grace period) falls back.
+    sign_until(&fx, &s, key, &mut n, "went away");
+    sign_until(&fx, &s, key, &mut n, "with the embedded writer");
+    sign_more(&s, key, &mut n, 10);
+    // The second agent writes a trail of its own: the first one's ends unclosed (killed).
+    let mut second = Agent::start_at(fx.path(), "second", 8192, "");
+    sign_until(&fx, &s, key, &mut n, "records to it again");
+    sign_more(&s, key, &mut n, 30);
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = second.stop();
+    let trail = fx.trail();
+    let mut in_agent = my_sign_lens(&first.records());
+    in_agent.extend(my_sign_lens(&records));
+    let in_fallback = my_sign_lens(&trail);
+    // The agent's trail holds the calls before the fallback (those still in the ring when
+    // the first agent died are drained by the second), the fallback trail the calls
+    // between, then the agent's again: each call exactly once.
+    let split = in_agent
+        .iter()
+        .position(|l| Some(l) > in_fallback.first())
+        .expect("calls after the return");
+    let mut all: Vec<u64> = in_agent[..split].to_vec();
+    all.extend(&in_fallback);
+    all.extend(&in_agent[split..]);
+    assert_eq!(
+        all,
+        (1..=n as u64).collect::<Vec<u64>>(),
+        "nothing lost, nothing twice"
+    );
+    assert!(in_fallback.len() >= 10, "{}", in_fallback.len());
+    let counts = fallback_streams(&trail);
+    assert_eq!(counts.len(), 1);
+    fell_back_because(&trail, "went away");
+    let me = std::process::id() as u64;
+    let resumed: Vec<&Value> = of(&records, "client_connected")
+        .into_iter()
+        .filter(|r| pid_of(r) == me && r["keytrail"]["resumed"] == true)
+        .collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(
+        resumed[0]["keytrail"]["fell_back"]["records"].as_u64(),
+        Some(counts[0])
+    );
+    verify(&fx.trail_path());
+    verify(&second.trail);
+}
+
+#[test]
+fn a_process_sending_novel_names_spends_its_own_quota_not_the_agents_table() {
+    use keytrail::agent::client::Connection;
+    const NOVEL: usize = 5000;
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    let conn = Connection::connect(&agent.socket, Some("hostile")).expect("connect");
+    let clock = keytrail::agent::wire::Clock::now();
+    let mut buf = Vec::new();
+    for i in 0..NOVEL {
+        let action: &'static str = Box::leak(format!("novel_{i}").into_boxed_str());
+        let e = keytrail::audit::event::Event::audit(action, "x".into(), serde_json::json!({}));
+        keytrail::agent::wire::encode(&e, &clock, &mut buf);
+        while !conn.push_raw(&buf) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    assert!(conn.flush(std::time::Duration::from_secs(20)));
+    // Another process's records, with names new to the table, are unaffected.
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    drop(conn);
+    let records = agent.stop();
+    let quota = keytrail::agent::wire::NAMES_PER_CLIENT;
+    let malformed = of(&records, "malformed_record");
+    assert!(!malformed.is_empty());
+    assert!(
+        malformed.iter().all(|r| r["keytrail"]["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("quota"))),
+        "{malformed:?}"
+    );
+    let hostile_end = of(&records, "client_end")
+        .into_iter()
+        .find(|r| r["keytrail"]["malformed"].as_u64() > Some(0))
+        .expect("the hostile connection's end");
+    // Its quota went to its novel names (and to the few names of the record layout the
+    // table did not hold yet), the rest are malformed.
+    let refused = hostile_end["keytrail"]["malformed"]
+        .as_u64()
+        .expect("count") as usize;
+    assert!(
+        (NOVEL - quota..NOVEL - quota + 8).contains(&refused),
+        "{refused}"
+    );
+    assert_eq!(
+        hostile_end["keytrail"]["records"].as_u64(),
+        Some((NOVEL - refused) as u64)
+    );
+    assert_eq!(
+        of(&records, "sign").len(),
+        1,
+        "the other process is unaffected"
+    );
+    verify(&agent.trail);
+}
+
+#[test]
+fn under_deny_calls_are_refused_until_the_agent_listens_then_recorded_by_it() {
+    let (fx, p) = agent_to_come("on_failure = \"deny\"\n");
+    let slot = token_slot(&p);
+    for _ in 0..100 {
+        assert!(
+            p.open_rw_session(slot).is_err(),
+            "refused without the agent"
+        );
+    }
+    let mut agent = Agent::start(fx.path());
+    // The connection is retried at most once a second: calls succeed soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let s = loop {
+        match p.open_rw_session(slot) {
+            Ok(s) => break s,
+            Err(_) => assert!(std::time::Instant::now() < deadline, "still refused"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(s);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    assert_eq!(of(&records, "session_open").len(), 1);
+    assert!(fx.trail().is_empty(), "no embedded trail under deny");
+    assert_eq!(
+        fx.diagnostics().matches("cannot be reached").count(),
+        1,
+        "reported once: {}",
+        fx.diagnostics()
+    );
+    verify(&agent.trail);
+}
+
+#[test]
+fn threads_calling_across_the_return_keep_their_order_and_counts() {
+    const THREADS: usize = 4;
+    const SPAN: u64 = 10_000;
+    let (fx, p) = agent_to_come("");
+    let slot = token_slot(&p);
+    let login = user_session(&p);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let s = p.open_rw_session(slot).expect("session");
+                let key = hmac_key(&s, t as u8 + 1);
+                let mut n = 0u64;
+                // Each thread's inputs: SPAN·t + 1, + 2, …, one call a millisecond at most.
+                while n < SPAN - 1 && (!stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50) {
+                    n += 1;
+                    let len = (SPAN * t as u64 + n) as usize;
+                    s.sign(&Mechanism::Sha256Hmac, key, &vec![0; len])
+                        .expect("sign");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut agent = Agent::start(fx.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !fx.diagnostics().contains("records to it again") {
+        assert!(std::time::Instant::now() < deadline, "{}", fx.diagnostics());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut counts = Vec::with_capacity(THREADS);
+    for w in workers {
+        counts.push(w.join().expect("worker"));
+    }
+    drop(login);
+    p.finalize().expect("finalize");
+    let (trail, records) = (fx.trail(), agent.stop());
+    let (before, after) = (my_sign_lens(&trail), my_sign_lens(&records));
+    for (t, &n) in counts.iter().enumerate() {
+        let base = SPAN * t as u64;
+        let mine = |lens: &[u64]| -> Vec<u64> {
+            lens.iter()
+                .filter(|&&l| (base + 1..base + SPAN).contains(&l))
+                .map(|l| l - base)
+                .collect()
+        };
+        let mut all = mine(&before);
+        let switched_at = all.len();
+        all.extend(mine(&after));
+        let first_wrong = all.iter().zip(1..).position(|(&l, i)| l != i);
+        assert!(
+            first_wrong.is_none() && all.len() as u64 == n,
+            "thread {t}: {} of {n} calls recorded, switched after {switched_at}, first out of \
+             order at {first_wrong:?}",
+            all.len()
+        );
+    }
+    let total: u64 = counts.iter().sum();
+    assert_eq!((before.len() + after.len()) as u64, total);
+    assert!(!before.is_empty() && !after.is_empty());
+    assert_eq!(fallback_streams(&trail).len(), 1);
+    verify(&fx.trail_path());
+    verify(&agent.trail);
+}
+
+#[test]
+fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    let notes: [&[u8]; 3] = [
+        b"{not json",
+        br#"{"since":1,"reason":"r","path":"p","records":2}"#,
+        br#"{"since":"s","reason":"r","path":"p","records":-1}"#,
+    ];
+    for note in notes {
+        let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+        let mut hello = b"KTAGENT3".to_vec();
+        hello.extend([0u8, 0u8]);
+        hello.extend((note.len() as u16).to_le_bytes());
+        hello.extend(note);
+        s.write_all(&hello).expect("hello");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "no ring for a bad hello");
+    }
+    // A note longer than allowed: refused before it is read.
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    s.write_all(b"KTAGENT3\x00\x00\xff\xff").expect("hello");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.is_empty());
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    let records = agent.stop();
+    assert_eq!(of(&records, "sign").len(), 1);
+    assert!(
+        of(&records, "client_connected")
+            .iter()
+            .all(|r| r["keytrail"].get("fell_back").is_none())
+    );
+    verify(&agent.trail);
+}
+
+#[test]
+fn records_left_in_the_ring_of_a_dead_agent_go_to_the_embedded_writer_at_finalize() {
+    let (fx, first, p, s, key) = with_agent(8);
+    let mut n = 0;
+    let first = signed_then_killed(&first, &s, key, &mut n);
+    // Within the grace period: into the ring, which no agent takes over.
+    sign_more(&s, key, &mut n, 30);
+    drop(s);
+    p.finalize().expect("finalize");
+    let trail = fx.trail();
+    every_call_once(&first.records(), &trail, n);
+    fell_back_because(&trail, "held records");
+    assert_eq!(
+        of(&trail, "trail_start").len(),
+        1,
+        "the ring's own start is not repeated"
+    );
+    assert_eq!(
+        of(&trail, "trail_stop")
+            .last()
+            .map(|r| r["keytrail"]["reason"].clone()),
+        Some(Value::from("C_Finalize"))
+    );
+    verify(&fx.trail_path());
+}
+
+#[test]
+fn a_full_ring_whose_agent_is_gone_falls_back_at_once() {
+    let fx = Fixture::new();
+    let first = Agent::start_at(fx.path(), "small", 64, "");
+    agent_mode(&fx, &first, "");
+    let p = open(&keytrail_module());
+    let s = user_session(&p);
+    let key = hmac_key(&s, 9);
+    let mut n = 0;
+    let first = signed_then_killed(&first, &s, key, &mut n);
+    // Far more than the ring holds, well within the grace period.
+    let started = std::time::Instant::now();
+    sign_more(&s, key, &mut n, 300);
+    let quick = started.elapsed() < std::time::Duration::from_secs(4);
+    drop(s);
+    p.finalize().expect("finalize");
+    let trail = fx.trail();
+    if quick {
+        fell_back_because(&trail, "ring is full");
+    }
+    every_call_once(&first.records(), &trail, n);
+    verify(&fx.trail_path());
 }

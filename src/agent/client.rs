@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long connecting may take before the agent counts as unavailable.
@@ -37,13 +37,26 @@ pub struct Connection {
     service: String,
     /// A thread is reconnecting.
     reconnecting: AtomicBool,
+    /// When (coarse ms) a full ring may next look for a restarted agent.
+    next_look: AtomicU64,
 }
 
 impl Connection {
     /// Connects to the agent at `path`, says hello, and maps the ring it sends.
     pub fn connect(path: &Path, service: Option<&str>) -> std::io::Result<Connection> {
+        Self::connect_on(dial(path)?, path, service, None)
+    }
+
+    /// As [`Connection::connect`], on a socket already connected by [`dial`]; `note` says
+    /// where the process recorded while the agent was unavailable.
+    pub fn connect_on(
+        s: UnixStream,
+        path: &Path,
+        service: Option<&str>,
+        note: Option<&FellBack>,
+    ) -> std::io::Result<Connection> {
         let service = service.unwrap_or("").to_owned();
-        let (s, fds) = handshake(path, &service, None)?;
+        let (s, fds) = handshake(s, &service, None, note)?;
         let mut fds = fds.into_iter();
         let (Some(memfd), Some(eventfd)) = (fds.next(), fds.next()) else {
             return Err(std::io::Error::other(
@@ -60,11 +73,13 @@ impl Connection {
             path: path.to_path_buf(),
             service,
             reconnecting: AtomicBool::new(false),
+            next_look: AtomicU64::new(0),
         })
     }
 
-    /// Whether the agent's end of the socket has closed (it stopped or died).
-    fn agent_gone(&self) -> bool {
+    /// Whether the agent's end of the socket has closed (it stopped or died). One system
+    /// call: callers rate-limit it.
+    pub fn agent_gone(&self) -> bool {
         use rustix::net::RecvFlags;
         let mut b = [0u8; 1];
         self.socket
@@ -81,7 +96,7 @@ impl Connection {
     /// The agent is gone: hands the ring (and everything still in it) to the agent now
     /// listening, if any. One thread at a time; true when reconnected.
     #[cold]
-    fn reconnect_if_gone(&self) -> bool {
+    pub fn reconnect_if_gone(&self) -> bool {
         if !self.agent_gone()
             || self
                 .reconnecting
@@ -90,46 +105,60 @@ impl Connection {
         {
             return false;
         }
-        let resumed = self
-            .memfd
-            .with(|memfd| handshake(&self.path, &self.service, Some(memfd)))
-            .unwrap_or_else(|| Err(std::io::Error::other("no ring")));
-        let ok = match resumed {
-            Ok((s, fds)) => match fds.into_iter().next() {
-                Some(eventfd) => {
-                    self.wake.replace(eventfd);
-                    self.socket.replace(s.into());
-                    crate::diag::report(&format!(
-                        "reconnected to the keytrail agent at {}; it takes over this \
-                         process's ring with everything in it",
-                        self.path.display()
-                    ));
-                    true
-                }
-                None => false,
-            },
-            Err(_) => false,
-        };
+        let ok = dial(&self.path)
+            .and_then(|s| self.resume_on(s, None))
+            .is_ok();
+        if ok {
+            crate::diag::report(&format!(
+                "reconnected to the keytrail agent at {}; it takes over this \
+                 process's ring with everything in it",
+                self.path.display()
+            ));
+        }
         self.reconnecting.store(false, Ordering::Release);
         ok
     }
 
-    /// Puts a record in the ring. Returns false when it was dropped (counted by the
+    /// Hands the ring (and everything still in it) to the agent on `s`, a socket
+    /// connected by [`dial`]; `note` says where the process recorded meanwhile.
+    pub fn resume_on(&self, s: UnixStream, note: Option<&FellBack>) -> std::io::Result<()> {
+        let (s, fds) = self
+            .memfd
+            .with(|memfd| handshake(s, &self.service, Some(memfd), note))
+            .unwrap_or_else(|| Err(std::io::Error::other("no ring")))?;
+        let Some(eventfd) = fds.into_iter().next() else {
+            return Err(std::io::Error::other("the agent sent no eventfd"));
+        };
+        self.wake.replace(eventfd);
+        self.socket.replace(s.into());
+        Ok(())
+    }
+
+    /// Puts a record in the ring. [`Sent::Dropped`] when it was dropped (counted by the
     /// caller): the ring was full under `on_full = "drop"`, or stayed full past `wait`
     /// (then `failing` is set, and later records are dropped at once until one fits).
+    /// With `leave`, a full ring whose agent is gone (and none listening to take it over)
+    /// gives [`Sent::Gone`] at once: the caller records elsewhere.
     #[inline]
-    pub fn send(&self, e: &Event, on_full: OnFull, wait: Duration, failing: &AtomicBool) -> bool {
+    pub fn send(
+        &self,
+        e: &Event,
+        on_full: OnFull,
+        wait: Duration,
+        failing: &AtomicBool,
+        leave: bool,
+    ) -> Sent {
         let fitted = BUF
             .try_with(|b| {
                 let mut enc = b.borrow_mut();
                 let record = enc.encode(e, &self.clock);
-                self.push(record, on_full, wait, failing)
+                self.push(record, on_full, wait, failing, leave)
             })
             .unwrap_or_else(|_| {
                 // The thread is exiting (its buffer is gone): encode on the heap.
                 let mut buf = Vec::new();
                 wire::encode(e, &self.clock, &mut buf);
-                self.push(&buf, on_full, wait, failing)
+                self.push(&buf, on_full, wait, failing, leave)
             });
         if self.ring.take_wakeup() {
             self.wake();
@@ -137,7 +166,14 @@ impl Connection {
         fitted
     }
 
-    fn push(&self, record: &[u8], on_full: OnFull, wait: Duration, failing: &AtomicBool) -> bool {
+    fn push(
+        &self,
+        record: &[u8],
+        on_full: OnFull,
+        wait: Duration,
+        failing: &AtomicBool,
+        leave: bool,
+    ) -> Sent {
         let mut since: Option<Instant> = None;
         let mut tries = 0u32;
         loop {
@@ -146,16 +182,22 @@ impl Connection {
                     if failing.load(Ordering::Relaxed) {
                         failing.store(false, Ordering::Relaxed);
                     }
-                    return true;
+                    return Sent::Ok;
                 }
-                Err(PushError::TooLarge) => return false,
+                Err(PushError::TooLarge) => return Sent::Dropped,
                 Err(PushError::Full) => {
-                    if since.is_none() && self.reconnect_if_gone() {
-                        // A restarted agent drains the ring from where the last one stopped.
-                        since = Some(Instant::now());
+                    if since.is_none() {
+                        if self.may_look() && self.reconnect_if_gone() {
+                            // A restarted agent drains the ring from where the last one
+                            // stopped.
+                            since = Some(Instant::now());
+                        } else if leave && self.agent_gone() {
+                            // Once: the caller falls back.
+                            return Sent::Gone;
+                        }
                     }
                     if on_full == OnFull::Drop || failing.load(Ordering::Relaxed) {
-                        return false;
+                        return Sent::Dropped;
                     }
                     if since.get_or_insert_with(Instant::now).elapsed() >= wait {
                         failing.store(true, Ordering::Relaxed);
@@ -164,7 +206,7 @@ impl Connection {
                              [trail] wait_ms ({} ms); records are dropped and counted until it does",
                             wait.as_millis()
                         ));
-                        return false;
+                        return Sent::Dropped;
                     }
                     // The agent is behind or asleep: wake it, then wait for room.
                     self.wake();
@@ -177,6 +219,65 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Whether a caller that found the ring full may look for a restarted agent now: at
+    /// most once a second, so that calls on a full ring whose agent is gone do not each
+    /// make system calls.
+    fn may_look(&self) -> bool {
+        let next = self.next_look.load(Ordering::Relaxed);
+        let now = coarse_ms();
+        now >= next
+            && self
+                .next_look
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Whether the agent has taken everything put in the ring so far.
+    pub fn drained(&self) -> bool {
+        self.ring.drained()
+    }
+
+    /// The agent is gone (its socket closed, so nothing drains the ring): takes the
+    /// records still in the ring out of it, in order, and hands each to `each`, with a
+    /// `records_dropped` record for what was dropped on the full ring. Waits (at most
+    /// `settle`) for records other threads are still writing. The ring's consumer
+    /// position moves on, so an agent that takes the ring over later starts after them.
+    /// Returns how many records were taken and how many slots could not be read.
+    pub fn take_over(&self, settle: Duration, mut each: impl FnMut(Event)) -> (u64, u64) {
+        use super::shm::Pop;
+        let adopted = self
+            .memfd
+            .with(|fd| {
+                let fd = fd.try_clone_to_owned()?;
+                Ring::adopt(&fd, usize::MAX)
+            })
+            .unwrap_or_else(|| Err(std::io::Error::other("no ring")));
+        let Ok((ring, mut tail)) = adopted else {
+            return (0, 0);
+        };
+        let start = Instant::now();
+        let (mut taken, mut unreadable) = (0u64, 0u64);
+        let mut buf = Vec::new();
+        loop {
+            match ring.pop(&mut tail, &mut buf) {
+                Pop::Record => match wire::decode(&buf, &self.clock) {
+                    Ok(e) => {
+                        taken += 1;
+                        each(e);
+                    }
+                    Err(_) => unreadable += 1,
+                },
+                Pop::Malformed(_) => unreadable += 1,
+                Pop::Empty if ring.drained() || start.elapsed() >= settle => break,
+                Pop::Empty => std::thread::yield_now(),
+            }
+        }
+        if let Some(e) = super::daemon::drops(&ring) {
+            each(e);
+        }
+        (taken, unreadable)
     }
 
     /// Puts raw bytes in the ring as one record, as a hostile or broken process could
@@ -227,24 +328,101 @@ impl Connection {
     }
 }
 
-/// Connects, says hello (or, with `resume`, hands over the ring), and reads the answer.
-fn handshake(
-    path: &Path,
-    service: &str,
-    resume: Option<std::os::fd::BorrowedFd<'_>>,
-) -> std::io::Result<(UnixStream, Vec<OwnedFd>)> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    use std::mem::MaybeUninit;
+/// Milliseconds of a coarse monotonic clock: read from the vDSO, no system call.
+#[inline]
+pub fn coarse_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (t.tv_sec as u64)
+        .saturating_mul(1000)
+        .saturating_add(t.tv_nsec as u64 / 1_000_000)
+}
+
+/// What happened to a record put in the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// It is in the ring.
+    Ok,
+    /// It was dropped (the caller counts it).
+    Dropped,
+    /// The ring is full and its agent gone: it is not in the ring.
+    Gone,
+}
+
+/// Where a process recorded while the agent was unavailable, said in the hello when it
+/// returns to the agent (the agent records it in `client_connected` as the process's
+/// claim).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FellBack {
+    /// When the process began recording without the agent (RFC 3339).
+    pub since: String,
+    /// Why: the agent could not be reached, or went away.
+    pub reason: String,
+    /// The embedded writer's trail file.
+    pub path: String,
+    /// Records the process put in that trail (besides the stream's own start and stop).
+    pub records: u64,
+    /// How long it recorded there, in seconds.
+    #[serde(default)]
+    pub seconds: u64,
+}
+
+impl FellBack {
+    /// The note with its texts cut short enough for the hello ([`super::MAX_NOTE`]).
+    pub fn bounded(&self) -> FellBack {
+        fn cut(s: &str, max: usize) -> String {
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        }
+        FellBack {
+            since: cut(&self.since, 64),
+            reason: cut(&self.reason, 1024),
+            path: cut(&self.path, 1024),
+            records: self.records,
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// Connects to the agent's socket, without saying anything yet: a failure here costs the
+/// caller nothing, and the hello follows with [`Connection::connect_on`] or
+/// [`Connection::resume_on`].
+pub fn dial(path: &Path) -> std::io::Result<UnixStream> {
     let s = UnixStream::connect(path)?;
     s.set_read_timeout(Some(HANDSHAKE))?;
     s.set_write_timeout(Some(HANDSHAKE))?;
-    let mut hello = match resume {
-        Some(_) => super::RESUME.to_vec(),
-        None => super::HELLO.to_vec(),
-    };
+    Ok(s)
+}
+
+/// Says hello on `s` (or, with `resume`, hands over the ring; with `note`, says where the
+/// process recorded meanwhile), and reads the answer.
+fn handshake(
+    s: UnixStream,
+    service: &str,
+    resume: Option<std::os::fd::BorrowedFd<'_>>,
+    note: Option<&FellBack>,
+) -> std::io::Result<(UnixStream, Vec<OwnedFd>)> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
     let n = service.len().min(255);
+    let mut hello = match (note, resume) {
+        (Some(_), _) => {
+            let mut h = super::HELLO_NOTED.to_vec();
+            h.push(u8::from(resume.is_some()));
+            h
+        }
+        (None, Some(_)) => super::RESUME.to_vec(),
+        (None, None) => super::HELLO.to_vec(),
+    };
     hello.push(n as u8);
     hello.extend_from_slice(&service.as_bytes()[..n]);
+    if let Some(note) = note {
+        let json = serde_json::to_vec(&note.bounded()).map_err(std::io::Error::other)?;
+        hello.extend_from_slice(&(json.len() as u16).to_le_bytes());
+        hello.extend_from_slice(&json);
+    }
     let fds: Vec<std::os::fd::BorrowedFd<'_>> = resume.into_iter().collect();
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);

@@ -6,6 +6,7 @@
 //! connections, writes checkpoints, and handles SIGTERM (drain every ring, then
 //! `trail_stop`) and SIGHUP (reopen the trail file, for logrotate).
 
+use super::client::FellBack;
 use super::shm::{Pop, Ring};
 use super::wire::{Clock, Decoder, Malformed};
 use crate::audit::event::{Event, Outcome};
@@ -313,7 +314,7 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
     let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string());
-    let (service, kept) = match read_hello(&mut stream) {
+    let (service, kept, fell_back) = match read_hello(&mut stream) {
         Ok(s) => s,
         Err(e) => {
             crate::diag::report(&format!(
@@ -330,6 +331,8 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
         executable,
         service.clone(),
     );
+    // Names this process adds to the agent's table count against its own quota.
+    super::wire::reset_name_quota();
     let mut client = Client {
         pid,
         origin,
@@ -378,22 +381,27 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
             return;
         }
     };
-    let connected = Event::audit(
-        "client_connected",
-        format!(
-            "process {pid} connected{}",
-            if resumed {
-                " again: its ring is drained from where the previous agent stopped"
-            } else {
-                ""
-            }
-        ),
-        serde_json::json!({
-            "claimed": { "service": service },
-            "ring_slots": ring.slots(),
-            "resumed": resumed,
-        }),
+    let mut detail = serde_json::json!({
+        "claimed": { "service": service },
+        "ring_slots": ring.slots(),
+        "resumed": resumed,
+    });
+    let mut message = format!(
+        "process {pid} connected{}",
+        if resumed {
+            " again: its ring is drained from where the previous agent stopped"
+        } else {
+            ""
+        }
     );
+    if let Some(f) = &fell_back {
+        message.push_str(&format!(
+            "; it says it recorded {} records with its embedded writer to {} since {} ({})",
+            f.records, f.path, f.since, f.reason
+        ));
+        detail["fell_back"] = serde_json::json!(f);
+    }
+    let connected = Event::audit("client_connected", message, detail);
     record(agent, &client, &[connected]);
     let sent = wake.try_clone().and_then(|w| {
         let fds: Vec<OwnedFd> = memfd.into_iter().chain([w]).collect();
@@ -406,9 +414,14 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
     agent.clients.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// What a process says in its hello: its service name, the ring it kept (after an agent
+/// restart), and where it recorded while the agent was unavailable.
+type Hello = (Option<String>, Option<OwnedFd>, Option<FellBack>);
+
 /// Reads the hello: magic, then a length byte and the service name; with the resume
-/// magic, the ring's memfd attached.
-fn read_hello(stream: &mut UnixStream) -> std::io::Result<(Option<String>, Option<OwnedFd>)> {
+/// magic, the ring's memfd attached; with the noted hello, a flags byte after the magic
+/// and a length-prefixed note after the name.
+fn read_hello(stream: &mut UnixStream) -> std::io::Result<Hello> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     use std::mem::MaybeUninit;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -428,13 +441,41 @@ fn read_hello(stream: &mut UnixStream) -> std::io::Result<(Option<String>, Optio
         }
     }
     stream.read_exact(&mut head[got.bytes..])?;
-    let resume = match &head[..8] {
-        m if m == super::HELLO => false,
-        m if m == super::RESUME => true,
+    let (resume, noted) = match &head[..8] {
+        m if m == super::HELLO => (false, false),
+        m if m == super::RESUME => (true, false),
+        m if m == super::HELLO_NOTED => match head[8] {
+            0 => (false, true),
+            1 => (true, true),
+            _ => return Err(std::io::Error::other("unknown hello flags")),
+        },
         _ => return Err(std::io::Error::other("not a keytrail hello")),
     };
-    let mut name = vec![0u8; head[8] as usize];
+    let name_len = if noted {
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b)?;
+        b[0]
+    } else {
+        head[8]
+    };
+    let mut name = vec![0u8; name_len as usize];
     stream.read_exact(&mut name)?;
+    let note = if noted {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len)?;
+        let len = u16::from_le_bytes(len) as usize;
+        if len > super::MAX_NOTE {
+            return Err(std::io::Error::other("the hello's note is too long"));
+        }
+        let mut json = vec![0u8; len];
+        stream.read_exact(&mut json)?;
+        // Nothing in it is trusted: only its shape is checked, and its texts bounded.
+        let note: FellBack = serde_json::from_slice(&json)
+            .map_err(|e| std::io::Error::other(format!("the hello's note: {e}")))?;
+        Some(note.bounded())
+    } else {
+        None
+    };
     stream.set_read_timeout(None)?;
     let name = String::from_utf8_lossy(&name).into_owned();
     let memfd = match (resume, fds.len()) {
@@ -446,7 +487,7 @@ fn read_hello(stream: &mut UnixStream) -> std::io::Result<(Option<String>, Optio
             ));
         }
     };
-    Ok(((!name.is_empty()).then_some(name), memfd))
+    Ok(((!name.is_empty()).then_some(name), memfd, note))
 }
 
 /// Sends the answer, with `fds` attached.
@@ -666,7 +707,7 @@ fn drain(
 }
 
 /// The record of what the process dropped on a full ring, if it dropped anything.
-fn drops(ring: &Ring) -> Option<Event> {
+pub(crate) fn drops(ring: &Ring) -> Option<Event> {
     let (n, since) = ring.take_drops()?;
     let since = std::time::UNIX_EPOCH + Duration::from_micros(since);
     let since = humantime::format_rfc3339_micros(since).to_string();

@@ -20,6 +20,14 @@ pub const HELLO: &[u8; 8] = b"KTAGENT1";
 /// the memfd of the ring it kept from the previous agent attached (SCM_RIGHTS). The agent
 /// takes the ring over where the previous one stopped, and answers with an eventfd only.
 pub const RESUME: &[u8; 8] = b"KTAGENT2";
+/// What a process sends instead of [`HELLO`] or [`RESUME`] when it returns from the
+/// embedded writer: this magic, a flags byte (1: the ring's memfd is attached, as with
+/// [`RESUME`]), the service name as in [`HELLO`], then a u16 length (little-endian) and a
+/// JSON [`client::FellBack`] of at most [`MAX_NOTE`] bytes. The agent checks its shape and
+/// records it in `client_connected` as `fell_back`.
+pub const HELLO_NOTED: &[u8; 8] = b"KTAGENT3";
+/// The longest note in a [`HELLO_NOTED`].
+pub const MAX_NOTE: usize = 16384;
 /// What the agent answers: this magic and a status (u32, 0 = accepted), with the ring's
 /// memfd and the eventfd attached (SCM_RIGHTS) when accepted.
 pub const WELCOME: &[u8; 8] = b"KTRING01";

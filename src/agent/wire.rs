@@ -941,6 +941,21 @@ impl<'a> Reader<'a, '_> {
 const MAX_NAMES: usize = 4096;
 /// The longest name.
 const MAX_NAME: usize = 64;
+/// The most names one process may add to the table: more than the library's own names,
+/// and a small part of [`MAX_NAMES`], so that a process sending novel names fills its
+/// quota, not the table every other process's records need.
+pub const NAMES_PER_CLIENT: usize = 1024;
+
+std::thread_local! {
+    /// Names the process served by this thread may still add to the table.
+    static QUOTA: std::cell::Cell<usize> = const { std::cell::Cell::new(NAMES_PER_CLIENT) };
+}
+
+/// Gives the process served by this thread (the agent serves each on its own thread) its
+/// full quota of new names.
+pub fn reset_name_quota() {
+    let _ = QUOTA.try_with(|q| q.set(NAMES_PER_CLIENT));
+}
 
 /// A name's place in a [`Decoder`]'s cache: from its length and first and last bytes.
 #[inline]
@@ -996,6 +1011,13 @@ fn intern_shared(s: &str) -> Result<&'static str, Malformed> {
     if names.len() >= MAX_NAMES {
         return Err(Malformed("too many distinct names"));
     }
+    let left = QUOTA.try_with(|q| q.get()).unwrap_or(0);
+    if left == 0 {
+        return Err(Malformed(
+            "too many distinct names from this process (its quota of new names is spent)",
+        ));
+    }
+    let _ = QUOTA.try_with(|q| q.set(left - 1));
     let n: &'static str = Box::leak(s.to_owned().into_boxed_str());
     names.insert(n);
     Ok(n)

@@ -13,6 +13,7 @@ pub mod dir;
 pub mod file;
 pub mod json;
 pub mod ocsf;
+pub mod route;
 pub mod syslog;
 
 use crate::audit::event::Event;
@@ -60,6 +61,10 @@ struct Shared {
     asleep: AtomicBool,
     /// Flush requests: acknowledged once everything queued before them is written.
     flushes: Mutex<Vec<SyncSender<bool>>>,
+    /// The writer thread is to end (its stream has ended: see [`Sink::finish`]).
+    stop: AtomicBool,
+    /// The writer thread has ended, its file closed.
+    stopped: AtomicBool,
 }
 
 /// Records the writer hands back to callers at most (see [`Queue::spent`]).
@@ -151,8 +156,9 @@ fn body_pool() -> std::io::Result<ArrayQueue<Vec<u8>>> {
 enum Mode {
     Thread(Arc<Queue>),
     Sync(Box<Mutex<Writer>>),
-    /// `[trail] mode = "agent"`: records go into a ring the agent drains; no thread here.
-    Agent(Box<crate::agent::client::Connection>),
+    /// `[trail] mode = "agent"`: records go into a ring the agent drains (no thread
+    /// here), or to the embedded writer it falls back to.
+    Agent(Box<route::Route>),
 }
 
 /// The calling side of one stream's writer.
@@ -279,34 +285,59 @@ impl Sink {
     }
 
     /// A stream recorded by the agent at `config.agent_socket`: connects, receives the
-    /// process's ring, and puts `start` in it.
+    /// process's ring, and puts `start` in it. When the agent cannot be reached, `deny`
+    /// is an error, and `continue` records with the embedded writer until it can.
     pub fn start_agent(
         config: &TrailConfig,
+        integrity: &IntegrityConfig,
         service: Option<&str>,
+        threads: bool,
         start: &Event,
-    ) -> std::io::Result<Sink> {
-        let conn = crate::agent::client::Connection::connect(&config.agent_socket, service)?;
-        let sink = Sink {
-            mode: Mode::Agent(Box::new(conn)),
+    ) -> Result<Sink, String> {
+        let shared = Arc::new(Shared::default());
+        let route = route::Route::start(
+            config,
+            integrity,
+            service,
+            threads,
+            start.clone(),
+            &shared.failing,
+        )?;
+        Ok(Sink {
+            mode: Mode::Agent(Box::new(route)),
             on_full: config.on_full,
             on_failure: config.on_failure,
             wait: Duration::from_millis(config.wait_ms),
-            shared: Arc::new(Shared::default()),
+            shared,
             forwarders: Vec::new(),
+        })
+    }
+
+    /// Ends the writer once everything sent so far is written (at most `timeout`): its
+    /// thread ends and its file is closed. True when all was written and the thread ended.
+    pub fn finish(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let written = self.flush(timeout);
+        let Mode::Thread(q) = &self.mode else {
+            return written;
         };
-        sink.send(start.clone());
-        Ok(sink)
+        self.shared.stop.store(true, Ordering::SeqCst);
+        q.writer.unpark();
+        while !self.shared.stopped.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        written
     }
 
     /// Queues a record (or, synchronously, writes it).
     #[inline]
     pub fn send(&self, mut event: Event) {
         match &self.mode {
-            Mode::Agent(c) => {
-                // The ring's layout carries a stop's reason as its detail, which the agent
-                // reads (how the process ended).
-                event.spell_reason();
-                if !c.send(&event, self.on_full, self.wait, &self.shared.failing) {
+            Mode::Agent(r) => {
+                if !r.send(event, self.on_full, self.wait, &self.shared.failing) {
                     self.count_drop(DropReason::Full);
                 }
             }
@@ -439,7 +470,7 @@ impl Sink {
                 w.file.sync();
                 !self.shared.failing.load(Ordering::Relaxed)
             }
-            Mode::Agent(c) => c.flush(timeout),
+            Mode::Agent(r) => r.flush(timeout),
         }
     }
 
@@ -454,9 +485,10 @@ impl Sink {
     /// What is lost and not yet reported in the trail: records that could not be
     /// written, records dropped before reaching the writer, and calls refused.
     pub fn unreported_loss(&self) -> Option<String> {
-        if let Mode::Agent(_) = &self.mode {
-            // Drops are counted in the ring and recorded by the agent.
-            return None;
+        if let Mode::Agent(r) = &self.mode {
+            // Drops are counted in the ring and recorded by the agent; the embedded
+            // writer it fell back to counts its own.
+            return r.unreported_loss();
         }
         let lost = self.shared.unwritten.load(Ordering::Relaxed);
         let dropped = self.shared.dropped.load(Ordering::Relaxed);
@@ -648,6 +680,18 @@ impl Writer {
                 for ack in acks {
                     let _ = ack.send(ok);
                 }
+            }
+            if self.shared.stop.load(Ordering::SeqCst)
+                && queue.records.is_empty()
+                && self.shared.flushes.lock().is_empty()
+            {
+                // The stream has ended (the agent is back): the file is closed before the
+                // owner learns that the thread is done.
+                let shared = self.shared.clone();
+                drop(returns);
+                drop(self);
+                shared.stopped.store(true, Ordering::Release);
+                return;
             }
             if drained > 0 {
                 idle = 0;
@@ -922,6 +966,8 @@ pub struct SinkSlot {
     first_pid: u32,
     /// Syslog sinks every stream also writes to.
     syslog: Vec<SyslogConfig>,
+    /// Agent mode under `deny` with the agent unreachable: when to try again.
+    agent_retry: Mutex<Option<Instant>>,
 }
 
 impl SinkSlot {
@@ -945,6 +991,7 @@ impl SinkSlot {
             start,
             first_pid: crate::os::pid(),
             syslog: Vec::new(),
+            agent_retry: Mutex::new(None),
         }
     }
 
@@ -1043,37 +1090,33 @@ impl SinkSlot {
     }
 
     /// Agent mode: the agent records the stream. When it cannot be reached, `deny` refuses
-    /// audited calls (each call retries), and `continue` falls back to the embedded
-    /// writer, whose first record says why.
-    fn start_agent(&self, origin: Origin) -> Result<Sink, String> {
-        let start = self.start_record();
-        match Sink::start_agent(&self.config, self.service.as_deref(), &start) {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                let why = format!(
-                    "the keytrail agent at {} cannot be reached: {e}",
-                    self.config.agent_socket.display()
-                );
-                if self.config.on_failure == OnFailure::Deny {
-                    return Err(format!(
-                        "{why}; audited calls are refused until it can (on_failure = \"deny\")"
-                    ));
-                }
-                diag::report(&format!(
-                    "{why}; recording to {} with the embedded writer instead \
-                     (on_failure = \"continue\")",
-                    self.config.path.display()
-                ));
-                let mut start = start;
-                if let Some(serde_json::Value::Object(m)) = start.extra_mut().detail.as_mut() {
-                    m.insert("writer".into(), "thread".into());
-                    m.insert("agent_unavailable".into(), why.into());
-                }
-                let chain = Chain::new(&self.integrity)?;
-                Sink::start(&self.config, chain, origin, self.threads, &start)
-                    .map_err(|e| e.to_string())
+    /// audited calls (they retry the connection, at most once a second), and `continue`
+    /// falls back to the embedded writer, whose first record says why, until it can.
+    fn start_agent(&self, _origin: Origin) -> Result<Sink, String> {
+        let now = Instant::now();
+        // try_lock: a child after fork must not wait on a lock its parent held.
+        if let Some(Some(at)) = self.agent_retry.try_lock().map(|g| *g) {
+            if now < at {
+                // Refused at once: a connection attempt per audited call would cost each
+                // of them system calls while the agent is away.
+                return Err(self
+                    .start_failure
+                    .try_lock()
+                    .map(|f| f.clone())
+                    .unwrap_or_default());
             }
         }
+        let started = Sink::start_agent(
+            &self.config,
+            &self.integrity,
+            self.service.as_deref(),
+            self.threads,
+            &self.start_record(),
+        );
+        if let Some(mut retry) = self.agent_retry.try_lock() {
+            *retry = started.is_err().then(|| now + Duration::from_secs(1));
+        }
+        started
     }
 
     /// The fail-closed policy is in force: with no writer at all, audited calls are refused.
