@@ -13,7 +13,8 @@
 
 use crate::audit::attrs::{Attr, AttrValue};
 use crate::audit::event::{
-    Event, Extra, Flags, KeyRef, OperationInfo, Outcome, Started, TokenRef, UseSummary,
+    Event, Extra, Flags, KeyRef, OperationInfo, Outcome, SessionSummary, Started, TokenRef,
+    UseSummary,
 };
 use crate::audit::keys::KeyIdentity;
 use crate::audit::mechanism::{Mechanism, Params};
@@ -368,6 +369,23 @@ fn put_extra(out: &mut Vec<u8>, x: &Extra, clock: &Clock, attributes: bool) {
             put_u64(out, clock.ns(s.last.instant));
         }
     }
+    match x.sessions {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            for n in [
+                s.opened_rw,
+                s.opened_ro,
+                s.closed,
+                s.closed_all,
+                s.open,
+                s.max_open,
+            ] {
+                put_u64(out, n);
+            }
+            put_u64(out, clock.ns(s.last.instant));
+        }
+    }
 }
 
 /// Reads a record written by [`encode`]. `clock` is the reader's own.
@@ -658,6 +676,19 @@ impl<'a> Reader<'a> {
             x.summary = Some(UseSummary {
                 successes: self.u64()?,
                 failures: self.u64()?,
+                last: Started {
+                    instant: clock.instant(self.u64()?),
+                },
+            });
+        }
+        if self.flag()? {
+            x.sessions = Some(SessionSummary {
+                opened_rw: self.u64()?,
+                opened_ro: self.u64()?,
+                closed: self.u64()?,
+                closed_all: self.u64()?,
+                open: self.u64()?,
+                max_open: self.u64()?,
                 last: Started {
                     instant: clock.instant(self.u64()?),
                 },

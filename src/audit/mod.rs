@@ -9,12 +9,13 @@ pub mod context;
 pub mod event;
 pub mod keys;
 pub mod mechanism;
+pub mod session_summary;
 pub mod sessions;
 pub mod summary;
 
 use crate::audit::event::Flag;
 use crate::backend::Backend;
-use crate::config::{AuditConfig, Lifecycle, UsageDetail};
+use crate::config::{AuditConfig, Lifecycle, SessionDetail, UsageDetail};
 use crate::sink::SinkSlot;
 use cryptoki_sys::*;
 use event::{Event, KeyRef, OperationInfo, Outcome, Started, TokenRef};
@@ -41,6 +42,8 @@ pub struct Auditor {
     stopped: std::sync::atomic::AtomicBool,
     /// Usage summaries, under `usage = "summary"`.
     summaries: Option<summary::Summaries>,
+    /// Session summaries, under `sessions = "summary"` (and session records enabled).
+    session_summaries: Option<session_summary::SessionSummaries>,
 }
 
 static AUDITOR: OnceLock<Auditor> = OnceLock::new();
@@ -81,6 +84,13 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
             stopped: std::sync::atomic::AtomicBool::new(false),
             summaries: (config.audit.usage == UsageDetail::Summary).then(|| {
                 summary::Summaries::new(std::time::Duration::from_secs(
+                    config.audit.summary_interval,
+                ))
+            }),
+            session_summaries: (config.audit.sessions == SessionDetail::Summary
+                && config.audit.enabled(Lifecycle::Session))
+            .then(|| {
+                session_summary::SessionSummaries::new(std::time::Duration::from_secs(
                     config.audit.summary_interval,
                 ))
             }),
@@ -216,6 +226,9 @@ pub mod fork {
             if let Some(s) = &a.summaries {
                 s.lock_for_fork();
             }
+            if let Some(s) = &a.session_summaries {
+                s.lock_for_fork();
+            }
         }
         crate::diag::lock_for_fork();
     }
@@ -234,6 +247,9 @@ pub mod fork {
                 if let Some(s) = &a.summaries {
                     s.unlock_after_fork();
                 }
+                if let Some(s) = &a.session_summaries {
+                    s.unlock_after_fork();
+                }
             }
         }
         // SAFETY: as above.
@@ -246,6 +262,9 @@ pub mod fork {
         if let Some(a) = get() {
             a.sink.after_fork_in_child();
             if let Some(s) = &a.summaries {
+                s.forget_after_fork();
+            }
+            if let Some(s) = &a.session_summaries {
                 s.forget_after_fork();
             }
             a.stopped.store(false, std::sync::atomic::Ordering::Release);
@@ -309,12 +328,44 @@ impl Auditor {
         use std::sync::atomic::Ordering;
         if !self.stopped.load(Ordering::Acquire) {
             // The interval's summaries go before the stop: nothing counted is left out.
-            for e in self.summaries.iter().flat_map(|s| s.drain()) {
+            let sessions = self.session_summaries.iter().flat_map(|s| s.drain());
+            for e in self
+                .summaries
+                .iter()
+                .flat_map(|s| s.drain())
+                .chain(sessions)
+            {
                 self.emit(e);
             }
         }
         if !self.stopped.swap(true, Ordering::AcqRel) {
             self.emit(Event::stream_mark("trail_stop", reason));
+        }
+    }
+
+    /// Whether session calls are counted into summaries (`sessions = "summary"`) rather
+    /// than recorded one by one.
+    #[inline]
+    pub fn summarizes_sessions(&self) -> bool {
+        self.session_summaries.is_some()
+    }
+
+    /// Counts a successful session call on `slot` into its summary, writing the
+    /// summaries of an interval that has run out. Does nothing unless
+    /// [`Auditor::summarizes_sessions`].
+    #[inline]
+    pub fn count_session(
+        &self,
+        slot: CK_SLOT_ID,
+        started: Started,
+        change: session_summary::Change,
+    ) {
+        if let Some(s) = &self.session_summaries {
+            let mut due = Vec::new();
+            s.count(slot, started, change, || self.token(slot), &mut due);
+            for e in due {
+                self.emit(e);
+            }
         }
     }
 

@@ -216,6 +216,16 @@ impl Sessions {
         Some(s.place(&inner.logins))
     }
 
+    /// The slot of a known session.
+    pub fn slot_of(&self, session: CK_SESSION_HANDLE) -> Option<CK_SLOT_ID> {
+        self.lock().sessions.get(&session).map(|s| s.slot)
+    }
+
+    /// How many sessions are open on `slot`.
+    pub fn open_on(&self, slot: CK_SLOT_ID) -> u64 {
+        self.lock().per_slot.get(&slot).map_or(0, |n| *n as u64)
+    }
+
     /// Remembers the token of a session's slot.
     pub fn set_token(&self, session: CK_SESSION_HANDLE, token: Arc<TokenRef>) {
         if let Some(s) = self.lock().sessions.get_mut(&session) {
