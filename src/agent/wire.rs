@@ -839,6 +839,34 @@ mod tests {
     }
 
     #[test]
+    fn a_session_summary_crosses_unchanged() {
+        let clock = Clock::now();
+        let mut e = sample();
+        let last = Started::now();
+        e.extra_mut().sessions = Some(SessionSummary {
+            opened_rw: 37,
+            opened_ro: 5,
+            closed: 40,
+            closed_all: 1,
+            open: 1,
+            max_open: 3,
+            last,
+        });
+        let mut buf = Vec::new();
+        encode(&e, &clock, &mut buf);
+        let back = decode(&buf, &clock).expect("decodes");
+        let s = back.extra().and_then(|x| x.sessions).expect("the summary");
+        let counts = (s.opened_rw, s.opened_ro, s.closed, s.closed_all, s.open, s.max_open);
+        assert_eq!(counts, (37, 5, 40, 1, 1, 3));
+        let drift = s
+            .last
+            .instant
+            .max(last.instant)
+            .duration_since(s.last.instant.min(last.instant));
+        assert!(drift < std::time::Duration::from_micros(2), "{drift:?}");
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(intern("C_Sign").is_ok());
         assert!(intern("a\"b").is_err());
