@@ -856,7 +856,14 @@ mod tests {
         encode(&e, &clock, &mut buf);
         let back = decode(&buf, &clock).expect("decodes");
         let s = back.extra().and_then(|x| x.sessions).expect("the summary");
-        let counts = (s.opened_rw, s.opened_ro, s.closed, s.closed_all, s.open, s.max_open);
+        let counts = (
+            s.opened_rw,
+            s.opened_ro,
+            s.closed,
+            s.closed_all,
+            s.open,
+            s.max_open,
+        );
         assert_eq!(counts, (37, 5, 40, 1, 1, 3));
         let drift = s
             .last
