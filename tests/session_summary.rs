@@ -289,3 +289,29 @@ fn ocsf_maps_a_session_summary() {
     assert_eq!(r["unmapped"]["pkcs11"]["sessions"]["opened"], 3, "{r:#}");
     assert_eq!(r["unmapped"]["pkcs11"]["sessions"]["closed"], 3, "{r:#}");
 }
+
+/// C_Finalize closes every session: the summary it writes says how many were still open,
+/// and after a new C_Initialize the counts start from none open.
+#[test]
+fn a_new_c_initialize_counts_from_no_session_open() {
+    let fx = Fixture::new();
+    configure(&fx, "", "sessions = \"summary\"\nsummary_interval = 3600");
+    let p = open(&keytrail_module());
+    let slot = token_slot(&p);
+    let held = p.open_rw_session(slot).expect("held");
+    std::mem::forget(held);
+    p.finalize().expect("finalize");
+    let p = open(&keytrail_module());
+    for _ in 0..2 {
+        drop(p.open_ro_session(slot).expect("open"));
+    }
+    p.finalize().expect("finalize");
+    let t = fx.trail();
+    let got: Vec<_> = action(&t, "session_summary").iter().map(counts).collect();
+    assert_eq!(
+        got,
+        [(1, 1, 0, 0, 0, 1, 1), (2, 0, 2, 2, 0, 0, 1)],
+        "{}",
+        dump(&t)
+    );
+}

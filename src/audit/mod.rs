@@ -360,9 +360,10 @@ impl Auditor {
         started: Started,
         change: session_summary::Change,
     ) {
-        if let Some(s) = &self.session_summaries {
-            let mut due = Vec::new();
-            s.count(slot, started, change, || self.token(slot), &mut due);
+        let Some(s) = &self.session_summaries else {
+            return;
+        };
+        if let Some(due) = s.count(slot, started, change, || self.token(slot)) {
             for e in due {
                 self.emit(e);
             }

@@ -48,7 +48,8 @@ struct Counts {
 }
 
 struct Window {
-    start: Instant,
+    /// When the interval ends.
+    end: Instant,
     slots: Vec<Slot>,
 }
 
@@ -64,7 +65,7 @@ impl SessionSummaries {
         SessionSummaries {
             interval: interval.max(Duration::from_secs(1)),
             window: Mutex::new(Window {
-                start: Instant::now(),
+                end: Instant::now() + interval.max(Duration::from_secs(1)),
                 slots: Vec::new(),
             }),
         }
@@ -72,20 +73,21 @@ impl SessionSummaries {
 
     /// Counts a successful session call on `slot` that started at `started`. `token`
     /// names the slot's token the first time the slot is seen (called without the lock
-    /// held: it may ask the module). When the interval has run out, its summaries are
-    /// added to `due` first.
+    /// held: it may ask the module). When the interval has run out, its summaries come
+    /// back, to be written (the only time this allocates).
     pub fn count(
         &self,
         slot: CK_SLOT_ID,
         started: Started,
         change: Change,
         token: impl FnOnce() -> Option<Arc<TokenRef>>,
-        due: &mut Vec<Event>,
-    ) {
+    ) -> Option<Vec<Event>> {
         let mut w = self.window.lock();
-        if started.instant.saturating_duration_since(w.start) >= self.interval {
-            take(&mut w, due);
-        }
+        let due = (started.instant >= w.end).then(|| {
+            let mut due = Vec::new();
+            self.take(&mut w, &mut due);
+            due
+        });
         let i = match w.slots.iter().position(|s| s.slot == slot) {
             Some(i) => i,
             None => {
@@ -136,6 +138,7 @@ impl SessionSummaries {
         if started.instant > s.last.instant {
             s.last = started;
         }
+        due
     }
 
     /// Before fork: takes the lock (released by [`SessionSummaries::unlock_after_fork`]).
@@ -157,7 +160,7 @@ impl SessionSummaries {
     /// the same handles), so the open counts carry over.
     pub fn forget_after_fork(&self) {
         let mut w = self.window.lock();
-        w.start = Instant::now();
+        w.end = Instant::now() + self.interval;
         for s in &mut w.slots {
             s.first = None;
             s.counts = Counts {
@@ -167,45 +170,54 @@ impl SessionSummaries {
         }
     }
 
-    /// Every summary of the interval so far (C_Finalize, exit).
+    /// Every summary of the interval so far, as the stream stops (C_Finalize, which
+    /// closes every session, or the process's exit): a later C_Initialize starts with no
+    /// session open.
     pub fn drain(&self) -> Vec<Event> {
         let mut due = Vec::new();
-        take(&mut self.window.lock(), &mut due);
+        let mut w = self.window.lock();
+        self.take(&mut w, &mut due);
+        for s in &mut w.slots {
+            s.open = 0;
+            s.counts.max_open = 0;
+        }
         due
     }
 }
 
-/// Ends the window: each slot with calls counted becomes a summary record.
-fn take(w: &mut Window, due: &mut Vec<Event>) {
-    w.start = Instant::now();
-    for s in &mut w.slots {
-        let Some(first) = s.first.take() else {
-            continue;
-        };
-        let c = std::mem::replace(
-            &mut s.counts,
-            Counts {
-                max_open: s.open,
-                ..Counts::default()
-            },
-        );
-        let mut e = Event::call(first, "", "session_summary", Lifecycle::Session, CKR_OK);
-        e.rv = None;
-        e.duration_ns = None;
-        e.slot_id = Some(s.slot);
-        e.token = s.token.clone();
-        e.extra_mut().sessions = Some(SessionSummary {
-            opened_rw: c.opened_rw,
-            opened_ro: c.opened_ro,
-            closed: c.closed,
-            closed_all: c.closed_all,
-            open: s.open,
-            max_open: c.max_open,
-            last: s.last,
-        });
-        due.push(e);
+impl SessionSummaries {
+    /// Ends the window: each slot with calls counted becomes a summary record.
+    fn take(&self, w: &mut Window, due: &mut Vec<Event>) {
+        w.end = Instant::now() + self.interval;
+        for s in &mut w.slots {
+            let Some(first) = s.first.take() else {
+                continue;
+            };
+            let c = std::mem::replace(
+                &mut s.counts,
+                Counts {
+                    max_open: s.open,
+                    ..Counts::default()
+                },
+            );
+            let mut e = Event::call(first, "", "session_summary", Lifecycle::Session, CKR_OK);
+            e.rv = None;
+            e.duration_ns = None;
+            e.slot_id = Some(s.slot);
+            e.token = s.token.clone();
+            e.extra_mut().sessions = Some(SessionSummary {
+                opened_rw: c.opened_rw,
+                opened_ro: c.opened_ro,
+                closed: c.closed,
+                closed_all: c.closed_all,
+                open: s.open,
+                max_open: c.max_open,
+                last: s.last,
+            });
+            due.push(e);
+        }
+        due.sort_by_key(|e| e.started.instant);
     }
-    due.sort_by_key(|e| e.started.instant);
 }
 
 #[cfg(test)]
@@ -232,37 +244,39 @@ mod tests {
             .collect()
     }
 
-    /// Counts per slot; the open count carries into the next interval, whose maximum
-    /// starts from it; a slot with no call in an interval has no summary.
+    /// Counts per slot; a slot with no call in an interval has no summary.
     #[test]
     fn counts_per_slot_and_interval() {
         let t = SessionSummaries::new(Duration::from_secs(3600));
-        let mut due = Vec::new();
         let now = Started::now;
         for _ in 0..3 {
-            t.count(7, now(), Change::Opened(true), || None, &mut due);
+            t.count(7, now(), Change::Opened(true), || None);
         }
-        t.count(7, now(), Change::Opened(false), || None, &mut due);
-        t.count(7, now(), Change::Closed, || None, &mut due);
-        t.count(9, now(), Change::Opened(false), || None, &mut due);
-        t.count(9, now(), Change::ClosedAll(1), || None, &mut due);
-        assert!(due.is_empty());
+        t.count(7, now(), Change::Opened(false), || None);
+        t.count(7, now(), Change::Closed, || None);
+        t.count(9, now(), Change::Opened(false), || None);
+        assert!(t.count(9, now(), Change::ClosedAll(1), || None).is_none());
         let first = t.drain();
         assert_eq!(sums(&first), [(7, 3, 1, 1, 0, 3, 4), (9, 0, 1, 0, 1, 0, 1)]);
-        t.count(7, now(), Change::Closed, || None, &mut due);
-        assert_eq!(sums(&t.drain()), [(7, 0, 0, 1, 0, 2, 3)]);
         assert!(t.drain().is_empty());
+        // The stream stopped (C_Finalize closed the two left open): a resumed stream
+        // counts from none open.
+        t.count(7, now(), Change::Opened(true), || None);
+        assert_eq!(sums(&t.drain()), [(7, 1, 0, 0, 0, 1, 1)]);
     }
 
-    /// A call after the interval ran out writes the summaries of the one before.
+    /// A call after the interval ran out writes the summaries of the one before; the
+    /// sessions open carry over.
     #[test]
     fn a_call_after_the_interval_writes_the_last_one() {
         let t = SessionSummaries::new(Duration::from_secs(1));
-        let mut due = Vec::new();
-        t.count(1, Started::now(), Change::Opened(true), || None, &mut due);
+        assert!(
+            t.count(1, Started::now(), Change::Opened(true), || None)
+                .is_none()
+        );
         std::thread::sleep(Duration::from_millis(1100));
-        t.count(1, Started::now(), Change::Closed, || None, &mut due);
-        assert_eq!(sums(&due), [(1, 1, 0, 0, 0, 1, 1)]);
+        let due = t.count(1, Started::now(), Change::Closed, || None);
+        assert_eq!(sums(&due.unwrap_or_default()), [(1, 1, 0, 0, 0, 1, 1)]);
         assert_eq!(sums(&t.drain()), [(1, 0, 0, 1, 0, 0, 1)]);
     }
 }

@@ -884,6 +884,38 @@ mod tests {
         assert!(r.keys[1].created.is_none());
     }
 
+    /// Under `sessions = "summary"`, a session key ends with the summary that finds no
+    /// session open on its token; one that finds some still open leaves it be.
+    #[test]
+    fn a_session_summary_with_no_session_open_ends_the_session_keys() {
+        let key = format!(r#""key":{{"handle":5,{AES},"id_hex":"","label":"","token":false}}"#);
+        let generate = format!(
+            r#""lifecycle":"generate","function":"C_GenerateKey","session":{{"handle":1}},{key}"#
+        );
+        let with_summary = |open: u64| {
+            report_of(&[
+                line(1, 1, "key_generate", "success", &generate),
+                line(
+                    1,
+                    2,
+                    "session_summary",
+                    "success",
+                    &format!(
+                        r#""lifecycle":"session","slot_id":0,"sessions":{{"opened":3,"opened_rw":3,"closed":2,"open":{open},"max_open":2}}"#
+                    ),
+                ),
+            ])
+        };
+        let r = with_summary(1);
+        assert!(r.keys[0].ended.is_none(), "{:#?}", r.keys);
+        assert_eq!(
+            (r.sessions.opened, r.sessions.closed, r.sessions.summaries),
+            (3, 2, 1)
+        );
+        let r = with_summary(0);
+        assert!(r.keys[0].ended.is_some(), "{:#?}", r.keys);
+    }
+
     #[test]
     fn a_handle_reused_by_an_object_of_another_class_is_another_key() {
         let r = report_of(&[
