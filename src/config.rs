@@ -1216,6 +1216,13 @@ mod tests {
         let e = Config::resolve(f.path(), true, None).expect_err("bad value");
         assert_eq!(e.key.as_deref(), Some("audit.usage"), "{e}");
         assert!(e.problem.contains("line 3"), "{e}");
+        assert_eq!(c.audit.sessions, SessionDetail::Every);
+        let f = write("module = \"/m.so\"\n[audit]\nsessions = \"summary\"\n");
+        let c = Config::resolve(f.path(), true, None).expect("valid");
+        assert_eq!(c.audit.sessions, SessionDetail::Summary);
+        let f = write("module = \"/m.so\"\n[audit]\nsessions = \"some\"\n");
+        let e = Config::resolve(f.path(), true, None).expect_err("bad value");
+        assert_eq!(e.key.as_deref(), Some("audit.sessions"), "{e}");
     }
 
     #[test]
