@@ -11,6 +11,7 @@ use common::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::slot::Slot;
 use serde_json::Value;
+use std::ffi::{c_char, c_int};
 use support::*;
 
 /// The counts of a session summary: (opened, opened_rw, opened_ro, closed,
@@ -65,6 +66,14 @@ fn known_workload() -> u64 {
     // Both are closed already.
     std::mem::forget(s0);
     std::mem::forget(kept);
+    // The thread that happens to write the summary (here at C_Finalize) lends it none of
+    // its context: the summary stands for calls of any thread.
+    type SetContext = unsafe extern "C" fn(*const c_char, *const c_char) -> c_int;
+    let set: SetContext = Raw::load(&module)
+        .sym("keytrail_set_context")
+        .expect("keytrail_set_context");
+    // SAFETY (test): NUL-terminated literals; the signature of include/keytrail.h.
+    assert_eq!(unsafe { set(c"request_id".as_ptr(), c"r-1".as_ptr()) }, 0);
     p.finalize().expect("finalize");
     handle
 }
@@ -86,6 +95,8 @@ fn a_summary_counts_every_session_and_failures_keep_their_records() {
     assert_eq!(sum["event"]["type"][0], "info", "{sum:#}");
     assert_eq!(s(sum, "pkcs11.token.label"), TOKEN_LABEL);
     assert!(sum.pointer("/pkcs11/session").is_none(), "{sum:#}");
+    assert!(sum.get("labels").is_none(), "{sum:#}");
+    assert_eq!(only(&all, "finalize")["labels"]["request_id"], "r-1");
     assert!(
         s(sum, "pkcs11.sessions.last") >= s(sum, "@timestamp"),
         "{sum:#}"

@@ -322,6 +322,18 @@ impl Auditor {
         }
     }
 
+    /// Queues a summary. It stands for calls of several threads, so it carries none's
+    /// labels (its thread is the one that happened to write it).
+    fn emit_summary(&self, mut e: Event) {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        e.thread_id = context::thread_id();
+        if let Some(sink) = self.sink.get() {
+            sink.send(e);
+        }
+    }
+
     /// Ends the stream (C_Finalize, process exit) with a `trail_stop` record, which the
     /// writer completes with the head of the chain. The caller flushes.
     pub fn stop(&self, reason: &'static str) {
@@ -335,7 +347,7 @@ impl Auditor {
                 .flat_map(|s| s.drain())
                 .chain(sessions)
             {
-                self.emit(e);
+                self.emit_summary(e);
             }
         }
         if !self.stopped.swap(true, Ordering::AcqRel) {
@@ -365,7 +377,7 @@ impl Auditor {
         };
         if let Some(due) = s.count(slot, started, change, || self.token(slot)) {
             for e in due {
-                self.emit(e);
+                self.emit_summary(e);
             }
         }
     }
@@ -661,8 +673,11 @@ impl Auditor {
         if let Some(s) = &self.summaries {
             let mut due = Vec::new();
             let failed = s.add(e, &mut due);
-            for d in due.into_iter().chain(failed) {
-                self.emit(d);
+            for d in due {
+                self.emit_summary(d);
+            }
+            if let Some(f) = failed {
+                self.emit(f);
             }
             return;
         }
