@@ -116,6 +116,24 @@ fn a_summary_counts_every_session_and_failures_keep_their_records() {
     assert_eq!(n(&failed_record(&sessions), "pkcs11.slot_id"), 0x7777);
     // The login and the key events keep their records, with their session.
     assert_eq!(action(&all, "login").len(), 1, "{}", dump(&all));
+    // C_CloseAllSessions closed the slot's last sessions with the user logged in: the
+    // summary cannot say when the login ended, so that close is an implicit logout record.
+    let out = only(&all, "logout");
+    assert_eq!(
+        (
+            s(&out, "pkcs11.function"),
+            s(&out, "pkcs11.auth.user_type"),
+            s(&out, "event.outcome"),
+            n(&out, "pkcs11.slot_id"),
+        ),
+        (
+            "C_CloseAllSessions",
+            "CKU_USER",
+            "success",
+            n(sum, "pkcs11.slot_id")
+        ),
+        "{out:#}"
+    );
     let enc = only(&all, "encrypt");
     assert_eq!(n(&enc, "pkcs11.session.handle"), session, "{enc:#}");
     // The summary goes before the stream's stop.

@@ -119,7 +119,9 @@ fn closing(
 }
 
 /// A closing call under `sessions = "summary"`: the sessions it closed are counted; a
-/// failed call, or one closing a session whose slot keytrail does not know, is recorded.
+/// failed call, or one closing a session whose slot keytrail does not know, is recorded;
+/// one that logs the application out of the token (it closes the slot's last session
+/// while a user is logged in) is also an implicit `logout` record.
 fn closing_counted(
     a: &audit::Auditor,
     forward: impl FnOnce() -> CK_RV,
@@ -129,16 +131,26 @@ fn closing_counted(
     slot: Option<CK_SLOT_ID>,
 ) -> CK_RV {
     let started = Started::now();
-    // Which slot, and how many sessions, are known only before the call.
-    let change = match which {
-        Closing::Session(s) => a.sessions.slot_of(s).map(|slot| (slot, Change::Closed)),
-        Closing::Slot(slot) => Some((slot, Change::ClosedAll(a.sessions.open_on(slot)))),
-        Closing::All => None,
-    };
+    // Which slot, how many sessions, and whether the close ends a login are known only
+    // before the call.
+    let before = a.sessions.before_close(which);
     let rv = forward();
     if rv == CKR_OK {
         a.sessions_closed(which, function);
-        if let Some((slot, change)) = change {
+        if let Some((slot, n, logout)) = before {
+            if let Some(user) = logout.filter(|_| a.config.enabled(Lifecycle::Auth)) {
+                // The summary cannot say when the login ended: that close is a record.
+                let mut e = Event::call(started, function, "logout", Lifecycle::Auth, rv);
+                a.place_slot(&mut e, slot);
+                e.session = session;
+                e.user_type = Some(user);
+                e.extra_mut().message = Some("the last session of the slot closed".into());
+                a.emit(e);
+            }
+            let change = match which {
+                Closing::Slot(_) => Change::ClosedAll(n),
+                _ => Change::Closed,
+            };
             a.count_session(slot, started, change);
             return rv;
         }
