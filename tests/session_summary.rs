@@ -164,7 +164,7 @@ fn a_summary_counts_every_session_and_failures_keep_their_records() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains(
-            "sessions: 42 opened (37 read/write), 42 closed, 2 failed calls; 1 summaries, \
+            "sessions: 42 opened (37 read/write), 42 closed, 2 failed calls; from 1 summary, \
              at most 6 open at once"
         ),
         "{text}"

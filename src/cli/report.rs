@@ -653,8 +653,10 @@ fn print_text(r: &Report) {
             line += &format!(", {} C_CloseAllSessions", c.close_all_calls);
         }
         line += &format!(", {} failed calls", c.failures);
-        if c.summaries > 0 {
-            line += &format!("; {} summaries", c.summaries);
+        match c.summaries {
+            0 => {}
+            1 => line += "; from 1 summary",
+            n => line += &format!("; from {n} summaries"),
         }
         if let Some(m) = c.max_open {
             line += &format!(", at most {m} open at once");
