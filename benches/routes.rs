@@ -38,6 +38,8 @@ struct RouteSpec {
     idle_thread: bool,
     /// Send the child's stderr to /dev/null (p11-kit's log-calls writes there).
     quiet_stderr: bool,
+    /// Only this workload (routes that matter for one workload keep the run short).
+    only: Option<&'static str>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -57,6 +59,7 @@ fn routes() -> Vec<RouteSpec> {
         env: vec![],
         idle_thread,
         quiet_stderr: false,
+        only: None,
     };
     let mut v = vec![
         direct("direct", false),
@@ -84,6 +87,18 @@ fn routes() -> Vec<RouteSpec> {
         ),
         // Full audit recorded by `keytrail agent` (started by scripts/bench.sh).
         ("keytrail agent", "BENCH_CONFIG_AGENT", Some(&keytrail)),
+        // `sessions = "summary"`, embedded and agent: only sessions change, so only the
+        // session workload runs.
+        (
+            "keytrail sessions=summary",
+            "BENCH_CONFIG_SESSIONS",
+            Some(&keytrail),
+        ),
+        (
+            "keytrail agent sessions=summary",
+            "BENCH_CONFIG_AGENT_SESSIONS",
+            Some(&keytrail),
+        ),
     ] {
         if let (Some(c), Some(module)) = (var(config), module) {
             v.push(RouteSpec {
@@ -93,6 +108,9 @@ fn routes() -> Vec<RouteSpec> {
                 idle_thread: false,
                 // The drop route says on stderr each time it starts dropping.
                 quiet_stderr: name == "keytrail on_full=drop",
+                only: name
+                    .ends_with("sessions=summary")
+                    .then_some(SESSION_WORKLOAD),
             });
         }
     }
@@ -103,6 +121,7 @@ fn routes() -> Vec<RouteSpec> {
             env: vec![],
             idle_thread: false,
             quiet_stderr: false,
+            only: None,
         });
     }
     if let Some(p11kit) = var("BENCH_P11KIT_SO") {
@@ -112,10 +131,14 @@ fn routes() -> Vec<RouteSpec> {
             env: vec![],
             idle_thread: false,
             quiet_stderr: true,
+            only: None,
         });
     }
     v
 }
+
+/// The workload of the session routes.
+const SESSION_WORKLOAD: &str = "OpenSession + CloseSession";
 
 const WORKLOADS: &[&str] = &[
     "C_GetSessionInfo",
@@ -163,9 +186,21 @@ fn driver() {
         for k in 0..routes.len() {
             let i = (round + k) % routes.len();
             let r = &routes[i];
+            let args = match r.only {
+                None => filters.clone(),
+                Some(w)
+                    if filters.is_empty()
+                        || filters
+                            .iter()
+                            .any(|f| w.to_lowercase().contains(f.as_str())) =>
+                {
+                    vec![w.to_lowercase()]
+                }
+                Some(_) => continue,
+            };
             let mut cmd = Command::new(&exe);
             cmd.arg("--child")
-                .args(&filters)
+                .args(&args)
                 .env("BENCH_MODULE", &r.module)
                 .env("BENCH_IDLE_THREAD", if r.idle_thread { "1" } else { "0" })
                 .stdout(Stdio::piped());
@@ -247,7 +282,10 @@ fn driver() {
         print!("| {w} |");
         for i in 0..routes.len() {
             let m = median(&samples[i][j]);
-            if i == 0 {
+            if samples[i][j].is_empty() {
+                print!(" – |");
+                continue;
+            } else if i == 0 {
                 print!(" {m:.0} |");
             } else {
                 let (d, dmin, dmax) = ratios(i, 0, j);

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Instructions per operation, per thread, for the per-process routes of benches/routes.rs:
-# SoftHSM2 direct, keytrail with full audit, with `categories = []`, and with
-# `on_full = "drop"`. Unlike times, instruction counts do not move when other work loads
-# the machine. Each route runs under `valgrind --tool=callgrind` twice, with BENCH_ITERS=N
-# and 2N operations of each workload named in the arguments (as for scripts/bench.sh, e.g.
-# `opensession`); the difference divided by N leaves out the setup (scripts/cg-count.sh).
+# SoftHSM2 direct, keytrail with full audit, with `categories = []`, with
+# `on_full = "drop"`, and with `sessions = "summary"`. Unlike times, instruction counts do
+# not move when other work loads the machine. Each route runs under
+# `valgrind --tool=callgrind` twice, with BENCH_ITERS=N and 2N operations of each workload
+# named in the arguments (as for scripts/bench.sh, e.g. `opensession`); the difference
+# divided by N leaves out the setup (scripts/cg-count.sh).
 #
 # valgrind does not offer the CPU's SHA extensions, so sha2 runs its software fallback
 # under it: SHA-256 is counted apart, and on hardware with SHA-NI it costs several times
 # fewer instructions than shown. Kernel work (the writer's write() calls) is not counted.
 #
 # Environment: BENCH_ITERS (N, default 2000), SOFTHSM2_MODULE, BENCH_BASELINE_SO (also
-# count another keytrail build, full audit).
+# count another keytrail build, full audit), BENCH_ROUTES (a regular expression: only the
+# routes whose name matches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "bench-instructions.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -35,9 +37,17 @@ conf() { # name, extra [trail] line, [audit] lines
 conf full "" ""
 conf off "" $'[audit]\ncategories = []'
 conf drop 'on_full = "drop"' ""
+conf sessions "" $'[audit]\nsessions = "summary"'
 routes=("direct|$module|" "keytrail|$PWD/target/release/libkeytrail.so|$tmp/full.toml"
   "keytrail categories=[]|$PWD/target/release/libkeytrail.so|$tmp/off.toml"
-  "keytrail on_full=drop|$PWD/target/release/libkeytrail.so|$tmp/drop.toml")
+  "keytrail on_full=drop|$PWD/target/release/libkeytrail.so|$tmp/drop.toml"
+  "keytrail sessions=summary|$PWD/target/release/libkeytrail.so|$tmp/sessions.toml")
+# BENCH_ROUTES: a pattern; only the routes whose name matches it run.
+if [ -n "${BENCH_ROUTES:-}" ]; then
+  kept=()
+  for r in "${routes[@]}"; do [[ "${r%%|*}" =~ $BENCH_ROUTES ]] && kept+=("$r"); done
+  routes=("${kept[@]}")
+fi
 [ -n "${BENCH_BASELINE_SO:-}" ] && routes+=("keytrail baseline build|$BENCH_BASELINE_SO|$tmp/full.toml")
 for w in "$@"; do
   for r in "${routes[@]}"; do

@@ -2,7 +2,8 @@
 # Overhead benchmark. By default (benches/routes.rs) every route runs in its own process,
 # as an application sees it, in interleaved rounds: SoftHSM2 direct, direct with one idle
 # thread, keytrail with full audit, with `categories = []` and with `on_full = "drop"`,
-# keytrail in agent mode (a `keytrail agent` started here), pkcs11-spy and p11-kit
+# keytrail in agent mode (a `keytrail agent` started here), `sessions = "summary"` for the
+# open + close workload (embedded and agent), pkcs11-spy and p11-kit
 # log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
 # thread, with the min-max of the per-round ratios, and the keytrail writer thread's CPU
 # time per operation. scripts/bench-instructions.sh counts instructions per operation
@@ -31,6 +32,8 @@
 #   BENCH_ROUNDS, BENCH_ROUND_MS, BENCH_WARMUP_MS   tune the run (see benches/overhead.rs)
 #   BENCH_BASELINE_SO=<libkeytrail.so>  also run another keytrail build (full audit), interleaved
 #   BENCH_VOLUME=0        skip the trail bytes per 1,000 signatures in each usage mode
+#   BENCH_SESSIONS=0      leave out the `sessions = "summary"` routes (embedded and agent,
+#                         open + close workload only)
 #   SOFTHSM2_MODULE       the SoftHSM2 module (default: the usual Debian paths)
 # Extra arguments go to `cargo bench` (e.g. `scripts/bench.sh -- hmac` runs only the
 # workloads whose name contains "hmac").
@@ -117,6 +120,17 @@ CONF
   export BENCH_CONFIG_AGENT="$tmp/keytrail-agent.toml"
   sed -e "/^\[trail\]/a mode = \"agent\"\nagent_socket = \"$tmp/agent.sock\"" \
     "$tmp/keytrail.toml" >"$BENCH_CONFIG_AGENT"
+fi
+# `sessions = "summary"` (the open + close workload only), embedded and with the agent.
+# BENCH_SESSIONS=0 leaves these routes out; with BENCH_AUDIT set they are left out too
+# (its [audit] section would be given twice).
+if [ "${BENCH_SAME_PROCESS:-0}" != 1 ] && [ "${BENCH_SESSIONS:-1}" != 0 ] && [ -z "${BENCH_AUDIT:-}" ]; then
+  export BENCH_CONFIG_SESSIONS="$tmp/keytrail-sessions.toml"
+  printf '%s\n[audit]\nsessions = "summary"\n' "$(cat "$tmp/keytrail.toml")" >"$BENCH_CONFIG_SESSIONS"
+  if [ -n "${BENCH_CONFIG_AGENT:-}" ]; then
+    export BENCH_CONFIG_AGENT_SESSIONS="$tmp/keytrail-agent-sessions.toml"
+    printf '%s\n[audit]\nsessions = "summary"\n' "$(cat "$BENCH_CONFIG_AGENT")" >"$BENCH_CONFIG_AGENT_SESSIONS"
+  fi
 fi
 export KEYTRAIL_SO="${KEYTRAIL_SO:-$PWD/target/release/libkeytrail.so}"
 

@@ -222,6 +222,18 @@ pub enum UsageDetail {
     Summary,
 }
 
+/// How opening and closing sessions is recorded (`[audit] sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionDetail {
+    /// One record per C_OpenSession, C_CloseSession and C_CloseAllSessions.
+    #[default]
+    Every,
+    /// One record per slot per `summary_interval` seconds, with counts of the sessions
+    /// opened and closed; every failed call still has its own record.
+    Summary,
+}
+
 /// Audit level: `audit` records the key lifecycle; `trace` adds discovery calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -244,7 +256,11 @@ pub struct AuditConfig {
     pub level: Level,
     /// `every`, `first` or `summary`.
     pub usage: UsageDetail,
-    /// Seconds each usage summary covers (`usage = "summary"`).
+    /// `every` or `summary`: a record per session opened and closed, or counts per slot
+    /// and interval.
+    pub sessions: SessionDetail,
+    /// Seconds each usage or session summary covers (`usage = "summary"`,
+    /// `sessions = "summary"`).
     pub summary_interval: u64,
     /// Look up a key's non-secret identity through the module when the trail has not seen
     /// it created.
@@ -260,6 +276,7 @@ impl Default for AuditConfig {
                 .collect(),
             level: Level::Audit,
             usage: UsageDetail::Every,
+            sessions: SessionDetail::Every,
             summary_interval: 60,
             key_lookups: true,
         }
@@ -1199,6 +1216,13 @@ mod tests {
         let e = Config::resolve(f.path(), true, None).expect_err("bad value");
         assert_eq!(e.key.as_deref(), Some("audit.usage"), "{e}");
         assert!(e.problem.contains("line 3"), "{e}");
+        assert_eq!(c.audit.sessions, SessionDetail::Every);
+        let f = write("module = \"/m.so\"\n[audit]\nsessions = \"summary\"\n");
+        let c = Config::resolve(f.path(), true, None).expect("valid");
+        assert_eq!(c.audit.sessions, SessionDetail::Summary);
+        let f = write("module = \"/m.so\"\n[audit]\nsessions = \"some\"\n");
+        let e = Config::resolve(f.path(), true, None).expect_err("bad value");
+        assert_eq!(e.key.as_deref(), Some("audit.sessions"), "{e}");
     }
 
     #[test]

@@ -1425,3 +1425,66 @@ fn a_full_ring_whose_agent_is_gone_falls_back_at_once() {
     every_call_once(&first.records(), &trail, n);
     verify(&fx.trail_path());
 }
+
+#[test]
+fn session_summaries_cross_the_ring_with_exact_counts() {
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    agent_mode(
+        &fx,
+        &agent,
+        "[audit]\nsessions = \"summary\"\nsummary_interval = 3600\n",
+    );
+    let p = open(&keytrail_module());
+    let slot = token_slot(&p);
+    let held = p.open_rw_session(slot).expect("held");
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for _ in 0..400 {
+                    drop(p.open_ro_session(slot).expect("open"));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let bad = cryptoki::slot::Slot::try_from(0x7777_u64).expect("slot id");
+    p.open_ro_session(bad).expect_err("no such slot");
+    drop(held);
+    p.finalize().expect("finalize");
+    let records = agent.stop();
+    let mine: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["process"]["pid"] == std::process::id())
+        .collect();
+    let sums: Vec<&&Value> = mine
+        .iter()
+        .filter(|r| record_action(r) == "session_summary")
+        .collect();
+    assert_eq!(sums.len(), 1, "{mine:#?}");
+    let s = &sums[0]["pkcs11"]["sessions"];
+    assert_eq!(
+        (&s["opened"], &s["opened_rw"], &s["closed"], &s["open"]),
+        (&1201.into(), &1.into(), &1201.into(), &0.into()),
+        "{s:#}"
+    );
+    assert!(
+        s["max_open"].as_u64().is_some_and(|m| (2..=4).contains(&m)),
+        "{s:#}"
+    );
+    let others: Vec<(&str, &str)> = mine
+        .iter()
+        .filter(|r| r["pkcs11"]["lifecycle"] == "session" && record_action(r) != "session_summary")
+        .map(|r| {
+            (
+                record_action(r),
+                r["pkcs11"]["rv_name"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(others, [("session_open", "CKR_SLOT_ID_INVALID")]);
+    verify(&agent.trail);
+}

@@ -13,7 +13,8 @@
 
 use crate::audit::attrs::{Attr, AttrValue};
 use crate::audit::event::{
-    Event, Extra, Flags, KeyRef, OperationInfo, Outcome, Started, TokenRef, UseSummary,
+    Event, Extra, Flags, KeyRef, OperationInfo, Outcome, SessionSummary, Started, TokenRef,
+    UseSummary,
 };
 use crate::audit::keys::KeyIdentity;
 use crate::audit::mechanism::{Mechanism, Params};
@@ -498,6 +499,23 @@ fn put_extra(w: &mut Writer<'_>, x: &Extra, clock: &Clock, attributes: bool) {
             w.u64(clock.ns(s.last.instant));
         }
     }
+    match x.sessions {
+        None => w.byte(0),
+        Some(s) => {
+            w.byte(1);
+            for n in [
+                s.opened_rw,
+                s.opened_ro,
+                s.closed,
+                s.closed_all,
+                s.open,
+                s.max_open,
+            ] {
+                w.u64(n);
+            }
+            w.u64(clock.ns(s.last.instant));
+        }
+    }
 }
 
 /// Reads a record written by [`encode`]. `clock` is the reader's own. (The agent keeps a
@@ -931,6 +949,19 @@ impl<'a> Reader<'a, '_> {
                 },
             });
         }
+        if self.flag()? {
+            x.sessions = Some(SessionSummary {
+                opened_rw: self.u64()?,
+                opened_ro: self.u64()?,
+                closed: self.u64()?,
+                closed_all: self.u64()?,
+                open: self.u64()?,
+                max_open: self.u64()?,
+                last: Started {
+                    instant: clock.instant(self.u64()?),
+                },
+            });
+        }
         Ok(x)
     }
 }
@@ -1159,6 +1190,41 @@ mod tests {
         let audit = lifecycle_number(Lifecycle::Audit);
         assert_eq!(audit as usize, Lifecycle::ALL.len());
         assert_eq!(lifecycle_of(audit), Some(Lifecycle::Audit));
+    }
+
+    #[test]
+    fn a_session_summary_crosses_unchanged() {
+        let clock = Clock::now();
+        let mut e = sample();
+        let last = Started::now();
+        e.extra_mut().sessions = Some(SessionSummary {
+            opened_rw: 37,
+            opened_ro: 5,
+            closed: 40,
+            closed_all: 1,
+            open: 1,
+            max_open: 3,
+            last,
+        });
+        let mut buf = Vec::new();
+        encode(&e, &clock, &mut buf);
+        let back = decode(&buf, &clock).expect("decodes");
+        let s = back.extra().and_then(|x| x.sessions).expect("the summary");
+        let counts = (
+            s.opened_rw,
+            s.opened_ro,
+            s.closed,
+            s.closed_all,
+            s.open,
+            s.max_open,
+        );
+        assert_eq!(counts, (37, 5, 40, 1, 1, 3));
+        let drift = s
+            .last
+            .instant
+            .max(last.instant)
+            .duration_since(s.last.instant.min(last.instant));
+        assert!(drift < std::time::Duration::from_micros(2), "{drift:?}");
     }
 
     #[test]

@@ -212,6 +212,8 @@ pub struct Extra {
     pub detail: Option<serde_json::Value>,
     /// What a usage summary stands for (`usage = "summary"`).
     pub summary: Option<UseSummary>,
+    /// What a session summary stands for (`sessions = "summary"`).
+    pub sessions: Option<SessionSummary>,
 }
 
 /// Successful operations of one key, operation and mechanism that one summary record
@@ -223,6 +225,26 @@ pub struct UseSummary {
     /// Operations that failed meanwhile (each also has a record of its own).
     pub failures: u64,
     /// When the last one started.
+    pub last: Started,
+}
+
+/// The sessions of one slot that one session summary record stands for, over one
+/// interval. The record's own time is the first call's start.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSummary {
+    /// Sessions opened read/write.
+    pub opened_rw: u64,
+    /// Sessions opened read-only.
+    pub opened_ro: u64,
+    /// Sessions closed by C_CloseSession.
+    pub closed: u64,
+    /// Sessions closed by C_CloseAllSessions.
+    pub closed_all: u64,
+    /// Sessions still open when the interval ended.
+    pub open: u64,
+    /// The most sessions open at once during the interval.
+    pub max_open: u64,
+    /// When the last call counted started (the first's is the record's time).
     pub last: Started,
 }
 

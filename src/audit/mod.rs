@@ -9,12 +9,13 @@ pub mod context;
 pub mod event;
 pub mod keys;
 pub mod mechanism;
+pub mod session_summary;
 pub mod sessions;
 pub mod summary;
 
 use crate::audit::event::Flag;
 use crate::backend::Backend;
-use crate::config::{AuditConfig, Lifecycle, UsageDetail};
+use crate::config::{AuditConfig, Lifecycle, SessionDetail, UsageDetail};
 use crate::sink::SinkSlot;
 use cryptoki_sys::*;
 use event::{Event, KeyRef, OperationInfo, Outcome, Started, TokenRef};
@@ -41,6 +42,8 @@ pub struct Auditor {
     stopped: std::sync::atomic::AtomicBool,
     /// Usage summaries, under `usage = "summary"`.
     summaries: Option<summary::Summaries>,
+    /// Session summaries, under `sessions = "summary"` (and session records enabled).
+    session_summaries: Option<session_summary::SessionSummaries>,
 }
 
 static AUDITOR: OnceLock<Auditor> = OnceLock::new();
@@ -81,6 +84,13 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
             stopped: std::sync::atomic::AtomicBool::new(false),
             summaries: (config.audit.usage == UsageDetail::Summary).then(|| {
                 summary::Summaries::new(std::time::Duration::from_secs(
+                    config.audit.summary_interval,
+                ))
+            }),
+            session_summaries: (config.audit.sessions == SessionDetail::Summary
+                && config.audit.enabled(Lifecycle::Session))
+            .then(|| {
+                session_summary::SessionSummaries::new(std::time::Duration::from_secs(
                     config.audit.summary_interval,
                 ))
             }),
@@ -216,6 +226,9 @@ pub mod fork {
             if let Some(s) = &a.summaries {
                 s.lock_for_fork();
             }
+            if let Some(s) = &a.session_summaries {
+                s.lock_for_fork();
+            }
         }
         crate::diag::lock_for_fork();
     }
@@ -234,6 +247,9 @@ pub mod fork {
                 if let Some(s) = &a.summaries {
                     s.unlock_after_fork();
                 }
+                if let Some(s) = &a.session_summaries {
+                    s.unlock_after_fork();
+                }
             }
         }
         // SAFETY: as above.
@@ -246,6 +262,9 @@ pub mod fork {
         if let Some(a) = get() {
             a.sink.after_fork_in_child();
             if let Some(s) = &a.summaries {
+                s.forget_after_fork();
+            }
+            if let Some(s) = &a.session_summaries {
                 s.forget_after_fork();
             }
             a.stopped.store(false, std::sync::atomic::Ordering::Release);
@@ -303,18 +322,63 @@ impl Auditor {
         }
     }
 
+    /// Queues a summary. It stands for calls of several threads, so it carries none's
+    /// labels (its thread is the one that happened to write it).
+    fn emit_summary(&self, mut e: Event) {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        e.thread_id = context::thread_id();
+        if let Some(sink) = self.sink.get() {
+            sink.send(e);
+        }
+    }
+
     /// Ends the stream (C_Finalize, process exit) with a `trail_stop` record, which the
     /// writer completes with the head of the chain. The caller flushes.
     pub fn stop(&self, reason: &'static str) {
         use std::sync::atomic::Ordering;
         if !self.stopped.load(Ordering::Acquire) {
             // The interval's summaries go before the stop: nothing counted is left out.
-            for e in self.summaries.iter().flat_map(|s| s.drain()) {
-                self.emit(e);
+            let sessions = self.session_summaries.iter().flat_map(|s| s.drain());
+            for e in self
+                .summaries
+                .iter()
+                .flat_map(|s| s.drain())
+                .chain(sessions)
+            {
+                self.emit_summary(e);
             }
         }
         if !self.stopped.swap(true, Ordering::AcqRel) {
             self.emit(Event::stream_mark("trail_stop", reason));
+        }
+    }
+
+    /// Whether session calls are counted into summaries (`sessions = "summary"`) rather
+    /// than recorded one by one.
+    #[inline]
+    pub fn summarizes_sessions(&self) -> bool {
+        self.session_summaries.is_some()
+    }
+
+    /// Counts a successful session call on `slot` into its summary, writing the
+    /// summaries of an interval that has run out. Does nothing unless
+    /// [`Auditor::summarizes_sessions`].
+    #[inline]
+    pub fn count_session(
+        &self,
+        slot: CK_SLOT_ID,
+        started: Started,
+        change: session_summary::Change,
+    ) {
+        let Some(s) = &self.session_summaries else {
+            return;
+        };
+        if let Some(due) = s.count(slot, started, change, || self.token(slot)) {
+            for e in due {
+                self.emit_summary(e);
+            }
         }
     }
 
@@ -609,8 +673,11 @@ impl Auditor {
         if let Some(s) = &self.summaries {
             let mut due = Vec::new();
             let failed = s.add(e, &mut due);
-            for d in due.into_iter().chain(failed) {
-                self.emit(d);
+            for d in due {
+                self.emit_summary(d);
+            }
+            if let Some(f) = failed {
+                self.emit(f);
             }
             return;
         }

@@ -216,6 +216,27 @@ impl Sessions {
         Some(s.place(&inner.logins))
     }
 
+    /// Before a close of one session or of a slot's sessions: their slot, how many the
+    /// close ends, and, when it ends the slot's last session while a user is logged in (which
+    /// logs the application out of the token), that user. `None` for a session the table
+    /// does not hold, and for C_Finalize.
+    pub fn before_close(&self, which: Closing) -> Option<(CK_SLOT_ID, u64, Option<CK_USER_TYPE>)> {
+        let inner = self.lock();
+        let (slot, n, last) = match which {
+            Closing::Session(h) => {
+                let slot = inner.sessions.get(&h)?.slot;
+                (slot, 1, inner.per_slot.get(&slot) == Some(&1))
+            }
+            Closing::Slot(slot) => {
+                let n = inner.per_slot.get(&slot).copied().unwrap_or(0);
+                (slot, n as u64, n > 0)
+            }
+            Closing::All => return None,
+        };
+        let logout = last.then(|| inner.logins.get(&slot).copied()).flatten();
+        Some((slot, n, logout))
+    }
+
     /// Remembers the token of a session's slot.
     pub fn set_token(&self, session: CK_SESSION_HANDLE, token: Arc<TokenRef>) {
         if let Some(s) = self.lock().sessions.get_mut(&session) {
@@ -424,5 +445,28 @@ mod tests {
         let (closed, _) = t.close(Closing::Slot(20));
         assert!(closed.contains(3) && closed.contains(4) && !closed.contains(2));
         assert_eq!(t.opened_with(5, 20, true, None).state, "rw_public");
+    }
+
+    /// What a close is about to end: the session's slot and, for the slot's last session
+    /// with a user logged in, that user.
+    #[test]
+    fn before_close_says_which_close_logs_out() {
+        let t = Sessions::default();
+        t.opened(1, 10, true);
+        t.opened(2, 10, false);
+        t.logged_in(1, CKU_USER);
+        assert_eq!(t.before_close(Closing::Session(1)), Some((10, 1, None)));
+        assert_eq!(
+            t.before_close(Closing::Slot(10)),
+            Some((10, 2, Some(CKU_USER)))
+        );
+        t.close(Closing::Session(1));
+        assert_eq!(
+            t.before_close(Closing::Session(2)),
+            Some((10, 1, Some(CKU_USER)))
+        );
+        assert_eq!(t.before_close(Closing::Session(9)), None);
+        assert_eq!(t.before_close(Closing::Slot(11)), Some((11, 0, None)));
+        assert_eq!(t.before_close(Closing::All), None);
     }
 }

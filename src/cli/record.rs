@@ -257,6 +257,8 @@ pub struct P11<'a> {
     pub token: Option<Tok<'a>>,
     /// `pkcs11.session.*`.
     pub session: Option<Sess>,
+    /// `pkcs11.sessions.*`: what a session summary stands for.
+    pub sessions: Option<SessCounts>,
     /// `pkcs11.auth.*`.
     #[serde(borrow)]
     pub auth: Option<Auth<'a>>,
@@ -287,6 +289,21 @@ pub struct P11<'a> {
 pub struct Sess {
     /// The session handle.
     pub handle: Option<u64>,
+}
+
+/// `pkcs11.sessions.*`: the counts of a session summary (`sessions = "summary"`).
+#[derive(Deserialize)]
+pub struct SessCounts {
+    /// Sessions opened.
+    pub opened: Option<u64>,
+    /// Of them, read/write.
+    pub opened_rw: Option<u64>,
+    /// Sessions closed (by C_CloseSession and C_CloseAllSessions).
+    pub closed: Option<u64>,
+    /// Sessions open when the interval ended.
+    pub open: Option<u64>,
+    /// The most open at once.
+    pub max_open: Option<u64>,
 }
 
 /// `pkcs11.attributes.*`, as far as the readers need them.

@@ -3,7 +3,7 @@
 
 use super::input::{self, Progress};
 use super::keybook::{KeyBook, Place, Rename};
-use super::record::{FilterArgs, Filters, KeyRec, Rec};
+use super::record::{FilterArgs, Filters, KeyRec, P11, Rec};
 use super::text::{self, errln, outln};
 use anyhow::Result;
 use serde::Serialize;
@@ -148,9 +148,31 @@ struct Summary {
     processes: u64,
 }
 
+/// Sessions opened and closed, from the records of each call and from session summaries.
+#[derive(Debug, Default, Serialize)]
+struct SessionCounts {
+    /// Sessions opened.
+    opened: u64,
+    /// Of them, read/write.
+    opened_rw: u64,
+    /// Sessions closed by C_CloseSession, and all that summaries count as closed.
+    closed: u64,
+    /// C_CloseAllSessions calls recorded one by one (their records do not say how many
+    /// sessions they closed).
+    close_all_calls: u64,
+    /// Failed C_OpenSession, C_CloseSession and C_CloseAllSessions calls.
+    failures: u64,
+    /// Session summaries among the records.
+    summaries: u64,
+    /// The most sessions one process had open at once on one slot, as summaries say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_open: Option<u64>,
+}
+
 #[derive(Debug, Default, Serialize)]
 struct Report {
     summary: Summary,
+    sessions: SessionCounts,
     keys: Vec<KeyReport>,
     failed_logins: Vec<FailedLogins>,
     token_admin: Vec<Row>,
@@ -208,6 +230,42 @@ impl Aggregator {
         logins.sort_by(|a, b| b.count.cmp(&a.count).then(a.actor.cmp(&b.actor)));
         report.failed_logins = logins;
         report
+    }
+
+    /// Counts a session record: one call, or a summary of many.
+    fn count_sessions(&mut self, action: &str, outcome: &str, p: &P11<'_>) {
+        let c = &mut self.report.sessions;
+        match outcome {
+            "success" => {}
+            "failure" => {
+                c.failures += 1;
+                return;
+            }
+            // A record written before the call (`on_failure = "deny"`): the call's own
+            // record follows.
+            _ => return,
+        }
+        match (action, p.function.as_deref()) {
+            ("session_summary", _) => {
+                let Some(s) = &p.sessions else { return };
+                c.summaries += 1;
+                c.opened += s.opened.unwrap_or(0);
+                c.opened_rw += s.opened_rw.unwrap_or(0);
+                c.closed += s.closed.unwrap_or(0);
+                if let Some(m) = s.max_open {
+                    c.max_open = Some(c.max_open.unwrap_or(0).max(m));
+                }
+            }
+            ("session_open", _) => {
+                c.opened += 1;
+                if p.flags.iter().any(|f| f == "read_write") {
+                    c.opened_rw += 1;
+                }
+            }
+            (_, Some("C_CloseSession")) => c.closed += 1,
+            (_, Some("C_CloseAllSessions")) => c.close_all_calls += 1,
+            _ => {}
+        }
     }
 
     /// The report entry of the book's key `key`, seen at `time`.
@@ -406,8 +464,19 @@ impl Aggregator {
                 }
             }
         }
+        if lifecycle == "session" {
+            self.count_sessions(action, outcome, p);
+        }
         // Session objects end with their session, or their process.
         let ended = match (lifecycle, p.function.as_deref(), outcome) {
+            // A summary that ends with no session open on its slot: every session of the
+            // process on that token has closed, and its session objects with them.
+            ("session", _, "success")
+                if action == "session_summary"
+                    && p.sessions.as_ref().and_then(|s| s.open) == Some(0) =>
+            {
+                self.book.sessions_closed(&place, None)
+            }
             ("session", Some("C_CloseSession"), "success") => match place.session {
                 Some(s) => self.book.sessions_closed(&place, Some(s)),
                 None => Vec::new(),
@@ -574,6 +643,26 @@ fn print_text(r: &Report) {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     outln!("by category: {}", cats.join(", "));
+    let c = &r.sessions;
+    if c.opened + c.closed + c.close_all_calls + c.failures > 0 {
+        let mut line = format!(
+            "sessions: {} opened ({} read/write), {} closed",
+            c.opened, c.opened_rw, c.closed
+        );
+        if c.close_all_calls > 0 {
+            line += &format!(", {} C_CloseAllSessions", c.close_all_calls);
+        }
+        line += &format!(", {} failed calls", c.failures);
+        match c.summaries {
+            0 => {}
+            1 => line += "; from 1 summary",
+            n => line += &format!("; from {n} summaries"),
+        }
+        if let Some(m) = c.max_open {
+            line += &format!(", at most {m} open at once");
+        }
+        outln!("{line}");
+    }
     outln!();
     outln!("KEYS ({})", r.keys.len());
     for k in &r.keys {
@@ -795,6 +884,38 @@ mod tests {
         assert_eq!(r.keys[0].uses["encrypt / -"].success, 7);
         assert!(r.keys[0].destroyed.is_some());
         assert!(r.keys[1].created.is_none());
+    }
+
+    /// Under `sessions = "summary"`, a session key ends with the summary that finds no
+    /// session open on its token; one that finds some still open leaves it be.
+    #[test]
+    fn a_session_summary_with_no_session_open_ends_the_session_keys() {
+        let key = format!(r#""key":{{"handle":5,{AES},"id_hex":"","label":"","token":false}}"#);
+        let generate = format!(
+            r#""lifecycle":"generate","function":"C_GenerateKey","session":{{"handle":1}},{key}"#
+        );
+        let with_summary = |open: u64| {
+            report_of(&[
+                line(1, 1, "key_generate", "success", &generate),
+                line(
+                    1,
+                    2,
+                    "session_summary",
+                    "success",
+                    &format!(
+                        r#""lifecycle":"session","slot_id":0,"sessions":{{"opened":3,"opened_rw":3,"closed":2,"open":{open},"max_open":2}}"#
+                    ),
+                ),
+            ])
+        };
+        let r = with_summary(1);
+        assert!(r.keys[0].ended.is_none(), "{:#?}", r.keys);
+        assert_eq!(
+            (r.sessions.opened, r.sessions.closed, r.sessions.summaries),
+            (3, 2, 1)
+        );
+        let r = with_summary(0);
+        assert!(r.keys[0].ended.is_some(), "{:#?}", r.keys);
     }
 
     #[test]

@@ -282,6 +282,21 @@ fn line(r: &Rec<'_>, time: &str, color: bool) -> String {
                 details.push(format!("token \"{}\"", escape(l)));
             }
         }
+        if let Some(c) = &p.sessions {
+            // A session summary: what its slot's sessions did over the interval.
+            let n = |v: Option<u64>| v.unwrap_or(0);
+            details.push(format!(
+                "{} opened ({} read/write), {} closed, {} open, at most {} at once",
+                n(c.opened),
+                n(c.opened_rw),
+                n(c.closed),
+                n(c.open),
+                n(c.max_open)
+            ));
+            if let Some(l) = p.token.as_ref().and_then(|t| t.label.as_deref()) {
+                details.push(format!("token \"{}\"", escape(l)));
+            }
+        }
         details.extend(keys_text(p));
         if let Some(m) = p.mechanism.as_ref().and_then(|m| m.name.as_deref()) {
             details.push(escape(m).into_owned());
@@ -485,6 +500,19 @@ mod tests {
         assert!(
             s.ends_with(
                 "?     key (handle 7)  CKM_AES_CBC_PAD  2 parts, abandoned, 32 B in, 16 B out"
+            ),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_session_summary_shows_its_counts() {
+        let s = show(
+            r#"{"event":{"action":"session_summary","outcome":"success"},"pkcs11":{"lifecycle":"session","slot_id":3,"token":{"label":"t","serial":"1"},"sessions":{"opened":42,"opened_rw":37,"opened_ro":5,"closed":40,"closed_by_close_all":0,"open":2,"max_open":3,"last":"2026-01-02T03:04:05.678901Z"}}}"#,
+        );
+        assert!(
+            s.ends_with(
+                "ok    42 opened (37 read/write), 40 closed, 2 open, at most 3 at once  token \"t\""
             ),
             "{s}"
         );

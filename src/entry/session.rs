@@ -3,6 +3,7 @@
 
 use super::ops::{self, Where};
 use crate::audit::event::Flag;
+use crate::audit::session_summary::Change;
 use crate::audit::{self, event::Event, event::Started, sessions::Closing};
 use crate::backend::Backend;
 use crate::config::Lifecycle;
@@ -43,17 +44,19 @@ fn open_session(
         None
     };
     let record = a.config.enabled(Lifecycle::Session);
+    let rw = flags & CKF_RW_SESSION != 0;
+    // Under `sessions = "summary"` a session opened is counted, not recorded; a failure
+    // still has its record.
+    let counted = record && a.summarizes_sessions() && opened.is_some();
     // The table learns the session and, when its record is written, the slot's token in
     // the same pass.
     let place = opened.map(|h| {
-        let token = record.then(|| a.token(slot)).flatten();
-        (
-            h,
-            a.sessions
-                .opened_with(h, slot, flags & CKF_RW_SESSION != 0, token),
-        )
+        let token = (record && !counted).then(|| a.token(slot)).flatten();
+        (h, a.sessions.opened_with(h, slot, rw, token))
     });
-    if record {
+    if counted {
+        a.count_session(slot, started, Change::Opened(rw));
+    } else if record {
         let mut e = Event::call(
             started,
             "C_OpenSession",
@@ -65,7 +68,7 @@ fn open_session(
             Some((h, p)) => a.place_at(&mut e, h, p),
             None => a.place_slot(&mut e, slot),
         }
-        if flags & CKF_RW_SESSION != 0 {
+        if rw {
             e.flag(Flag::ReadWrite);
         }
         a.emit(e);
@@ -84,6 +87,9 @@ fn closing(
     let Some(a) = audit::get() else {
         return forward();
     };
+    if a.summarizes_sessions() {
+        return closing_counted(a, forward, function, which, session, slot);
+    }
     // The record's place is taken before the call (the session is gone after it), and
     // only when session records are written.
     let record = a.config.enabled(Lifecycle::Session).then(|| {
@@ -109,6 +115,54 @@ fn closing(
         e.finish(rv);
         a.emit(e);
     }
+    rv
+}
+
+/// A closing call under `sessions = "summary"`: the sessions it closed are counted; a
+/// failed call, or one closing a session whose slot keytrail does not know, is recorded;
+/// one that logs the application out of the token (it closes the slot's last session
+/// while a user is logged in) is also an implicit `logout` record.
+fn closing_counted(
+    a: &audit::Auditor,
+    forward: impl FnOnce() -> CK_RV,
+    function: &'static str,
+    which: Closing,
+    session: Option<CK_SESSION_HANDLE>,
+    slot: Option<CK_SLOT_ID>,
+) -> CK_RV {
+    let started = Started::now();
+    // Which slot, how many sessions, and whether the close ends a login are known only
+    // before the call.
+    let before = a.sessions.before_close(which);
+    let rv = forward();
+    if rv == CKR_OK {
+        a.sessions_closed(which, function);
+        if let Some((slot, n, logout)) = before {
+            if let Some(user) = logout.filter(|_| a.config.enabled(Lifecycle::Auth)) {
+                // The summary cannot say when the login ended: that close is a record.
+                let mut e = Event::call(started, function, "logout", Lifecycle::Auth, rv);
+                a.place_slot(&mut e, slot);
+                e.session = session;
+                e.user_type = Some(user);
+                e.extra_mut().message = Some("the last session of the slot closed".into());
+                a.emit(e);
+            }
+            let change = match which {
+                Closing::Slot(_) => Change::ClosedAll(n),
+                _ => Change::Closed,
+            };
+            a.count_session(slot, started, change);
+            return rv;
+        }
+    }
+    let mut e = Event::call(started, function, "session_close", Lifecycle::Session, rv);
+    if let Some(s) = session {
+        a.place(&mut e, s);
+    }
+    if let Some(s) = slot {
+        a.place_slot(&mut e, s);
+    }
+    a.emit(e);
     rv
 }
 

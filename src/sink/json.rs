@@ -3,7 +3,7 @@
 //! describes every field.
 
 use crate::audit::attrs::Attr;
-use crate::audit::event::{Event, KeyRef, MAX_KEYS};
+use crate::audit::event::{Event, KeyRef, MAX_KEYS, SessionSummary};
 use crate::audit::keys::KeyIdentity;
 use crate::audit::mechanism::{Mechanism, Params};
 use crate::names;
@@ -284,6 +284,9 @@ pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool, api: bool) {
         string(&t.serial, out);
         out.push(b'}');
     }
+    if let Some(x) = extra.and_then(|x| x.sessions) {
+        session_summary(&x, out);
+    }
     if let Some(h) = e.session {
         number(out, ",\"session\":{\"handle\":", h);
         if let Some(state) = e.session_state {
@@ -367,6 +370,20 @@ pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool, api: bool) {
         }
         out.push(b']');
     }
+}
+
+/// `pkcs11.sessions`: what a session summary stands for.
+fn session_summary(x: &SessionSummary, out: &mut Vec<u8>) {
+    number(out, ",\"sessions\":{\"opened\":", x.opened_rw + x.opened_ro);
+    number(out, ",\"opened_rw\":", x.opened_rw);
+    number(out, ",\"opened_ro\":", x.opened_ro);
+    number(out, ",\"closed\":", x.closed + x.closed_all);
+    number(out, ",\"closed_by_close_all\":", x.closed_all);
+    number(out, ",\"open\":", x.open);
+    number(out, ",\"max_open\":", x.max_open);
+    out.extend_from_slice(b",\"last\":\"");
+    timestamp(x.last.wall_time(), out);
+    out.extend_from_slice(b"\"}");
 }
 
 fn mechanism(m: &Mechanism, out: &mut Vec<u8>) {
@@ -609,6 +626,8 @@ pub(super) fn ecs_kind(e: &Event) -> (&'static str, &'static str) {
             "session",
             if e.action.ends_with("close") {
                 "end"
+            } else if e.action == "session_summary" {
+                "info"
             } else {
                 "start"
             },

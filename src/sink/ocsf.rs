@@ -184,6 +184,7 @@ fn class(e: &Event) -> Class {
             "API Activity",
             match l {
                 Lifecycle::Session if e.action == "session_open" => (1, "Create"),
+                Lifecycle::Session if e.action == "session_summary" => (99, "Other"),
                 Lifecycle::Session => (4, "Delete"),
                 Lifecycle::Generate | Lifecycle::Import => (1, "Create"),
                 Lifecycle::TokenAdmin | Lifecycle::Modify => (3, "Update"),
@@ -247,6 +248,10 @@ pub fn encode(e: &Event, origin: &Origin, stream: &str, sequence: u64, out: &mut
     if let Some(s) = extra.and_then(|x| x.summary) {
         json::number(out, ",\"count\":", s.successes);
     }
+    // A session summary stands for the calls that opened and closed its sessions.
+    if let Some(s) = extra.and_then(|x| x.sessions) {
+        json::number(out, ",\"count\":", s.opened_rw + s.opened_ro + s.closed);
+    }
     if let Some(m) = extra.and_then(|x| x.message.as_deref()) {
         out.extend_from_slice(b",\"message\":");
         json::string(m, out);
@@ -306,7 +311,15 @@ fn authentication(e: &Event, out: &mut Vec<u8>) {
 /// API Activity: the function, the keys and token it touched, and where it was called.
 fn api(e: &Event, f: &Fixed, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"api\":{\"operation\":");
-    json::string(e.function, out);
+    // A summary is of several functions' calls: its action names it.
+    json::string(
+        if e.function.is_empty() {
+            e.action
+        } else {
+            e.function
+        },
+        out,
+    );
     out.extend_from_slice(b",\"service\":{\"name\":\"PKCS#11\"}");
     if let Some(rv) = e.rv {
         json::number(out, ",\"response\":{\"code\":", rv);
