@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         match ring.pop(&mut tail, &mut out) {
             Pop::Record => {
                 let _ = decoder.decode(&out);
+                ring.release(tail);
             }
             Pop::Malformed(_) => {}
             Pop::Empty => {

@@ -266,10 +266,17 @@ impl Connection {
                     Ok(e) => {
                         taken += 1;
                         each(e);
+                        ring.release(tail);
                     }
-                    Err(_) => unreadable += 1,
+                    Err(_) => {
+                        unreadable += 1;
+                        ring.release(tail);
+                    }
                 },
-                Pop::Malformed(_) => unreadable += 1,
+                Pop::Malformed(_) => {
+                    unreadable += 1;
+                    ring.release(tail);
+                }
                 Pop::Empty if ring.drained() || start.elapsed() >= settle => break,
                 Pop::Empty => std::thread::yield_now(),
             }

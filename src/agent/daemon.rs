@@ -536,6 +536,9 @@ fn drain_until_end(
             record(agent, client, &batch);
             batch.clear();
         }
+        // Only now, with the records on the trail: an agent killed before this line
+        // leaves them in the ring for the next one.
+        ring.release(tail);
         if agent.stopping.load(Ordering::SeqCst) {
             // A process that is already gone ended by itself, not by the agent's stop.
             break if closed(stream) {
@@ -579,6 +582,7 @@ fn drain_until_end(
         while drain(ring, &mut tail, &mut buf, &mut decoder, client, &mut batch) > 0 {
             record(agent, client, &batch);
             batch.clear();
+            ring.release(tail);
         }
         if ended_by == End::AgentStopped {
             break;

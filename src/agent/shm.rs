@@ -355,16 +355,16 @@ impl Ring {
             let len = self.map.u32_at(off + 12).load(Ordering::Relaxed) as usize;
             if kind == CONT {
                 // The rest of a record already skipped as malformed: nothing to say again.
-                self.free(tail, 1);
+                Self::advance(tail, 1);
                 continue;
             }
             if kind != FIRST {
-                self.free(tail, 1);
+                Self::advance(tail, 1);
                 return Pop::Malformed("unknown slot kind");
             }
             let k = Self::slots_for(len);
             if len > super::wire::MAX_RECORD || k > self.slots / 2 {
-                self.free(tail, 1);
+                Self::advance(tail, 1);
                 return Pop::Malformed("record length out of bounds");
             }
             for j in 1..k {
@@ -372,7 +372,7 @@ impl Ring {
                 if self.seq(t + j).load(Ordering::Acquire) != t + j + 1
                     || self.map.u32_at(o + 8).load(Ordering::Relaxed) != CONT
                 {
-                    self.free(tail, 1);
+                    Self::advance(tail, 1);
                     return Pop::Malformed("record incomplete");
                 }
             }
@@ -382,7 +382,7 @@ impl Ring {
                 self.map.read(self.slot(t + j) + 16, out, n);
                 left -= n;
             }
-            self.free(tail, k);
+            Self::advance(tail, k);
             return Pop::Record;
         }
     }
@@ -396,26 +396,35 @@ impl Ring {
         let start = *tail;
         for pos in start..end {
             if self.seq(pos).load(Ordering::Acquire) == pos + 1 {
+                // [`Ring::release`] frees them with the records around them.
                 let skipped = pos - start;
-                for q in start..pos {
-                    // Free as the producer would have, had it finished.
-                    self.seq(q).store(q + self.slots, Ordering::Release);
-                }
                 *tail = pos;
-                self.map.u64_at(OFF_TAIL).store(pos, Ordering::Release);
                 return skipped;
             }
         }
         0
     }
 
-    fn free(&self, tail: &mut u64, k: u64) {
-        for j in 0..k {
-            let pos = *tail + j;
+    /// Moves the consumer's read position past `k` slots. They stay taken until
+    /// [`Ring::release`]: a record read but not yet written to the trail is still in the
+    /// ring for an agent that takes the ring over after this one died.
+    fn advance(tail: &mut u64, k: u64) {
+        *tail += k;
+    }
+
+    /// Consumer: frees every slot before `upto` (a read position from [`Ring::pop`]),
+    /// once what was read from them is on the trail. Slots are freed in order, as the
+    /// producers' check of a reservation's last slot needs.
+    pub fn release(&self, upto: u64) {
+        let tail = self.map.u64_at(OFF_TAIL);
+        let from = tail.load(Ordering::Acquire);
+        if upto <= from {
+            return;
+        }
+        for pos in from..upto {
             self.seq(pos).store(pos + self.slots, Ordering::Release);
         }
-        *tail += k;
-        self.map.u64_at(OFF_TAIL).store(*tail, Ordering::Release);
+        tail.store(upto, Ordering::Release);
     }
 
     /// Test and fuzz support: writes raw bytes over the ring's slots (as a hostile
@@ -504,6 +513,8 @@ mod tests {
                 assert_eq!(&out, r);
             }
             assert_eq!(ring.pop(&mut tail, &mut out), Pop::Empty);
+            assert!(!client.drained(), "read is not yet released");
+            ring.release(tail);
             assert!(client.drained());
         }
     }
@@ -519,6 +530,12 @@ mod tests {
         assert_eq!(client.push(&[0; 2000]), Err(PushError::TooLarge));
         let (mut tail, mut out) = (0, Vec::new());
         assert_eq!(ring.pop(&mut tail, &mut out), Pop::Record);
+        assert_eq!(
+            client.push(b"y"),
+            Err(PushError::Full),
+            "read, not yet released"
+        );
+        ring.release(tail);
         client.push(b"y").expect("room again");
     }
 
@@ -549,6 +566,7 @@ mod tests {
                     let i = u32::from_le_bytes([out[1], out[2], out[3], out[4]]);
                     assert_eq!(i, next[t], "thread {t} in order");
                     next[t] += 1;
+                    ring.release(tail);
                 }
                 Pop::Empty => std::thread::yield_now(),
                 Pop::Malformed(m) => panic!("{m}"),
@@ -578,7 +596,26 @@ mod tests {
                 {
                     break;
                 }
+                ring.release(tail);
             }
         }
+    }
+
+    #[test]
+    fn a_ring_taken_over_before_release_gives_its_records_again() {
+        let (ring, fd) = Ring::create(16).expect("ring");
+        let client = Ring::open(&fd).expect("open");
+        client.push(b"one").expect("room");
+        client.push(b"two").expect("room");
+        let (mut tail, mut out) = (0, Vec::new());
+        assert_eq!(ring.pop(&mut tail, &mut out), Pop::Record);
+        ring.release(tail);
+        assert_eq!(ring.pop(&mut tail, &mut out), Pop::Record);
+        // This consumer dies before "two" is on its trail: the next one reads it.
+        drop(ring);
+        let (again, mut tail) = Ring::adopt(&fd, usize::MAX).expect("adopt");
+        assert_eq!(again.pop(&mut tail, &mut out), Pop::Record);
+        assert_eq!(out, b"two");
+        assert_eq!(again.pop(&mut tail, &mut out), Pop::Empty);
     }
 }
