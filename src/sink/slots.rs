@@ -3,11 +3,13 @@
 //! instead of being moved (416 bytes a time) through every call on its way into a queue.
 //!
 //! The ordering is that of a bounded array queue (Vyukov's, as in crossbeam's
-//! `ArrayQueue`): each slot has a stamp saying which position it is ready for. A caller
-//! claims position `p` by moving the tail from `p` to `p + 1` while slot `p % n` is stamped
-//! `p` (empty for this lap); once filled, the slot is stamped `p + 1`. The one reader takes
-//! position `h` when its slot is stamped `h + 1`, and stamps it `h + n`, empty for the next
-//! lap. Positions are 64-bit and never wrap in practice (584 years at 10⁹ records a second).
+//! `ArrayQueue`): each slot has a stamp saying which position it is ready for, and for
+//! whom. A caller claims position `p` by moving the tail from `p` to `p + 1` while slot
+//! `p % n` is stamped `2p` (empty for position `p`); once filled, the slot is stamped
+//! `2p + 1`. The one reader takes position `h` when its slot is stamped `2h + 1`, and stamps
+//! it `2(h + n)`, empty for the next lap. (Doubled, a stamp tells "filled for `p`" from
+//! "empty for `p + n`" even when `n` is 1.) Positions are 64-bit and never wrap in practice
+//! (292 years at 10⁹ records a second).
 //!
 //! Each slot's record sits behind its own mutex, which the stamps keep uncontended (a
 //! caller holds it while filling the slot it claimed, the reader while taking a slot
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 struct Padded(AtomicU64);
 
 struct Slot {
-    /// The position the slot is ready for: `p` empty for a caller at `p`, `p + 1` filled
+    /// The position the slot is ready for: `2p` empty for a caller at `p`, `2p + 1` filled
     /// for the reader at `p`.
     stamp: AtomicU64,
     event: Mutex<Event>,
@@ -64,7 +66,7 @@ impl Drop for Claim<'_> {
         // SeqCst: with the writer's `asleep` flag, a Dekker pair (see Sink::wake_if_asleep):
         // either the writer, about to sleep, sees this record, or this caller sees it
         // asleep and wakes it.
-        self.stamp.store(self.pos + 1, Ordering::SeqCst);
+        self.stamp.store(2 * self.pos + 1, Ordering::SeqCst);
     }
 }
 
@@ -84,7 +86,7 @@ impl Slots {
         })?;
         for i in 0..n {
             slots.push(Slot {
-                stamp: AtomicU64::new(i as u64),
+                stamp: AtomicU64::new(2 * i as u64),
                 event: Mutex::new(Event::vacant(vacant)),
             });
         }
@@ -108,7 +110,7 @@ impl Slots {
         loop {
             let slot = self.slot(pos);
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if stamp == pos {
+            if stamp == 2 * pos {
                 match self.tail.0.compare_exchange_weak(
                     pos,
                     pos + 1,
@@ -124,7 +126,7 @@ impl Slots {
                     }
                     Err(now) => pos = now,
                 }
-            } else if stamp < pos {
+            } else if stamp < 2 * pos {
                 // The slot still holds (or is being given) the record of the lap before:
                 // full, unless other callers moved the tail meanwhile.
                 let now = self.tail.0.load(Ordering::Relaxed);
@@ -144,12 +146,12 @@ impl Slots {
     pub(crate) fn pop(&self) -> Option<Event> {
         let head = self.head.0.load(Ordering::Relaxed);
         let slot = self.slot(head);
-        if slot.stamp.load(Ordering::Acquire) != head + 1 {
+        if slot.stamp.load(Ordering::Acquire) != 2 * head + 1 {
             return None;
         }
         let e = std::mem::replace(&mut *slot.event.lock(), Event::vacant(self.vacant));
         slot.stamp
-            .store(head + self.slots.len() as u64, Ordering::Release);
+            .store(2 * (head + self.slots.len() as u64), Ordering::Release);
         self.head.0.store(head + 1, Ordering::Release);
         Some(e)
     }
@@ -158,7 +160,7 @@ impl Slots {
     /// described at [`Claim`]'s drop).
     pub(crate) fn ready(&self) -> bool {
         let head = self.head.0.load(Ordering::SeqCst);
-        self.slot(head).stamp.load(Ordering::SeqCst) == head + 1
+        self.slot(head).stamp.load(Ordering::SeqCst) == 2 * head + 1
     }
 }
 
@@ -176,26 +178,28 @@ mod tests {
 
     /// A full ring refuses a claim until the reader takes a record; slots are reused lap
     /// after lap, records come out in the order their slots were claimed, and a taken slot
-    /// is left vacant.
+    /// is left vacant — for rings of one slot, and of more.
     #[test]
     fn slots_are_reused_in_order_and_a_full_ring_refuses() {
-        let q = Slots::new(3).expect("slots");
-        assert!(q.pop().is_none());
-        for lap in 0..5u64 {
-            for i in 0..3 {
-                let mut c = q.claim().expect("room");
-                *c.event() = record(0, lap * 3 + i);
-            }
-            assert!(q.claim().is_none(), "full on lap {lap}");
-            assert!(q.ready());
-            for i in 0..3 {
-                let e = q.pop().expect("filled");
-                assert_eq!(e.session, Some(lap * 3 + i));
-            }
+        for n in [1u64, 2, 3] {
+            let q = Slots::new(n as usize).expect("slots");
             assert!(q.pop().is_none());
-            assert!(!q.ready());
+            for lap in 0..5u64 {
+                for i in 0..n {
+                    let mut c = q.claim().expect("room");
+                    *c.event() = record(0, lap * n + i);
+                }
+                assert!(q.claim().is_none(), "full on lap {lap} of {n}");
+                assert!(q.ready());
+                for i in 0..n {
+                    let e = q.pop().expect("filled");
+                    assert_eq!(e.session, Some(lap * n + i), "{n} slots");
+                }
+                assert!(q.pop().is_none(), "{n} slots");
+                assert!(!q.ready());
+            }
+            assert!(q.slots.iter().all(|s| s.event.lock().is_vacant()));
         }
-        assert!(q.slots.iter().all(|s| s.event.lock().is_vacant()));
     }
 
     /// A slot claimed but not yet filled holds back the records behind it (the reader
@@ -219,7 +223,7 @@ mod tests {
     fn records_of_many_threads_arrive_once_each_in_order_per_thread() {
         const THREADS: u64 = 4;
         const EACH: u64 = 20_000;
-        let q = std::sync::Arc::new(Slots::new(64).expect("slots"));
+        let q = std::sync::Arc::new(Slots::new(7).expect("slots"));
         let senders: Vec<_> = (0..THREADS)
             .map(|t| {
                 let q = q.clone();
