@@ -4,12 +4,13 @@
 //!
 //! The ordering is that of a bounded array queue (Vyukov's, as in crossbeam's
 //! `ArrayQueue`): each slot has a stamp saying which position it is ready for, and for
-//! whom. A caller claims position `p` by moving the tail from `p` to `p + 1` while slot
-//! `p % n` is stamped `2p` (empty for position `p`); once filled, the slot is stamped
-//! `2p + 1`. The one reader takes position `h` when its slot is stamped `2h + 1`, and stamps
-//! it `2(h + n)`, empty for the next lap. (Doubled, a stamp tells "filled for `p`" from
-//! "empty for `p + n`" even when `n` is 1.) Positions are 64-bit and never wrap in practice
-//! (292 years at 10⁹ records a second).
+//! whom. A position is a lap and a slot index, `lap * L + index`, with `L` the power of two
+//! above the number of slots `n` (the index is then a mask away, no division). A caller
+//! claims position `p` by moving the tail from `p` to the next position while its slot is
+//! stamped `p` (empty for `p`); once filled, the slot is stamped `p + 1`. The one reader
+//! takes position `h` when its slot is stamped `h + 1`, and stamps it `h + L`, empty for
+//! the next lap (`L` ≥ 2 tells it from "filled", even when `n` is 1). Positions only grow,
+//! 64-bit: they never wrap in practice (over a century at 10⁹ records a second).
 //!
 //! Each slot's record sits behind its own mutex, which the stamps keep uncontended (a
 //! caller holds it while filling the slot it claimed, the reader while taking a slot
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 struct Padded(AtomicU64);
 
 struct Slot {
-    /// The position the slot is ready for: `2p` empty for a caller at `p`, `2p + 1` filled
+    /// The position the slot is ready for: `p` empty for a caller at `p`, `p + 1` filled
     /// for the reader at `p`.
     stamp: AtomicU64,
     event: Mutex<Event>,
@@ -39,6 +40,8 @@ pub(crate) struct Slots {
     tail: Padded,
     /// The next position the reader takes.
     head: Padded,
+    /// `L`: one lap, in positions (the power of two above the number of slots).
+    lap: u64,
     /// The time vacant records carry (any: they are never written).
     vacant: Started,
 }
@@ -66,7 +69,7 @@ impl Drop for Claim<'_> {
         // SeqCst: with the writer's `asleep` flag, a Dekker pair (see Sink::wake_if_asleep):
         // either the writer, about to sleep, sees this record, or this caller sees it
         // asleep and wakes it.
-        self.stamp.store(2 * self.pos + 1, Ordering::SeqCst);
+        self.stamp.store(self.pos + 1, Ordering::SeqCst);
     }
 }
 
@@ -86,7 +89,7 @@ impl Slots {
         })?;
         for i in 0..n {
             slots.push(Slot {
-                stamp: AtomicU64::new(2 * i as u64),
+                stamp: AtomicU64::new(i as u64),
                 event: Mutex::new(Event::vacant(vacant)),
             });
         }
@@ -94,13 +97,24 @@ impl Slots {
             slots: slots.into_boxed_slice(),
             tail: Padded(AtomicU64::new(0)),
             head: Padded(AtomicU64::new(0)),
+            lap: (n as u64 + 1).next_power_of_two(),
             vacant,
         })
     }
 
     #[inline]
     fn slot(&self, pos: u64) -> &Slot {
-        &self.slots[(pos % self.slots.len() as u64) as usize]
+        &self.slots[(pos & (self.lap - 1)) as usize]
+    }
+
+    /// The position after `pos`: the next index, or the next lap's first.
+    #[inline]
+    fn next(&self, pos: u64) -> u64 {
+        if (pos & (self.lap - 1)) + 1 < self.slots.len() as u64 {
+            pos + 1
+        } else {
+            (pos & !(self.lap - 1)) + self.lap
+        }
     }
 
     /// Claims the next slot; `None` when the ring is full.
@@ -110,10 +124,10 @@ impl Slots {
         loop {
             let slot = self.slot(pos);
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if stamp == 2 * pos {
+            if stamp == pos {
                 match self.tail.0.compare_exchange_weak(
                     pos,
-                    pos + 1,
+                    self.next(pos),
                     Ordering::SeqCst,
                     Ordering::Relaxed,
                 ) {
@@ -126,7 +140,7 @@ impl Slots {
                     }
                     Err(now) => pos = now,
                 }
-            } else if stamp < 2 * pos {
+            } else if stamp < pos {
                 // The slot still holds (or is being given) the record of the lap before:
                 // full, unless other callers moved the tail meanwhile.
                 let now = self.tail.0.load(Ordering::Relaxed);
@@ -146,13 +160,12 @@ impl Slots {
     pub(crate) fn pop(&self) -> Option<Event> {
         let head = self.head.0.load(Ordering::Relaxed);
         let slot = self.slot(head);
-        if slot.stamp.load(Ordering::Acquire) != 2 * head + 1 {
+        if slot.stamp.load(Ordering::Acquire) != head + 1 {
             return None;
         }
         let e = std::mem::replace(&mut *slot.event.lock(), Event::vacant(self.vacant));
-        slot.stamp
-            .store(2 * (head + self.slots.len() as u64), Ordering::Release);
-        self.head.0.store(head + 1, Ordering::Release);
+        slot.stamp.store(head + self.lap, Ordering::Release);
+        self.head.0.store(self.next(head), Ordering::Release);
         Some(e)
     }
 
@@ -160,7 +173,7 @@ impl Slots {
     /// described at [`Claim`]'s drop).
     pub(crate) fn ready(&self) -> bool {
         let head = self.head.0.load(Ordering::SeqCst);
-        self.slot(head).stamp.load(Ordering::SeqCst) == 2 * head + 1
+        self.slot(head).stamp.load(Ordering::SeqCst) == head + 1
     }
 }
 
@@ -181,7 +194,7 @@ mod tests {
     /// is left vacant — for rings of one slot, and of more.
     #[test]
     fn slots_are_reused_in_order_and_a_full_ring_refuses() {
-        for n in [1u64, 2, 3] {
+        for n in [1u64, 2, 3, 4] {
             let q = Slots::new(n as usize).expect("slots");
             assert!(q.pop().is_none());
             for lap in 0..5u64 {
