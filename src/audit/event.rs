@@ -359,6 +359,21 @@ impl Event {
         }
     }
 
+    /// A record that says nothing: what an empty queue slot holds until a caller fills it
+    /// (with the slot's own `started`, so that making one reads no clock). The writer
+    /// skips it.
+    #[inline]
+    pub fn vacant(started: Started) -> Event {
+        Event::new(started, None, "", "", Lifecycle::Audit, CKR_OK)
+    }
+
+    /// Whether this is a vacant record ([`Event::vacant`]): every real record has an
+    /// action.
+    #[inline]
+    pub fn is_vacant(&self) -> bool {
+        self.action.is_empty()
+    }
+
     /// A record built before the call (its place is gone after it); [`Event::finish`]
     /// sets the return value and duration.
     #[inline]

@@ -10,7 +10,7 @@ use crate::backend::Backend;
 use crate::entry::args::Template;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -246,10 +246,56 @@ struct Entry {
     used: bool,
 }
 
+/// The cache's maps, under one lock.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<CK_OBJECT_HANDLE, Entry>,
+    /// The handles each session owns (the entries whose `owner` it is): closing a session
+    /// forgets its objects without walking every cached key.
+    owned: HashMap<CK_SESSION_HANDLE, HashSet<CK_OBJECT_HANDLE>>,
+}
+
+impl Cache {
+    /// Sets the owner of an entry, keeping the index of owned handles in step.
+    fn set_owner(&mut self, handle: CK_OBJECT_HANDLE, owner: Option<CK_SESSION_HANDLE>) {
+        let e = self.entries.entry(handle).or_default();
+        let before = std::mem::replace(&mut e.owner, owner);
+        if before == owner {
+            return;
+        }
+        if let Some(s) = before {
+            if let Some(set) = self.owned.get_mut(&s) {
+                set.remove(&handle);
+            }
+        }
+        if let Some(s) = owner {
+            self.owned.entry(s).or_default().insert(handle);
+        }
+    }
+
+    /// Forgets an entry (and its place in the index).
+    fn remove(&mut self, handle: CK_OBJECT_HANDLE) {
+        if let Some(Entry { owner: Some(s), .. }) = self.entries.remove(&handle) {
+            if let Some(set) = self.owned.get_mut(&s) {
+                // The session's (empty) set stays until it closes: a session that creates
+                // and destroys keys in turn does not allocate it again each time.
+                set.remove(&handle);
+            }
+        }
+    }
+
+    /// Forgets the objects a closed session owned.
+    fn session_closed(&mut self, session: CK_SESSION_HANDLE) {
+        for handle in self.owned.remove(&session).into_iter().flatten() {
+            self.entries.remove(&handle);
+        }
+    }
+}
+
 /// The per-process cache of key identities.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<CK_OBJECT_HANDLE, Entry>>,
+    cache: Mutex<Cache>,
 }
 
 impl KeyCache {
@@ -262,7 +308,7 @@ impl KeyCache {
         handle: CK_OBJECT_HANDLE,
         lookups: bool,
     ) -> Option<Arc<KeyIdentity>> {
-        if let Some(e) = self.lock().get(&handle) {
+        if let Some(e) = self.lock().entries.get(&handle) {
             if let Some(id) = &e.identity {
                 return Some(id.clone());
             }
@@ -274,10 +320,9 @@ impl KeyCache {
         // Only a key known to be a token object outlives the session: an unknown one is
         // tied to the session that showed it, so that closing that session frees it.
         let owner = (found.token != Some(true)).then_some(session);
-        let mut map = self.lock();
-        let e = map.entry(handle).or_default();
-        e.identity = Some(found.clone());
-        e.owner = owner;
+        let mut cache = self.lock();
+        cache.entries.entry(handle).or_default().identity = Some(found.clone());
+        cache.set_owner(handle, owner);
         Some(found)
     }
 
@@ -303,14 +348,12 @@ impl KeyCache {
         };
         let id = Arc::new(identity);
         let owner = (id.token != Some(true)).then_some(session);
-        self.lock().insert(
-            handle,
-            Entry {
-                identity: Some(id.clone()),
-                owner,
-                used: false,
-            },
-        );
+        let mut cache = self.lock();
+        let e = cache.entries.entry(handle).or_default();
+        e.identity = Some(id.clone());
+        e.used = false;
+        // (A handle the module reused: its former owner no longer owns it.)
+        cache.set_owner(handle, owner);
         id
     }
 
@@ -322,43 +365,52 @@ impl KeyCache {
     /// outgrows the keys of open sessions. Should it be a token object, its next use in a
     /// later session is recorded once more, which errs on the side of the record.
     pub fn first_use(&self, session: CK_SESSION_HANDLE, handle: CK_OBJECT_HANDLE) -> bool {
-        let mut map = self.lock();
-        let e = map.entry(handle).or_default();
+        let mut cache = self.lock();
+        let e = cache.entries.entry(handle).or_default();
         let known_token = e.identity.as_ref().is_some_and(|i| i.token == Some(true));
+        let first = !std::mem::replace(&mut e.used, true);
         if e.owner.is_none() && !known_token {
-            e.owner = Some(session);
+            cache.set_owner(handle, Some(session));
         }
-        !std::mem::replace(&mut e.used, true)
+        first
     }
 
     /// How many keys the cache holds.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     /// Whether the cache holds no key.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().entries.is_empty()
     }
 
     /// Forgets a destroyed object.
     pub fn destroyed(&self, handle: CK_OBJECT_HANDLE) {
-        self.lock().remove(&handle);
+        self.lock().remove(handle);
     }
 
     /// Forgets the session objects owned by closed sessions (all of them when `sessions`
     /// is `None`).
     pub fn sessions_closed(&self, sessions: Option<&super::sessions::Closed>) {
-        self.lock().retain(|_, e| match (e.owner, sessions) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(s), Some(closed)) => !closed.contains(s),
-        });
+        let mut cache = self.lock();
+        match sessions {
+            None => {
+                cache.entries.retain(|_, e| e.owner.is_none());
+                cache.owned.clear();
+            }
+            Some(super::sessions::Closed::One(s)) => cache.session_closed(*s),
+            Some(super::sessions::Closed::Many(set)) => {
+                for s in set {
+                    cache.session_closed(*s);
+                }
+            }
+        }
     }
 
     /// Takes the lock before fork() (see [`crate::audit::fork`]).
     pub fn lock_for_fork(&self) {
-        std::mem::forget(self.entries.lock());
+        std::mem::forget(self.cache.lock());
     }
 
     /// Releases the lock taken by [`KeyCache::lock_for_fork`].
@@ -367,16 +419,18 @@ impl KeyCache {
     /// Only after `lock_for_fork` on this thread.
     pub unsafe fn unlock_after_fork(&self) {
         // SAFETY: the caller guarantees the lock is held with its guard forgotten.
-        unsafe { self.entries.force_unlock() };
+        unsafe { self.cache.force_unlock() };
     }
 
     /// Forgets everything (C_Finalize, C_InitToken).
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut cache = self.lock();
+        cache.entries.clear();
+        cache.owned.clear();
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<CK_OBJECT_HANDLE, Entry>> {
-        self.entries.lock()
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Cache> {
+        self.cache.lock()
     }
 }
 
@@ -402,5 +456,35 @@ mod tests {
         let closed: HashSet<CK_SESSION_HANDLE> = [8].into_iter().collect();
         cache.sessions_closed(Some(&Closed::Many(closed)));
         assert!(cache.is_empty());
+    }
+
+    /// A session's objects go when it closes, and only its own: an object that moved to
+    /// another session (a handle the module reused), a destroyed one, and the objects of
+    /// sessions still open stay as they should.
+    #[test]
+    fn closing_a_session_forgets_exactly_the_objects_it_owns() {
+        let cache = KeyCache::default();
+        for handle in 1..=100 {
+            cache.first_use(handle % 4, handle);
+        }
+        // Handle 5 (first used in session 1) is destroyed; handle 9's number is reused
+        // for a key created in session 2.
+        cache.destroyed(5);
+        cache.lock().set_owner(9, Some(2));
+        assert_eq!(cache.len(), 99);
+        cache.sessions_closed(Some(&Closed::One(1)));
+        // Session 1 owned 25 handles: one destroyed, one moved.
+        assert_eq!(cache.len(), 99 - 23);
+        assert!(cache.lock().entries.contains_key(&9));
+        cache.sessions_closed(Some(&Closed::One(2)));
+        assert!(!cache.lock().entries.contains_key(&9));
+        assert_eq!(cache.len(), 50);
+        let closed: HashSet<CK_SESSION_HANDLE> = [0, 3].into_iter().collect();
+        cache.sessions_closed(Some(&Closed::Many(closed)));
+        assert!(cache.is_empty());
+        assert!(cache.lock().owned.is_empty());
+        // A session that closes owning nothing leaves nothing behind either.
+        cache.sessions_closed(Some(&Closed::One(77)));
+        assert!(cache.lock().owned.is_empty());
     }
 }

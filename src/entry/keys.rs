@@ -105,7 +105,7 @@ fn generate_key(
         list = Some(attrs::sanitize(&t, Some(CKO_SECRET_KEY)));
     }
     e.attributes("template", count, list);
-    a.emit(e);
+    a.emit_from(&mut e);
     rv
 }
 

@@ -155,7 +155,7 @@ fn destroy_object(
         );
         a.place(&mut e, session);
         e.key("key", object, identity);
-        a.emit(e);
+        a.emit_from(&mut e);
     }
     rv
 }

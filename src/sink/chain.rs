@@ -567,15 +567,12 @@ impl Chain {
         out.extend_from_slice(b",\"integrity\":{\"stream\":\"");
         out.extend_from_slice(self.stream.as_bytes());
         out.extend_from_slice(b"\",\"seq\":");
-        out.extend_from_slice(seq.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         out.extend_from_slice(b",\"prev\":");
-        let mut hex = [0u8; 64];
         match &self.prev {
             Some(p) => {
-                // A 32-byte value always fits 64 hex digits.
-                let _ = hex::encode_to_slice(p, &mut hex);
                 out.push(b'"');
-                out.extend_from_slice(&hex);
+                hex32(p, out);
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -598,7 +595,7 @@ impl Chain {
             out.extend_from_slice(b"\",\"key\":\"");
             out.extend_from_slice(k.id.as_bytes());
             out.extend_from_slice(b"\",\"epoch\":");
-            out.extend_from_slice(self.hasher_epoch.to_string().as_bytes());
+            out.extend_from_slice(itoa::Buffer::new().format(self.hasher_epoch).as_bytes());
         } else if let Hasher::Keyed { id, .. } = &self.hasher {
             out.extend_from_slice(b",\"alg\":\"");
             out.extend_from_slice(ALG_HMAC.as_bytes());
@@ -607,14 +604,35 @@ impl Chain {
             out.push(b'"');
         }
         let hash = self.hasher.hash(&out[start..]);
-        let _ = hex::encode_to_slice(hash, &mut hex);
         out.extend_from_slice(HASH_MARKER);
-        out.extend_from_slice(&hex);
+        hex32(&hash, out);
         out.extend_from_slice(b"\"}}\n");
         self.seq = seq;
         self.prev = Some(hash);
         self.since_checkpoint += 1;
     }
+}
+
+/// Each byte's two lower-case hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+/// Appends a 32-byte value as 64 lower-case hex digits: one table look-up per byte (the
+/// writer does this twice per record, for the previous hash and the record's own).
+fn hex32(v: &[u8; 32], out: &mut Vec<u8>) {
+    let mut hex = [0u8; 64];
+    for (pair, b) in hex.chunks_exact_mut(2).zip(v) {
+        pair.copy_from_slice(&HEX_PAIRS[*b as usize]);
+    }
+    out.extend_from_slice(&hex);
 }
 
 /// Splits a trail line (without its newline) into its signed prefix and the hex hash it
@@ -669,6 +687,17 @@ mod tests {
         assert!(e.contains("uid 65534") || e.contains("nobody"), "{e}");
         let e = read_key_file(&key).expect_err("read: another user's key file");
         assert!(e.contains("uid 65534") || e.contains("nobody"), "{e}");
+    }
+
+    /// The table's digits are those of `hex::encode` for every byte value.
+    #[test]
+    fn hex32_spells_every_byte_as_hex_does() {
+        for first in [0u8, 32, 64, 96, 128, 160, 192, 224] {
+            let v: [u8; 32] = std::array::from_fn(|i| first + i as u8);
+            let mut out = b"x".to_vec();
+            hex32(&v, &mut out);
+            assert_eq!(&out[1..], hex::encode(v).as_bytes());
+        }
     }
 
     /// The reader applies the checks to what it reads: a loose mode, a directory, and a

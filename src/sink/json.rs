@@ -535,15 +535,38 @@ pub(super) fn value<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether a string holds a byte JSON escapes: a control character, `"` or `\\`. Eight
+/// bytes at a time: a word has a byte below 0x20 when `(w - 0x20…) & !w & 0x80…` is not
+/// zero, and a byte equal to `c` when `w ^ c…` has a zero byte (the same test with 0x01);
+/// exact for whether there is one (UTF-8's bytes above 0x7f never count).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    let mut words = bytes.chunks_exact(8);
+    for c in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        let w = u64::from_ne_bytes(a);
+        let found = below(w, 0x20)
+            | below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1);
+        if found != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// A JSON string, escaped as serde_json escapes it.
 pub(super) fn string(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
-    // Nearly every string (names, labels, serials) needs no escape: one branch-free pass
-    // tells, and the string is copied whole.
-    let clean = bytes
-        .iter()
-        .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
-    if clean {
+    // Nearly every string (names, labels, serials) needs no escape: one pass, eight bytes
+    // at a time, tells, and the string is copied whole.
+    if !needs_escape(bytes) {
         out.reserve(bytes.len() + 2);
         out.push(b'"');
         out.extend_from_slice(bytes);
@@ -648,6 +671,24 @@ pub(super) fn ecs_kind(e: &Event) -> (&'static str, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every ASCII byte, at each place of a string long enough for whole words and a
+    /// remainder, beside multi-byte characters: escaped exactly when serde_json does.
+    #[test]
+    fn each_byte_at_each_place_is_escaped_as_serde_json_escapes_it() {
+        for b in 0u8..0x80 {
+            for at in 0..19 {
+                let mut s: Vec<char> = "abcdéfghijklmnopqr✓".chars().collect();
+                s[at] = b as char;
+                let s: String = s.into_iter().collect();
+                let mut out = Vec::new();
+                string(&s, &mut out);
+                assert_eq!(out, serde_json::to_vec(&s).expect("json"), "{b:#x} at {at}");
+                let special = b < 0x20 || b == b'"' || b == b'\\';
+                assert_eq!(needs_escape(s.as_bytes()), special, "{b:#x} at {at}");
+            }
+        }
+    }
 
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {

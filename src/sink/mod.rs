@@ -2,7 +2,7 @@
 //! batches and writes the trail — or, when the application forbids threads
 //! (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`), the same work done synchronously.
 //!
-//! The calling thread only moves an [`Event`] (plain data, by value) into the queue. What
+//! The calling thread only fills an [`Event`] (plain data) in a slot of the queue. What
 //! cannot be written is never lost silently: records dropped on a full queue (policy
 //! `drop`) and records lost while the trail could not be written are counted, reported on
 //! stderr and in the diagnostics file, and the trail itself carries a record saying how
@@ -14,6 +14,7 @@ pub mod file;
 pub mod json;
 pub mod ocsf;
 pub mod route;
+mod slots;
 pub mod syslog;
 
 use crate::audit::event::Event;
@@ -79,7 +80,8 @@ const BODY_BYTES: usize = 2048;
 
 /// The queue to a writer thread.
 struct Queue {
-    records: ArrayQueue<Event>,
+    /// Record slots, each claimed by a caller and filled in place ([`Sink::send`]).
+    records: slots::Slots,
     /// Written records that still own memory a caller allocated (a creation template, the
     /// last reference to a destroyed key's identity). The writer never frees them: glibc
     /// would then take the calling thread's malloc arena lock while that thread allocates
@@ -123,12 +125,53 @@ impl Queue {
         e.labels = None;
         e.body = Some(body);
     }
+}
 
-    /// A record dropped before reaching the writer: its body's buffer goes back to the pool.
-    fn discard(&self, mut e: Event) {
-        if let Some(body) = e.body.take_if(|b| b.pooled) {
-            let _ = self.bodies.push(body.bytes);
+/// Where a record goes ([`Sink::claim`]).
+pub enum Room<'a> {
+    /// A slot of the writer thread's queue, to fill in place.
+    Slot(Slot<'a>),
+    /// No writer thread: [`Sink::send`] hands the record on (the agent's ring, or a
+    /// synchronous write).
+    Direct,
+    /// None: the record is dropped (a full queue, a stuck writer), and counted.
+    None,
+}
+
+/// A claimed slot of the writer thread's queue. Dropped without [`Slot::queue`] (a
+/// panic while filling it), it still goes to the writer as it is.
+pub struct Slot<'a> {
+    sink: &'a Sink,
+    queue: &'a Queue,
+    claim: slots::Claim<'a>,
+}
+
+impl Slot<'_> {
+    /// The record to fill: a vacant one ([`Event::vacant`]).
+    #[inline(always)]
+    pub fn event(&mut self) -> &mut Event {
+        self.claim.event()
+    }
+
+    /// Hands the filled record to the writer.
+    #[inline(always)]
+    pub fn queue(mut self) {
+        let q = self.queue;
+        let e = self.claim.event();
+        let owns = e.owns_memory();
+        if owns && q.encode_bodies && !annotated_by_chain(e.action) {
+            q.encode_body(e);
         }
+        let sink = self.sink;
+        // Hands the slot to the writer.
+        drop(self);
+        if owns {
+            // Only callers that allocate reclaim: frees stay with allocations.
+            while let Some(spent) = q.spent.pop() {
+                drop(spent);
+            }
+        }
+        sink.wake_if_asleep(q);
     }
 }
 
@@ -248,9 +291,8 @@ impl Sink {
                     Ok(queue) => writer.run(&queue),
                     Err(_) => diag::report("the trail writer could not start"),
                 })?;
-            reserve_queue(config.queue)?;
             let queue = Arc::new(Queue {
-                records: ArrayQueue::new(config.queue),
+                records: slots::Slots::new(config.queue)?,
                 spent: ArrayQueue::new(SPENT),
                 bodies: body_pool()?,
                 encode_bodies: config.format == crate::config::Format::Ecs,
@@ -332,83 +374,98 @@ impl Sink {
         written
     }
 
-    /// Queues a record (or, synchronously, writes it).
-    #[inline]
-    pub fn send(&self, mut event: Event) {
+    /// Queues a record (or, synchronously, writes it). With a writer thread, the record is
+    /// moved once, into the queue slot the writer reads it from ([`Sink::claim`]).
+    #[inline(always)]
+    pub fn send(&self, event: Event) {
+        match self.claim() {
+            Room::Slot(mut slot) => {
+                *slot.event() = event;
+                slot.queue();
+            }
+            Room::Direct => self.send_direct(event),
+            Room::None => {}
+        }
+    }
+
+    /// Where the next record goes: with a writer thread, a slot of its queue, claimed for
+    /// the caller to fill in place and [`Slot::queue`] (a record is 416 bytes: built, or
+    /// moved, anywhere else, it would be copied there). The writer waits for a claimed
+    /// slot: filling it only sets what the caller already knows, never calls into the
+    /// module.
+    #[inline(always)]
+    pub fn claim(&self) -> Room<'_> {
+        let Mode::Thread(q) = &self.mode else {
+            return Room::Direct;
+        };
+        // The common case, room in the queue, claims a slot at once.
+        match q.records.claim().or_else(|| self.wait_for_room(q)) {
+            Some(claim) => Room::Slot(Slot {
+                sink: self,
+                queue: q,
+                claim,
+            }),
+            None => {
+                self.wake_if_asleep(q);
+                Room::None
+            }
+        }
+    }
+
+    /// A full queue: waits for a slot under `on_full = "wait"` (within `wait`), or counts
+    /// the record as dropped.
+    #[cold]
+    fn wait_for_room<'q>(&self, q: &'q Queue) -> Option<slots::Claim<'q>> {
+        let mut tries = 0u32;
+        let mut waiting_since = None;
+        loop {
+            if let Some(claim) = q.records.claim() {
+                return Some(claim);
+            }
+            // A writer stuck in open() or write() (a FIFO nobody reads, a hung mount)
+            // never makes room: once a wait has run out, the trail is failing, and later
+            // calls do not wait again until it recovers.
+            if self.shared.failing.load(Ordering::Relaxed) {
+                self.count_drop(DropReason::Stuck);
+                return None;
+            }
+            if self.on_full != OnFull::Wait {
+                self.count_drop(DropReason::Full);
+                return None;
+            }
+            if waiting_since.get_or_insert_with(Instant::now).elapsed() >= self.wait {
+                self.shared.failing.store(true, Ordering::Relaxed);
+                self.count_drop(DropReason::Stuck);
+                return None;
+            }
+            // Full: the writer is behind. Wake it, and wait for a slot: yield first (a
+            // slot frees within microseconds once the writer runs), then sleep in short
+            // steps.
+            q.writer.unpark();
+            tries += 1;
+            if tries < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(10));
+            }
+        }
+    }
+
+    /// Without a writer thread: into the agent's ring, or written at once.
+    #[inline(never)]
+    fn send_direct(&self, event: Event) {
         match &self.mode {
             Mode::Agent(r) => {
                 if !r.send(event, self.on_full, self.wait, &self.shared.failing) {
                     self.count_drop(DropReason::Full);
                 }
             }
-            Mode::Thread(q) => {
-                if event.owns_memory() {
-                    // Only callers that allocate reclaim: frees stay with allocations.
-                    while let Some(spent) = q.spent.pop() {
-                        drop(spent);
-                    }
-                    if q.encode_bodies && !annotated_by_chain(event.action) {
-                        q.encode_body(&mut event);
-                    }
-                }
-                // The common case, room in the queue, moves the record once.
-                let mut record = match q.records.push(event) {
-                    Ok(()) => {
-                        self.wake_if_asleep(q);
-                        return;
-                    }
-                    Err(back) => back,
-                };
-                let mut tries = 0u32;
-                let mut waiting_since = None;
-                loop {
-                    match q.records.push(record) {
-                        Ok(()) => break,
-                        // A writer stuck in open() or write() (a FIFO nobody reads, a hung
-                        // mount) never makes room: once a wait has run out, the trail is
-                        // failing, and later calls do not wait again until it recovers.
-                        Err(lost) if self.shared.failing.load(Ordering::Relaxed) => {
-                            q.discard(lost);
-                            self.count_drop(DropReason::Stuck);
-                            break;
-                        }
-                        Err(lost)
-                            if self.on_full == OnFull::Wait
-                                && waiting_since.get_or_insert_with(Instant::now).elapsed()
-                                    >= self.wait =>
-                        {
-                            q.discard(lost);
-                            self.shared.failing.store(true, Ordering::Relaxed);
-                            self.count_drop(DropReason::Stuck);
-                            break;
-                        }
-                        Err(back) if self.on_full == OnFull::Wait => {
-                            // Full: the writer is behind. Wake it, and wait for a slot:
-                            // yield first (a slot frees within microseconds once the writer
-                            // runs), then sleep in short steps.
-                            record = back;
-                            q.writer.unpark();
-                            tries += 1;
-                            if tries < 64 {
-                                std::thread::yield_now();
-                            } else {
-                                std::thread::sleep(Duration::from_micros(10));
-                            }
-                        }
-                        Err(lost) => {
-                            q.discard(lost);
-                            self.count_drop(DropReason::Full);
-                            break;
-                        }
-                    }
-                }
-                self.wake_if_asleep(q);
-            }
             Mode::Sync(w) => {
                 let mut w = w.lock();
                 w.push(&event);
                 w.commit();
             }
+            Mode::Thread(_) => self.send(event),
         }
     }
 
@@ -552,21 +609,6 @@ impl Sink {
     }
 }
 
-/// Checks that a queue of `records` can be allocated, without aborting the host process
-/// when it cannot (as an infallible allocation would): crossbeam's queue allocates its
-/// slots infallibly, so the same amount is reserved fallibly first and freed again.
-fn reserve_queue(records: usize) -> std::io::Result<()> {
-    // Each slot of the queue holds a record and a stamp.
-    let mut probe: Vec<(usize, std::mem::MaybeUninit<Event>)> = Vec::new();
-    probe.try_reserve_exact(records).map_err(|e| {
-        std::io::Error::other(format!(
-            "the trail queue of {records} records ({} MB) cannot be allocated: {e}; \
-             lower [trail] queue",
-            records.saturating_mul(std::mem::size_of::<(usize, Event)>()) >> 20
-        ))
-    })
-}
-
 /// Why a record was dropped before reaching the writer.
 #[derive(Clone, Copy)]
 enum DropReason {
@@ -652,6 +694,10 @@ impl Writer {
                 self.pending += 1;
             }
             while let Some(mut e) = queue.records.pop() {
+                if e.is_vacant() {
+                    // A slot whose filling panicked.
+                    continue;
+                }
                 #[cfg(test)]
                 crate::test_alloc::record_reached_writer(e.extra.is_some());
                 self.push(&e);
@@ -705,7 +751,7 @@ impl Writer {
             }
             self.shared.asleep.store(true, Ordering::SeqCst);
             // A record queued between the last drain and `asleep` would wait a whole tick.
-            if !queue.records.is_empty() || !self.shared.flushes.lock().is_empty() {
+            if queue.records.ready() || !self.shared.flushes.lock().is_empty() {
                 self.shared.asleep.store(false, Ordering::Release);
                 continue;
             }
