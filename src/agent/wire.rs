@@ -23,8 +23,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The layout's version: the first byte of every record.
-pub const VERSION: u8 = 1;
+/// The layout's version: the first byte of every record. 2: usage summaries carry a
+/// session summary after them.
+pub const VERSION: u8 = 2;
 /// The largest record accepted. A record that would be larger loses its attribute lists
 /// (and says so in its `keytrail` detail) rather than being dropped.
 pub const MAX_RECORD: usize = 32 * 1024;
