@@ -115,7 +115,7 @@ path = "$tmp/agent-trail/trail.jsonl"
 CONF
   target/release/keytrail agent --foreground --config "$tmp/agent.toml" >"$tmp/agent.out" &
   agent_pid=$!
-  trap 'kill "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+  trap 'rc=$?; kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; rm -rf "$tmp"; exit "$rc"' EXIT
   for _ in $(seq 100); do grep -q listening "$tmp/agent.out" 2>/dev/null && break; sleep 0.1; done
   export BENCH_CONFIG_AGENT="$tmp/keytrail-agent.toml"
   sed -e "/^\[trail\]/a mode = \"agent\"\nagent_socket = \"$tmp/agent.sock\"" \
