@@ -750,12 +750,25 @@ fn an_agent_restart_loses_nothing_already_in_a_ring() {
 #[test]
 fn the_agent_seals_its_checkpoints_with_a_token_key() {
     use std::os::unix::fs::PermissionsExt;
+    // A PIN no hash, time or count on the trail could contain by chance ("1234" can).
+    const SEAL_PIN: &str = "seal-PIN-q7Zx";
     let fx = Fixture::new();
+    let module = softhsm_module();
+    {
+        let direct = open(&module);
+        let s = user_session(&direct);
+        s.set_pin(
+            &cryptoki::types::AuthPin::new(USER_PIN.into()),
+            &cryptoki::types::AuthPin::new(SEAL_PIN.into()),
+        )
+        .expect("set the user PIN");
+        drop(s);
+        direct.finalize().expect("finalize");
+    }
     let pin = fx.path().join("seal.pin");
-    std::fs::write(&pin, format!("{USER_PIN}\n")).expect("pin file");
+    std::fs::write(&pin, format!("{SEAL_PIN}\n")).expect("pin file");
     std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let pem = fx.path().join("seal.pem");
-    let module = softhsm_module();
     let out = Command::new(keytrail_bin())
         .args(["seal-key", "--module"])
         .arg(&module)
@@ -785,7 +798,12 @@ fn the_agent_seals_its_checkpoints_with_a_token_key() {
     agent_mode(&fx, &agent, "");
     let p = open(&keytrail_module());
     // Logs in as the user: it would fail if the agent's login were the application's.
-    let s = user_session(&p);
+    let s = p.open_rw_session(token_slot(&p)).expect("open session");
+    s.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::new(SEAL_PIN.into())),
+    )
+    .expect("login");
     let key = hmac_key(&s, 0x5e);
     for _ in 0..3 {
         s.sign(&Mechanism::Sha256Hmac, key, b"sealed")
@@ -804,7 +822,7 @@ fn the_agent_seals_its_checkpoints_with_a_token_key() {
     assert!(
         !serde_json::to_string(&records)
             .expect("json")
-            .contains(USER_PIN)
+            .contains(SEAL_PIN)
     );
     let sealed: Vec<&Value> = records
         .iter()
