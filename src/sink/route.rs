@@ -24,9 +24,9 @@ use crate::agent::client::{self, Connection, FellBack, Sent};
 use crate::audit::event::Event;
 use crate::config::{IntegrityConfig, OnFailure, OnFull, TrailConfig};
 use crate::diag;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// Records go into the agent's ring.
@@ -76,10 +76,10 @@ pub struct Route {
     /// the process, and handed to a restarted agent).
     conn: OnceLock<Connection>,
     state: AtomicU8,
-    /// The embedded writer while fallen back (from `Box::into_raw`), else null.
-    fallback: AtomicPtr<Sink>,
-    /// Callers using `fallback` right now: it is ended and freed only when none is.
-    inflight: AtomicU64,
+    /// The embedded writer while fallen back. Callers hold it read-locked while they use
+    /// it: switching back takes it under the write lock, so it is ended only once no
+    /// caller is sending to it.
+    fallback: RwLock<Option<Box<Sink>>>,
     /// Records put in the current fallback stream.
     records: AtomicU64,
     /// When (coarse ms) the agent may next be looked for or at.
@@ -113,8 +113,7 @@ impl Route {
             start,
             conn: OnceLock::new(),
             state: AtomicU8::new(AGENT),
-            fallback: AtomicPtr::new(std::ptr::null_mut()),
-            inflight: AtomicU64::new(0),
+            fallback: RwLock::new(None),
             records: AtomicU64::new(0),
             next: AtomicU64::new(client::coarse_ms() + EVERY_MS),
             gone_since: AtomicU64::new(0),
@@ -190,27 +189,18 @@ impl Route {
                     }
                 }
                 FALLBACK => {
-                    self.inflight.fetch_add(1, Ordering::SeqCst);
-                    if self.state.load(Ordering::SeqCst) == FALLBACK {
-                        let p = self.fallback.load(Ordering::Acquire);
-                        // SAFETY: `fallback` is freed only by `switch_back`, after the state
-                        // has left FALLBACK and no caller is in flight (`inflight` is 0);
-                        // this caller counted itself in flight before seeing FALLBACK.
-                        let sent = match unsafe { p.as_ref() } {
-                            Some(sink) => {
-                                sink.send(event);
-                                self.records.fetch_add(1, Ordering::Relaxed);
-                                true
-                            }
-                            None => false,
-                        };
-                        self.inflight.fetch_sub(1, Ordering::SeqCst);
+                    let fallback = self.fallback.read();
+                    // None: the stream is being switched back; the next look at the state
+                    // says where the record goes.
+                    if let Some(sink) = fallback.as_deref() {
+                        sink.send(event);
+                        self.records.fetch_add(1, Ordering::Relaxed);
+                        drop(fallback);
                         if self.due() {
                             self.try_return();
                         }
-                        return sent;
+                        return true;
                     }
-                    self.inflight.fetch_sub(1, Ordering::SeqCst);
                 }
                 _ => pause(&mut spins),
             }
@@ -219,15 +209,7 @@ impl Route {
 
     /// Runs `f` on the embedded writer while fallen back, else `None`.
     fn with_fallback<R>(&self, f: impl FnOnce(&Sink) -> R) -> Option<R> {
-        self.inflight.fetch_add(1, Ordering::SeqCst);
-        let r = if self.state.load(Ordering::SeqCst) == FALLBACK {
-            // SAFETY: as in `send`.
-            unsafe { self.fallback.load(Ordering::Acquire).as_ref() }.map(f)
-        } else {
-            None
-        };
-        self.inflight.fetch_sub(1, Ordering::SeqCst);
-        r
+        self.fallback.read().as_deref().map(f)
     }
 
     /// Waits until everything sent so far is recorded (at most `timeout`).
@@ -424,8 +406,7 @@ impl Route {
             }
         }
         self.records.store(records, Ordering::Relaxed);
-        self.fallback
-            .store(Box::into_raw(Box::new(sink)), Ordering::Release);
+        *self.fallback.write() = Some(Box::new(sink));
         self.state.store(FALLBACK, Ordering::SeqCst);
         Ok(())
     }
@@ -453,17 +434,11 @@ impl Route {
     /// says hello on `s` with where the process recorded meanwhile.
     fn switch_back(&self, s: std::os::unix::net::UnixStream) {
         self.state.store(SWITCHING, Ordering::SeqCst);
-        while self.inflight.load(Ordering::SeqCst) != 0 {
-            std::thread::yield_now();
-        }
-        let p = self.fallback.swap(std::ptr::null_mut(), Ordering::AcqRel);
-        if p.is_null() {
+        // Waits for the callers still sending to it.
+        let Some(sink) = self.fallback.write().take() else {
             self.state.store(FALLBACK, Ordering::SeqCst);
             return;
-        }
-        // SAFETY: `p` came from Box::into_raw in `start_fallback`; the state is no longer
-        // FALLBACK and no caller is in flight, so no reference to it remains.
-        let sink = unsafe { Box::from_raw(p) };
+        };
         let records = self.records.swap(0, Ordering::Relaxed);
         let (since, since_ms, reason) = self.fell_back.lock().take().unwrap_or_default();
         let path = super::expand(&self.config.path).display().to_string();
