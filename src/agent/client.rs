@@ -338,7 +338,15 @@ impl Connection {
 /// Milliseconds of a coarse monotonic clock: read from the vDSO, no system call.
 #[inline]
 pub fn coarse_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    // Through libc, as `wire::Clock::now` reads its clock: rustix's own vDSO lookup faults
+    // under valgrind, which the instruction counts run under.
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC_COARSE exists on Linux
+    // since 2.6.32.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
     (t.tv_sec as u64)
         .saturating_mul(1000)
         .saturating_add(t.tv_nsec as u64 / 1_000_000)
