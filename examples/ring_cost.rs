@@ -147,6 +147,8 @@ fn agent_side(ring: &Ring, tail: &mut u64, out: &mut Vec<u8>, decoder: &mut Deco
         return false;
     }
     std::hint::black_box(decoder.decode(out).expect("decodes"));
+    // As the agent does once the record is on the trail: the slots are free again.
+    ring.release(*tail);
     true
 }
 
@@ -154,4 +156,5 @@ fn agent_side(ring: &Ring, tail: &mut u64, out: &mut Vec<u8>, decoder: &mut Deco
 fn drain(r: &Ring, tail: &mut u64) {
     let mut out = Vec::new();
     while r.pop(tail, &mut out) == Pop::Record {}
+    r.release(*tail);
 }
