@@ -1399,6 +1399,29 @@ fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
 }
 
 #[test]
+fn a_process_of_another_record_layout_is_refused_at_the_hello_and_the_agent_serves_on() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    let mut hello = keytrail::agent::HELLO.to_vec();
+    hello.push(0);
+    hello.extend((keytrail::agent::wire::LAYOUT ^ 1).to_le_bytes());
+    s.write_all(&hello).expect("hello");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let mut refused = keytrail::agent::WELCOME.to_vec();
+    refused.extend(keytrail::agent::OTHER_LAYOUT.to_le_bytes());
+    assert_eq!(answer, refused, "refused, and no ring");
+    // The agent serves a process of its own layout on.
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    let records = agent.stop();
+    assert_eq!(of(&records, "sign").len(), 1);
+    verify(&agent.trail);
+}
+
+#[test]
 fn records_left_in_the_ring_of_a_dead_agent_go_to_the_embedded_writer_at_finalize() {
     let (fx, first, p, s, key) = with_agent(8);
     let mut n = 0;

@@ -14,7 +14,8 @@ pub mod shm;
 pub mod wire;
 
 /// What a process sends first: this magic, then the length of its service name (one
-/// byte) and the name. Nothing in it is trusted: the agent asks the kernel who called.
+/// byte) and the name, then (as every hello ends) its record layout ([`wire::LAYOUT`],
+/// u64 little-endian). Nothing in it is trusted: the agent asks the kernel who called.
 pub const HELLO: &[u8; 8] = b"KTAGENT1";
 /// What a process sends instead of [`HELLO`] to a restarted agent: the same fields, with
 /// the memfd of the ring it kept from the previous agent attached (SCM_RIGHTS). The agent
@@ -35,3 +36,6 @@ pub const WELCOME: &[u8; 8] = b"KTRING01";
 pub const ACCEPTED: u32 = 0;
 /// Status: the agent serves as many processes as it may.
 pub const TOO_MANY: u32 = 1;
+/// Status: the process writes records of another layout than the agent reads (keytrail
+/// library and agent of different versions).
+pub const OTHER_LAYOUT: u32 = 2;
