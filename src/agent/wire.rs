@@ -562,8 +562,8 @@ fn encode_into(e: &Event, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
         head[6..14].copy_from_slice(&clock.ns(e.started.instant).to_le_bytes());
         head[14..22].copy_from_slice(&e.thread_id.to_le_bytes());
     }
-    put_name(w, e.function);
-    put_name(w, e.action);
+    put_name(w, e.function, Site::Function);
+    put_name(w, e.action, Site::Action);
     for v in [e.duration_ns, e.rv, e.slot_id, e.session, e.user_type]
         .into_iter()
         .flatten()
@@ -575,15 +575,15 @@ fn encode_into(e: &Event, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
         put_str(w, &t.serial);
     }
     if let Some(s) = e.session_state {
-        put_name(w, s);
+        put_name(w, s, Site::State);
     }
     if let Some(m) = &e.mechanism {
         put_mechanism(w, m);
     }
     if let Some(op) = &e.operation {
-        put_name(w, op.kind);
-        put_name(w, op.init);
-        put_name(w, op.end);
+        put_name(w, op.kind, Site::Kind);
+        put_name(w, op.init, Site::Init);
+        put_name(w, op.end, Site::End);
         if let Some(o) = w.room(24) {
             o[..8].copy_from_slice(&op.parts.to_le_bytes());
             o[8..16].copy_from_slice(&op.in_len.to_le_bytes());
@@ -636,34 +636,77 @@ fn cut(s: &str) -> &[u8] {
     &s.as_bytes()[..end]
 }
 
-/// Ids of the names met so far, by the name's address and length (a `&'static str` at
-/// one address always holds the same text): `address << 16 | length << 8 | id`, id 0 for
-/// a name not in [`NAMES`]. Direct-mapped; a name whose place another took is looked up
-/// again.
+/// A name's place in a record, for [`name_id`]'s cache of the name met there last.
+#[derive(Clone, Copy)]
+enum Site {
+    Function,
+    Action,
+    State,
+    Kind,
+    Init,
+    End,
+    Role,
+    Class,
+    KeyType,
+    /// Attribute-list roles and attribute value names.
+    Other,
+}
+
+/// The name met last at each [`Site`] and its id: `address << 16 | length << 8 | id`, id
+/// 0 for a name not in [`NAMES`] (a `&'static str` at one address always holds the same
+/// text). Together: a record reads two cache lines, not one (of a table) per name.
+#[repr(align(64))]
+struct LastNames([AtomicU64; Site::Other as usize + 1]);
+static LAST_NAMES: LastNames = LastNames([const { AtomicU64::new(0) }; Site::Other as usize + 1]);
+
+/// Ids of all names met, as [`LAST_NAMES`] keeps them, direct-mapped by address: for
+/// the names a place holds in turn.
 static NAME_IDS: [AtomicU64; 128] = [const { AtomicU64::new(0) }; 128];
+
+/// The key of `s` in [`LAST_NAMES`] and [`NAME_IDS`], when its address and length fit.
+#[inline(always)]
+fn name_key(s: &'static str) -> Option<u64> {
+    let (p, n) = (s.as_ptr() as u64, s.len() as u64);
+    ((p >> 48 | n >> 8) == 0).then_some(p << 16 | n << 8)
+}
 
 /// `s`'s byte on the wire: its place in [`NAMES`] plus one, or 0 (not there). Out of
 /// line (a record has about ten names) and a leaf: one small copy of the code, which the
 /// calls between records leave in the instruction cache more often than ten inlined ones.
 #[inline(never)]
-fn name_id(s: &'static str) -> u8 {
-    let (p, n) = (s.as_ptr() as u64, s.len() as u64);
-    let key = p << 16 | n << 8;
-    let place = &NAME_IDS[(p.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize];
+fn name_id(s: &'static str, site: Site) -> u8 {
+    let last = &LAST_NAMES.0[site as usize];
+    let v = last.load(Ordering::Relaxed);
+    match name_key(s) {
+        Some(key) if v & !0xff == key => v as u8,
+        key => name_id_again(s, key, last),
+    }
+}
+
+/// [`name_id`] for a name its site did not hold last.
+#[inline(never)]
+fn name_id_again(s: &'static str, key: Option<u64>, last: &AtomicU64) -> u8 {
+    let Some(key) = key else {
+        return name_id_slow(s);
+    };
+    let place = &NAME_IDS[((key >> 16).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize];
     let v = place.load(Ordering::Relaxed);
-    // The key names one name only when address and length fit in it.
-    if v & !0xff == key && (p >> 48 | n >> 8) == 0 {
+    let id = if v & !0xff == key {
         v as u8
     } else {
-        name_id_slow(s, place)
-    }
+        let id = name_id_slow(s);
+        place.store(key | u64::from(id), Ordering::Relaxed);
+        id
+    };
+    last.store(key | u64::from(id), Ordering::Relaxed);
+    id
 }
 
 #[cold]
 #[inline(never)]
-fn name_id_slow(s: &'static str, place: &AtomicU64) -> u8 {
+fn name_id_slow(s: &'static str) -> u8 {
     static BY_NAME: OnceLock<rustc_hash::FxHashMap<&'static str, u8>> = OnceLock::new();
-    let id = BY_NAME
+    BY_NAME
         .get_or_init(|| {
             NAMES
                 .iter()
@@ -673,18 +716,13 @@ fn name_id_slow(s: &'static str, place: &AtomicU64) -> u8 {
         })
         .get(s)
         .copied()
-        .unwrap_or(0);
-    let (p, n) = (s.as_ptr() as u64, s.len() as u64);
-    if (p >> 48 | n >> 8) == 0 {
-        place.store(p << 16 | n << 8 | u64::from(id), Ordering::Relaxed);
-    }
-    id
+        .unwrap_or(0)
 }
 
 /// A name: one byte when [`NAMES`] has it, else 0 and the name as a string.
 #[inline]
-fn put_name(w: &mut Writer<'_>, s: &'static str) {
-    match name_id(s) {
+fn put_name(w: &mut Writer<'_>, s: &'static str, site: Site) {
+    match name_id(s, site) {
         0 => put_inline_name(w, s),
         id => w.byte(id),
     }
@@ -696,11 +734,11 @@ fn put_inline_name(w: &mut Writer<'_>, s: &str) {
 }
 
 #[inline]
-fn put_opt_name(w: &mut Writer<'_>, s: Option<&'static str>) {
+fn put_opt_name(w: &mut Writer<'_>, s: Option<&'static str>, site: Site) {
     match s {
         Some(s) => {
             w.byte(1);
-            put_name(w, s);
+            put_name(w, s, site);
         }
         None => w.byte(0),
     }
@@ -754,14 +792,14 @@ fn put_mechanism(w: &mut Writer<'_>, m: &Mechanism) {
 
 #[inline(never)]
 fn put_key(w: &mut Writer<'_>, k: &KeyRef) {
-    put_name(w, k.role);
+    put_name(w, k.role, Site::Role);
     w.u64(k.handle);
     match k.identity.as_deref() {
         None => w.byte(0),
         Some(id) => {
             w.byte(1);
-            put_opt_name(w, id.class);
-            put_opt_name(w, id.key_type);
+            put_opt_name(w, id.class, Site::Class);
+            put_opt_name(w, id.key_type, Site::KeyType);
             put_opt_u64(w, id.bits);
             put_opt_str(w, id.id_hex.as_deref());
             put_opt_str(w, id.label.as_deref());
@@ -789,7 +827,7 @@ fn put_attrs(w: &mut Writer<'_>, list: &[Attr], depth: u8) {
             AttrValue::Ulong { value, name } => {
                 w.byte(1);
                 w.u64(*value);
-                put_opt_name(w, *name);
+                put_opt_name(w, *name, Site::Other);
             }
             AttrValue::Hex(s) => {
                 w.byte(2);
@@ -819,12 +857,12 @@ fn put_extra(w: &mut Writer<'_>, x: &Extra, clock: &Clock, attributes: bool) {
     let lists: &[(&str, Vec<Attr>)] = if attributes { &x.attributes } else { &[] };
     put_len(w, lists.len());
     for (role, list) in lists.iter().take(MAX_LIST) {
-        put_name(w, role);
+        put_name(w, role, Site::Other);
         put_attrs(w, list, 0);
     }
     put_len(w, x.attribute_counts.len());
     for (role, n) in x.attribute_counts.iter().take(MAX_LIST) {
-        put_name(w, role);
+        put_name(w, role, Site::Other);
         w.u64(*n);
     }
     match x.data {
