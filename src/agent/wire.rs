@@ -794,24 +794,85 @@ fn put_mechanism(w: &mut Writer<'_>, m: &Mechanism) {
 fn put_key(w: &mut Writer<'_>, k: &KeyRef) {
     put_name(w, k.role, Site::Role);
     w.u64(k.handle);
-    match k.identity.as_deref() {
+    match &k.identity {
         None => w.byte(0),
         Some(id) => {
             w.byte(1);
-            put_opt_name(w, id.class, Site::Class);
-            put_opt_name(w, id.key_type, Site::KeyType);
-            put_opt_u64(w, id.bits);
-            put_opt_str(w, id.id_hex.as_deref());
-            put_opt_str(w, id.label.as_deref());
-            put_opt_str(w, id.unique_id.as_deref());
-            w.byte(match id.token {
-                None => 0,
-                Some(false) => 1,
-                Some(true) => 2,
-            });
-            put_opt_str(w, id.public_sha256.as_deref());
+            if !put_kept_identity(w, id) {
+                put_identity(w, id);
+            }
         }
     }
+}
+
+/// The most bytes of a key identity a thread keeps encoded.
+const KEPT_IDENTITY: usize = 128;
+
+/// Identities a thread encoded last, and their bytes.
+type Kept = [Option<(Arc<KeyIdentity>, arrayvec::ArrayVec<u8, KEPT_IDENTITY>)>; 2];
+
+std::thread_local! {
+    /// The two identities this thread encoded last, with their bytes: a thread's records
+    /// name the same keys again and again. Each is kept alive, so that an identity at the
+    /// same address is the same (it is immutable while shared).
+    static KEPT: std::cell::RefCell<Kept> = const { std::cell::RefCell::new([None, None]) };
+}
+
+/// Writes `id`'s bytes kept from an earlier record, or encodes and keeps them; false when
+/// they cannot be kept (too large, or the thread is exiting): the caller encodes them.
+#[inline]
+fn put_kept_identity(w: &mut Writer<'_>, id: &Arc<KeyIdentity>) -> bool {
+    KEPT.try_with(|kept| {
+        let Ok(mut kept) = kept.try_borrow_mut() else {
+            return false;
+        };
+        for (kept_id, bytes) in kept.iter().flatten() {
+            if Arc::ptr_eq(kept_id, id) {
+                w.bytes(bytes);
+                return true;
+            }
+        }
+        keep_identity(w, id, &mut kept)
+    })
+    .unwrap_or(false)
+}
+
+/// [`put_kept_identity`] for an identity this thread did not encode last.
+#[inline(never)]
+fn keep_identity(w: &mut Writer<'_>, id: &Arc<KeyIdentity>, kept: &mut Kept) -> bool {
+    let mut buf = [0u8; KEPT_IDENTITY];
+    let mut own = Writer {
+        buf: &mut buf,
+        at: 0,
+    };
+    put_identity(&mut own, id);
+    let n = own.at;
+    if n > KEPT_IDENTITY {
+        return false;
+    }
+    w.bytes(&buf[..n]);
+    kept[1] = kept[0].take();
+    kept[0] = arrayvec::ArrayVec::try_from(&buf[..n])
+        .ok()
+        .map(|b| (id.clone(), b));
+    true
+}
+
+/// A key's identity, after its presence byte.
+#[inline(never)]
+fn put_identity(w: &mut Writer<'_>, id: &KeyIdentity) {
+    put_opt_name(w, id.class, Site::Class);
+    put_opt_name(w, id.key_type, Site::KeyType);
+    put_opt_u64(w, id.bits);
+    put_opt_str(w, id.id_hex.as_deref());
+    put_opt_str(w, id.label.as_deref());
+    put_opt_str(w, id.unique_id.as_deref());
+    w.byte(match id.token {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    put_opt_str(w, id.public_sha256.as_deref());
 }
 
 fn put_attrs(w: &mut Writer<'_>, list: &[Attr], depth: u8) {
@@ -1693,6 +1754,32 @@ mod tests {
         // Too small: says how large the record is, and writes nothing past the end.
         let mut small = vec![0u8; whole.len() - 1];
         assert_eq!(encode_to(&e, &clock, &mut small), whole.len());
+    }
+
+    #[test]
+    fn identities_kept_encoded_read_as_encoded_afresh() {
+        let clock = Clock::now();
+        let with_label = |label: &str| {
+            let mut e = sample();
+            e.keys.clear();
+            let mut id = KeyIdentity::default();
+            id.class = Some("CKO_SECRET_KEY");
+            id.label = Some(label.into());
+            e.key("key", 9, Some(Arc::new(id)));
+            e
+        };
+        let events: Vec<Event> = ["a", "b", "c", "a"].iter().map(|l| with_label(l)).collect();
+        for round in 0..3 {
+            for e in events.iter().chain(events.iter().rev()) {
+                let (mut first, mut again) = (Vec::new(), Vec::new());
+                encode(e, &clock, &mut first);
+                encode(e, &clock, &mut again);
+                assert_eq!(first, again, "round {round}");
+                let back = decode(&first, &clock).expect("decodes");
+                let label = |e: &Event| e.keys[0].identity.as_ref().and_then(|i| i.label.clone());
+                assert_eq!(label(&back), label(e));
+            }
+        }
     }
 
     #[test]
