@@ -1371,7 +1371,7 @@ fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
     ];
     for note in notes {
         let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
-        let mut hello = b"KTAGENT3".to_vec();
+        let mut hello = keytrail::agent::HELLO_NOTED.to_vec();
         hello.extend([0u8, 0u8]);
         hello.extend((note.len() as u16).to_le_bytes());
         hello.extend(note);
@@ -1382,7 +1382,9 @@ fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
     }
     // A note longer than allowed: refused before it is read.
     let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
-    s.write_all(b"KTAGENT3\x00\x00\xff\xff").expect("hello");
+    let mut hello = keytrail::agent::HELLO_NOTED.to_vec();
+    hello.extend([0u8, 0, 0xff, 0xff]);
+    s.write_all(&hello).expect("hello");
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     assert!(answer.is_empty());
