@@ -670,10 +670,8 @@ fn name_key(s: &'static str) -> Option<u64> {
     ((p >> 48 | n >> 8) == 0).then_some(p << 16 | n << 8)
 }
 
-/// `s`'s byte on the wire: its place in [`NAMES`] plus one, or 0 (not there). Out of
-/// line (a record has about ten names) and a leaf: one small copy of the code, which the
-/// calls between records leave in the instruction cache more often than ten inlined ones.
-#[inline(never)]
+/// `s`'s byte on the wire: its place in [`NAMES`] plus one, or 0 (not there).
+#[inline(always)]
 fn name_id(s: &'static str, site: Site) -> u8 {
     let last = &LAST_NAMES.0[site as usize];
     let v = last.load(Ordering::Relaxed);
@@ -719,8 +717,10 @@ fn name_id_slow(s: &'static str) -> u8 {
         .unwrap_or(0)
 }
 
-/// A name: one byte when [`NAMES`] has it, else 0 and the name as a string.
-#[inline]
+/// A name: one byte when [`NAMES`] has it, else 0 and the name as a string. Out of line
+/// (a record has about ten names): one small copy of the code, which the calls between
+/// records leave in the instruction cache more often than ten inlined ones.
+#[inline(never)]
 fn put_name(w: &mut Writer<'_>, s: &'static str, site: Site) {
     match name_id(s, site) {
         0 => put_inline_name(w, s),
