@@ -5,7 +5,7 @@
 //! Environment: AGENT_RECORDS (records per sending thread, default 200,000),
 //! AGENT_THREADS (sending threads, default 1), KEYTRAIL_BIN (the keytrail binary; by
 //! default the one beside this example's directory, target/release/keytrail).
-use keytrail::agent::client::{Connection, Sent};
+use keytrail::agent::client::{Connection, Sent, WhenFull};
 use keytrail::config::OnFull;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -89,11 +89,14 @@ fn main() {
             let (conn, e) = (conn.clone(), e.clone());
             std::thread::spawn(move || {
                 let failing = AtomicBool::new(false);
+                let full = WhenFull {
+                    on_full: OnFull::Wait,
+                    wait: Duration::from_secs(30),
+                    failing: &failing,
+                    leave: false,
+                };
                 for _ in 0..per_thread {
-                    assert_eq!(
-                        conn.send(&e, OnFull::Wait, Duration::from_secs(30), &failing, false),
-                        Sent::Ok
-                    );
+                    assert_eq!(conn.send(&e, &full), Sent::Ok);
                 }
             })
         })

@@ -1371,7 +1371,7 @@ fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
     ];
     for note in notes {
         let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
-        let mut hello = b"KTAGENT3".to_vec();
+        let mut hello = keytrail::agent::HELLO_NOTED.to_vec();
         hello.extend([0u8, 0u8]);
         hello.extend((note.len() as u16).to_le_bytes());
         hello.extend(note);
@@ -1382,7 +1382,9 @@ fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
     }
     // A note longer than allowed: refused before it is read.
     let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
-    s.write_all(b"KTAGENT3\x00\x00\xff\xff").expect("hello");
+    let mut hello = keytrail::agent::HELLO_NOTED.to_vec();
+    hello.extend([0u8, 0, 0xff, 0xff]);
+    s.write_all(&hello).expect("hello");
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     assert!(answer.is_empty());
@@ -1395,6 +1397,29 @@ fn a_bad_note_in_a_returning_hello_is_refused_and_the_agent_serves_on() {
             .iter()
             .all(|r| r["keytrail"].get("fell_back").is_none())
     );
+    verify(&agent.trail);
+}
+
+#[test]
+fn a_process_of_another_record_layout_is_refused_at_the_hello_and_the_agent_serves_on() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    let mut agent = Agent::start(fx.path());
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    let mut hello = keytrail::agent::HELLO.to_vec();
+    hello.push(0);
+    hello.extend((keytrail::agent::wire::LAYOUT ^ 1).to_le_bytes());
+    s.write_all(&hello).expect("hello");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let mut refused = keytrail::agent::WELCOME.to_vec();
+    refused.extend(keytrail::agent::OTHER_LAYOUT.to_le_bytes());
+    assert_eq!(answer, refused, "refused, and no ring");
+    // The agent serves a process of its own layout on.
+    agent_mode(&fx, &agent, "");
+    one_signature();
+    let records = agent.stop();
+    assert_eq!(of(&records, "sign").len(), 1);
     verify(&agent.trail);
 }
 

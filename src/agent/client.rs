@@ -140,40 +140,51 @@ impl Connection {
     /// With `leave`, a full ring whose agent is gone (and none listening to take it over)
     /// gives [`Sent::Gone`] at once: the caller records elsewhere.
     #[inline]
-    pub fn send(
-        &self,
-        e: &Event,
-        on_full: OnFull,
-        wait: Duration,
-        failing: &AtomicBool,
-        leave: bool,
-    ) -> Sent {
-        let fitted = BUF
-            .try_with(|b| {
-                let mut enc = b.borrow_mut();
-                let record = enc.encode(e, &self.clock);
-                self.push(record, on_full, wait, failing, leave)
-            })
-            .unwrap_or_else(|_| {
-                // The thread is exiting (its buffer is gone): encode on the heap.
-                let mut buf = Vec::new();
-                wire::encode(e, &self.clock, &mut buf);
-                self.push(&buf, on_full, wait, failing, leave)
-            });
+    pub fn send(&self, e: &Event, full: &WhenFull<'_>) -> Sent {
+        // Most records are written straight into a slot of the ring; the others (larger
+        // than a slot, or meeting a full ring) go through a buffer.
+        let fitted = match self
+            .ring
+            .push_in_place(|slot| wire::encode_to(e, &self.clock, slot))
+        {
+            Ok(true) => {
+                if full.failing.load(Ordering::Relaxed) {
+                    full.failing.store(false, Ordering::Relaxed);
+                }
+                Sent::Ok
+            }
+            _ => self.send_buffered(e, full),
+        };
         if self.ring.take_wakeup() {
             self.wake();
         }
         fitted
     }
 
-    fn push(
-        &self,
-        record: &[u8],
-        on_full: OnFull,
-        wait: Duration,
-        failing: &AtomicBool,
-        leave: bool,
-    ) -> Sent {
+    /// [`Connection::send`] for a record that did not fit in a slot or met a full ring.
+    #[cold]
+    #[inline(never)]
+    fn send_buffered(&self, e: &Event, full: &WhenFull<'_>) -> Sent {
+        BUF.try_with(|b| {
+            let mut enc = b.borrow_mut();
+            let record = enc.encode(e, &self.clock);
+            self.push(record, full)
+        })
+        .unwrap_or_else(|_| {
+            // The thread is exiting (its buffer is gone): encode on the heap.
+            let mut buf = Vec::new();
+            wire::encode(e, &self.clock, &mut buf);
+            self.push(&buf, full)
+        })
+    }
+
+    fn push(&self, record: &[u8], full: &WhenFull<'_>) -> Sent {
+        let WhenFull {
+            on_full,
+            wait,
+            failing,
+            leave,
+        } = *full;
         let mut since: Option<Instant> = None;
         let mut tries = 0u32;
         loop {
@@ -352,6 +363,19 @@ pub fn coarse_ms() -> u64 {
         .saturating_add(t.tv_nsec as u64 / 1_000_000)
 }
 
+/// What a record that meets a full ring does: see [`Connection::send`].
+#[derive(Clone, Copy)]
+pub struct WhenFull<'a> {
+    /// Drop it, or wait for room.
+    pub on_full: OnFull,
+    /// How long to wait.
+    pub wait: Duration,
+    /// Set once a wait ran out: later records are dropped at once until one fits.
+    pub failing: &'a AtomicBool,
+    /// Give [`Sent::Gone`] when the agent is gone.
+    pub leave: bool,
+}
+
 /// What happened to a record put in the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
@@ -438,6 +462,7 @@ fn handshake(
         hello.extend_from_slice(&(json.len() as u16).to_le_bytes());
         hello.extend_from_slice(&json);
     }
+    hello.extend_from_slice(&wire::LAYOUT.to_le_bytes());
     let fds: Vec<std::os::fd::BorrowedFd<'_>> = resume.into_iter().collect();
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -454,10 +479,19 @@ fn handshake(
         (&s).write_all(&hello[sent..])?;
     }
     let (status, fds) = receive_welcome(&s)?;
-    if status != super::ACCEPTED {
-        return Err(std::io::Error::other(
-            "the agent refused the connection: it serves as many processes as it may",
-        ));
+    match status {
+        super::ACCEPTED => {}
+        super::OTHER_LAYOUT => {
+            return Err(std::io::Error::other(
+                "the agent refused the connection: it reads another record layout \
+                 (a keytrail agent of another version)",
+            ));
+        }
+        _ => {
+            return Err(std::io::Error::other(
+                "the agent refused the connection: it serves as many processes as it may",
+            ));
+        }
     }
     Ok((s, fds))
 }

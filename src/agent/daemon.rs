@@ -420,7 +420,8 @@ type Hello = (Option<String>, Option<OwnedFd>, Option<FellBack>);
 
 /// Reads the hello: magic, then a length byte and the service name; with the resume
 /// magic, the ring's memfd attached; with the noted hello, a flags byte after the magic
-/// and a length-prefixed note after the name.
+/// and a length-prefixed note after the name; last, the record layout, which must be the
+/// agent's.
 fn read_hello(stream: &mut UnixStream) -> std::io::Result<Hello> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     use std::mem::MaybeUninit;
@@ -476,6 +477,15 @@ fn read_hello(stream: &mut UnixStream) -> std::io::Result<Hello> {
     } else {
         None
     };
+    let mut layout = [0u8; 8];
+    stream.read_exact(&mut layout)?;
+    if u64::from_le_bytes(layout) != super::wire::LAYOUT {
+        // Answered, so that the process says why it cannot use this agent.
+        let _ = welcome(stream, super::OTHER_LAYOUT, &[]);
+        return Err(std::io::Error::other(
+            "it writes records of another layout (a keytrail library of another version)",
+        ));
+    }
     stream.set_read_timeout(None)?;
     let name = String::from_utf8_lossy(&name).into_owned();
     let memfd = match (resume, fds.len()) {

@@ -42,6 +42,9 @@ const OFF_DROPPED_SINCE: usize = 264;
 // Slot kinds.
 const FIRST: u32 = 1;
 const CONT: u32 = 2;
+/// A slot reserved for a record written in place that did not fit in it: nothing to read
+/// (the record follows in slots of its own).
+const PAD: u32 = 3;
 
 /// A shared mapping, unmapped when dropped.
 struct Mapping {
@@ -106,6 +109,16 @@ impl Mapping {
         // SAFETY: in bounds (checked); the slot is reserved by this producer, so no other
         // producer writes it; the consumer reads it only after it is published.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len()) };
+    }
+
+    /// Runs `f` on the `len` bytes at `off`, to write them.
+    #[inline]
+    fn write_with<R>(&self, off: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        assert!(off + len <= self.len);
+        // SAFETY: in bounds (checked); the caller has reserved the slot these bytes are in,
+        // so no other producer writes them, and the consumer reads them only after they
+        // are published; the slice lives only for the call.
+        f(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) })
     }
 
     /// Copies `len` bytes at `off` out of the mapping.
@@ -245,13 +258,10 @@ impl Ring {
         }
     }
 
-    /// Producer: puts one record in the ring, or says why not. Never blocks.
+    /// Producer: reserves `k` consecutive positions (the first is returned), or says the
+    /// ring is full.
     #[inline]
-    pub fn push(&self, record: &[u8]) -> Result<(), PushError> {
-        let k = Self::slots_for(record.len());
-        if k > self.slots / 2 {
-            return Err(PushError::TooLarge);
-        }
+    fn reserve(&self, k: u64) -> Result<u64, PushError> {
         let head = self.map.u64_at(OFF_HEAD);
         let mut p = head.load(Ordering::Relaxed);
         loop {
@@ -260,7 +270,7 @@ impl Ring {
             let diff = seq.wrapping_sub(last) as i64;
             if diff == 0 {
                 match head.compare_exchange_weak(p, p + k, Ordering::Relaxed, Ordering::Relaxed) {
-                    Ok(_) => break,
+                    Ok(_) => return Ok(p),
                     Err(now) => p = now,
                 }
             } else if diff < 0 {
@@ -269,6 +279,35 @@ impl Ring {
                 p = head.load(Ordering::Relaxed);
             }
         }
+    }
+
+    /// Producer: reserves one slot and has `fill` write a record straight into it (no
+    /// copy through a buffer). `fill` gets the slot's data bytes and returns the record's
+    /// length, larger than what it got when the record did not fit: then the slot is
+    /// published as padding, which the consumer skips, and the answer is `Ok(false)` (the
+    /// caller puts the record in with [`Ring::push`]). Never blocks.
+    #[inline]
+    pub fn push_in_place(&self, fill: impl FnOnce(&mut [u8]) -> usize) -> Result<bool, PushError> {
+        let p = self.reserve(1)?;
+        let off = self.slot(p);
+        let n = self.map.write_with(off + 16, DATA, fill);
+        let fits = n <= DATA;
+        let (kind, len) = if fits { (FIRST, n as u32) } else { (PAD, 0) };
+        self.map.u32_at(off + 8).store(kind, Ordering::Relaxed);
+        self.map.u32_at(off + 12).store(len, Ordering::Relaxed);
+        // As in `push`: published last, with a full barrier.
+        self.seq(p).swap(p + 1, Ordering::SeqCst);
+        Ok(fits)
+    }
+
+    /// Producer: puts one record in the ring, or says why not. Never blocks.
+    #[inline]
+    pub fn push(&self, record: &[u8]) -> Result<(), PushError> {
+        let k = Self::slots_for(record.len());
+        if k > self.slots / 2 {
+            return Err(PushError::TooLarge);
+        }
+        let p = self.reserve(k)?;
         if k == 1 {
             // Most records: one slot, no chunking.
             let off = self.slot(p);
@@ -353,8 +392,9 @@ impl Ring {
             let off = self.slot(t);
             let kind = self.map.u32_at(off + 8).load(Ordering::Relaxed);
             let len = self.map.u32_at(off + 12).load(Ordering::Relaxed) as usize;
-            if kind == CONT {
-                // The rest of a record already skipped as malformed: nothing to say again.
+            if kind == CONT || kind == PAD {
+                // The rest of a record already skipped as malformed (nothing to say
+                // again), or a slot a record written in place did not fit in.
                 Self::advance(tail, 1);
                 continue;
             }
@@ -517,6 +557,43 @@ mod tests {
             ring.release(tail);
             assert!(client.drained());
         }
+    }
+
+    #[test]
+    fn records_written_in_place_come_out_and_padding_is_skipped() {
+        let (ring, fd) = Ring::create(8).expect("ring");
+        let client = Ring::open(&fd).expect("open");
+        let (mut tail, mut out) = (0, Vec::new());
+        for round in 0..20u8 {
+            // One that fits, one that does not (its slot is padding), one pushed whole.
+            let fill = |n: usize| {
+                move |d: &mut [u8]| {
+                    for (i, b) in d.iter_mut().take(n).enumerate() {
+                        *b = round ^ i as u8;
+                    }
+                    n
+                }
+            };
+            assert_eq!(client.push_in_place(fill(DATA)), Ok(true));
+            assert_eq!(client.push_in_place(fill(DATA + 1)), Ok(false));
+            client.push(&[round; 300]).expect("room");
+            assert_eq!(ring.pop(&mut tail, &mut out), Pop::Record);
+            assert_eq!(out.len(), DATA);
+            assert!(out.iter().enumerate().all(|(i, b)| *b == round ^ i as u8));
+            assert_eq!(ring.pop(&mut tail, &mut out), Pop::Record);
+            assert_eq!(out, [round; 300]);
+            assert_eq!(ring.pop(&mut tail, &mut out), Pop::Empty);
+            ring.release(tail);
+            assert!(client.drained());
+        }
+        // A full ring: nothing is reserved, `fill` is not called.
+        for _ in 0..8 {
+            client.push(b"x").expect("room");
+        }
+        assert_eq!(
+            client.push_in_place(|_| panic!("no slot to fill")),
+            Err(PushError::Full)
+        );
     }
 
     #[test]

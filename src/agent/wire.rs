@@ -9,7 +9,10 @@
 //! presence mask (u16), the start time (host-wide monotonic nanoseconds), then the fields
 //! the mask announces, in a fixed order. Strings are a u16 length and UTF-8 bytes. Names
 //! the trail prints as constants (function, action, roles, operation kinds, class and
-//! key-type names) are interned by the agent in a bounded table.
+//! key-type names) are one byte, their place in [`NAMES`] (a table compiled into library
+//! and agent alike); a name not in it is a zero byte and a string, which the agent interns
+//! in a bounded table. A typical `use` record fits in one slot of the ring, where the
+//! calling thread writes it in place.
 
 use crate::audit::attrs::{Attr, AttrValue};
 use crate::audit::event::{
@@ -20,12 +23,280 @@ use crate::audit::keys::KeyIdentity;
 use crate::audit::mechanism::{Mechanism, Params};
 use crate::config::Lifecycle;
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The layout's version: the first byte of every record. 2: usage summaries carry a
-/// session summary after them.
-pub const VERSION: u8 = 2;
+/// session summary after them. 3: names of [`NAMES`] are one byte.
+pub const VERSION: u8 = 3;
+
+/// Names a record carries as one byte, their place here plus one (0: the name follows as
+/// a string): PKCS#11 functions, actions, operation kinds and ends, session states, key
+/// and attribute-list roles, object classes and key types. Library and agent must read
+/// it alike: the hello carries [`LAYOUT`], and an agent refuses a process whose layout
+/// differs. At most 255 names.
+pub const NAMES: &[&str] = &[
+    "C_Initialize",
+    "C_Finalize",
+    "C_GetInfo",
+    "C_GetFunctionList",
+    "C_GetSlotList",
+    "C_GetSlotInfo",
+    "C_GetTokenInfo",
+    "C_GetMechanismList",
+    "C_GetMechanismInfo",
+    "C_InitToken",
+    "C_InitPIN",
+    "C_SetPIN",
+    "C_OpenSession",
+    "C_CloseSession",
+    "C_CloseAllSessions",
+    "C_GetSessionInfo",
+    "C_GetOperationState",
+    "C_SetOperationState",
+    "C_Login",
+    "C_Logout",
+    "C_CreateObject",
+    "C_CopyObject",
+    "C_DestroyObject",
+    "C_GetObjectSize",
+    "C_GetAttributeValue",
+    "C_SetAttributeValue",
+    "C_FindObjectsInit",
+    "C_FindObjects",
+    "C_FindObjectsFinal",
+    "C_EncryptInit",
+    "C_Encrypt",
+    "C_EncryptUpdate",
+    "C_EncryptFinal",
+    "C_DecryptInit",
+    "C_Decrypt",
+    "C_DecryptUpdate",
+    "C_DecryptFinal",
+    "C_DigestInit",
+    "C_Digest",
+    "C_DigestUpdate",
+    "C_DigestKey",
+    "C_DigestFinal",
+    "C_SignInit",
+    "C_Sign",
+    "C_SignUpdate",
+    "C_SignFinal",
+    "C_SignRecoverInit",
+    "C_SignRecover",
+    "C_VerifyInit",
+    "C_Verify",
+    "C_VerifyUpdate",
+    "C_VerifyFinal",
+    "C_VerifyRecoverInit",
+    "C_VerifyRecover",
+    "C_DigestEncryptUpdate",
+    "C_DecryptDigestUpdate",
+    "C_SignEncryptUpdate",
+    "C_DecryptVerifyUpdate",
+    "C_GenerateKey",
+    "C_GenerateKeyPair",
+    "C_WrapKey",
+    "C_UnwrapKey",
+    "C_DeriveKey",
+    "C_SeedRandom",
+    "C_GenerateRandom",
+    "C_GetFunctionStatus",
+    "C_CancelFunction",
+    "C_WaitForSlotEvent",
+    "C_GetInterface",
+    "C_GetInterfaceList",
+    "C_LoginUser",
+    "C_SessionCancel",
+    "C_MessageEncryptInit",
+    "C_EncryptMessage",
+    "C_EncryptMessageBegin",
+    "C_EncryptMessageNext",
+    "C_MessageEncryptFinal",
+    "C_MessageDecryptInit",
+    "C_DecryptMessage",
+    "C_DecryptMessageBegin",
+    "C_DecryptMessageNext",
+    "C_MessageDecryptFinal",
+    "C_MessageSignInit",
+    "C_SignMessage",
+    "C_SignMessageBegin",
+    "C_SignMessageNext",
+    "C_MessageSignFinal",
+    "C_MessageVerifyInit",
+    "C_VerifyMessage",
+    "C_VerifyMessageBegin",
+    "C_VerifyMessageNext",
+    "C_MessageVerifyFinal",
+    "session_open",
+    "session_close",
+    "session_cancel",
+    "session_summary",
+    "login",
+    "logout",
+    "token_init",
+    "pin_init",
+    "pin_set",
+    "key_generate",
+    "key_pair_generate",
+    "key_derive",
+    "object_create",
+    "object_copy",
+    "key_unwrap",
+    "encrypt",
+    "decrypt",
+    "sign",
+    "verify",
+    "sign_recover",
+    "verify_recover",
+    "message_encrypt",
+    "message_decrypt",
+    "message_sign",
+    "message_verify",
+    "digest_key",
+    "key_wrap",
+    "attribute_read_secret",
+    "attribute_set",
+    "object_destroy",
+    "objects_find",
+    "attribute_read",
+    "random_generate",
+    "random_seed",
+    "trail_start",
+    "initialize",
+    "finalize",
+    "records_lost",
+    "client_connected",
+    "client_start",
+    "client_stop",
+    "client_end",
+    "malformed_record",
+    "records_incomplete",
+    "seal_login",
+    "completed",
+    "failed",
+    "abandoned",
+    "cancelled",
+    "rw_so",
+    "rw_user",
+    "ro_user",
+    "rw_public",
+    "ro_public",
+    "key",
+    "base",
+    "source",
+    "unwrapping",
+    "wrapping",
+    "template",
+    "private_template",
+    "public_template",
+    "read",
+    "set",
+    "CKO_DATA",
+    "CKO_CERTIFICATE",
+    "CKO_PUBLIC_KEY",
+    "CKO_PRIVATE_KEY",
+    "CKO_SECRET_KEY",
+    "CKO_HW_FEATURE",
+    "CKO_DOMAIN_PARAMETERS",
+    "CKO_MECHANISM",
+    "CKO_OTP_KEY",
+    "CKO_PROFILE",
+    "CKO_VALIDATION",
+    "CKO_TRUST",
+    "CKK_RSA",
+    "CKK_DSA",
+    "CKK_DH",
+    "CKK_EC",
+    "CKK_X9_42_DH",
+    "CKK_KEA",
+    "CKK_GENERIC_SECRET",
+    "CKK_RC2",
+    "CKK_RC4",
+    "CKK_DES",
+    "CKK_DES2",
+    "CKK_DES3",
+    "CKK_CAST",
+    "CKK_CAST3",
+    "CKK_CAST128",
+    "CKK_RC5",
+    "CKK_IDEA",
+    "CKK_SKIPJACK",
+    "CKK_BATON",
+    "CKK_JUNIPER",
+    "CKK_CDMF",
+    "CKK_AES",
+    "CKK_BLOWFISH",
+    "CKK_TWOFISH",
+    "CKK_SECURID",
+    "CKK_HOTP",
+    "CKK_ACTI",
+    "CKK_CAMELLIA",
+    "CKK_ARIA",
+    "CKK_MD5_HMAC",
+    "CKK_SHA_1_HMAC",
+    "CKK_RIPEMD128_HMAC",
+    "CKK_RIPEMD160_HMAC",
+    "CKK_SHA256_HMAC",
+    "CKK_SHA384_HMAC",
+    "CKK_SHA512_HMAC",
+    "CKK_SHA224_HMAC",
+    "CKK_SEED",
+    "CKK_GOSTR3410",
+    "CKK_GOSTR3411",
+    "CKK_GOST28147",
+    "CKK_CHACHA20",
+    "CKK_POLY1305",
+    "CKK_AES_XTS",
+    "CKK_SHA3_224_HMAC",
+    "CKK_SHA3_256_HMAC",
+    "CKK_SHA3_384_HMAC",
+    "CKK_SHA3_512_HMAC",
+    "CKK_BLAKE2B_160_HMAC",
+    "CKK_BLAKE2B_256_HMAC",
+    "CKK_BLAKE2B_384_HMAC",
+    "CKK_BLAKE2B_512_HMAC",
+    "CKK_SALSA20",
+    "CKK_X2RATCHET",
+    "CKK_EC_EDWARDS",
+    "CKK_EC_MONTGOMERY",
+    "CKK_HKDF",
+    "CKK_SHA512_224_HMAC",
+    "CKK_SHA512_256_HMAC",
+    "CKK_SHA512_T_HMAC",
+    "CKK_HSS",
+    "CKK_XMSS",
+    "CKK_XMSSMT",
+    "CKK_ML_KEM",
+    "CKK_ML_DSA",
+    "CKK_SLH_DSA",
+    "trail_stop",
+    "trail_resume",
+    "trail_reopened",
+    "records_dropped",
+];
+
+/// The record layout's identity: [`VERSION`] and [`NAMES`], hashed (FNV-1a).
+pub const LAYOUT: u64 = layout();
+
+const fn layout() -> u64 {
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ VERSION as u64;
+    let mut i = 0;
+    while i < NAMES.len() {
+        let b = NAMES[i].as_bytes();
+        let mut j = 0;
+        while j < b.len() {
+            h = (h ^ b[j] as u64).wrapping_mul(PRIME);
+            j += 1;
+        }
+        // A separator no name holds.
+        h = (h ^ 0xff).wrapping_mul(PRIME);
+        i += 1;
+    }
+    h
+}
 /// The largest record accepted. A record that would be larger loses its attribute lists
 /// (and says so in its `keytrail` detail) rather than being dropped.
 pub const MAX_RECORD: usize = 32 * 1024;
@@ -162,6 +433,16 @@ impl Encoder {
     }
 }
 
+/// Encodes `e` into `out` (a ring slot) when it fits: returns the record's length, which
+/// is larger than `out` when it did not fit (then [`Encoder::encode`] takes it, with the
+/// size limits this leaves to it).
+#[inline]
+pub fn encode_to(e: &Event, clock: &Clock, out: &mut [u8]) -> usize {
+    let mut w = Writer { buf: out, at: 0 };
+    encode_into(e, clock, &mut w, true);
+    w.at
+}
+
 /// Appends `e` to `out` (cleared first), as [`Encoder::encode`] does.
 pub fn encode(e: &Event, clock: &Clock, out: &mut Vec<u8>) {
     out.clear();
@@ -214,14 +495,18 @@ impl Writer<'_> {
         }
     }
 
-    /// A string after `prefix` (presence byte, if any): one check for all of it.
-    #[inline(always)]
-    fn str_after(&mut self, prefix: &[u8], s: &[u8]) {
-        let (p, n) = (prefix.len(), s.len());
+    /// A string after `tag` (a presence byte, if any): one check for all of it. Out of
+    /// line: every string of a record is written by this one copy of the code, which
+    /// stays in the instruction cache between records.
+    #[inline(never)]
+    fn str_after(&mut self, tag: Option<u8>, s: &[u8]) {
+        let (p, n) = (usize::from(tag.is_some()), s.len());
         if let Some(dst) = self.room(p + 2 + n) {
-            let (head, rest) = dst.split_at_mut(p + 2);
-            head[..p].copy_from_slice(prefix);
-            head[p..].copy_from_slice(&(n as u16).to_le_bytes());
+            if let Some(t) = tag {
+                dst[0] = t;
+            }
+            let (head, rest) = dst[p..].split_at_mut(2);
+            head.copy_from_slice(&(n as u16).to_le_bytes());
             copy(rest, s);
         }
     }
@@ -277,8 +562,8 @@ fn encode_into(e: &Event, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
         head[6..14].copy_from_slice(&clock.ns(e.started.instant).to_le_bytes());
         head[14..22].copy_from_slice(&e.thread_id.to_le_bytes());
     }
-    put_str(w, e.function);
-    put_str(w, e.action);
+    put_name(w, e.function, Site::Function);
+    put_name(w, e.action, Site::Action);
     for v in [e.duration_ns, e.rv, e.slot_id, e.session, e.user_type]
         .into_iter()
         .flatten()
@@ -290,15 +575,15 @@ fn encode_into(e: &Event, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
         put_str(w, &t.serial);
     }
     if let Some(s) = e.session_state {
-        put_str(w, s);
+        put_name(w, s, Site::State);
     }
     if let Some(m) = &e.mechanism {
         put_mechanism(w, m);
     }
     if let Some(op) = &e.operation {
-        put_str(w, op.kind);
-        put_str(w, op.init);
-        put_str(w, op.end);
+        put_name(w, op.kind, Site::Kind);
+        put_name(w, op.init, Site::Init);
+        put_name(w, op.end, Site::End);
         if let Some(o) = w.room(24) {
             o[..8].copy_from_slice(&op.parts.to_le_bytes());
             o[8..16].copy_from_slice(&op.in_len.to_le_bytes());
@@ -329,7 +614,7 @@ fn put_len(w: &mut Writer<'_>, n: usize) {
 /// A string, cut at [`MAX_STR`] bytes (on a character boundary).
 #[inline(always)]
 fn put_str(w: &mut Writer<'_>, s: &str) {
-    w.str_after(&[], bounded(s));
+    w.str_after(None, bounded(s));
 }
 
 /// `s`, cut at [`MAX_STR`] bytes.
@@ -351,10 +636,118 @@ fn cut(s: &str) -> &[u8] {
     &s.as_bytes()[..end]
 }
 
+/// A name's place in a record, for [`name_id`]'s cache of the name met there last.
+#[derive(Clone, Copy)]
+enum Site {
+    Function,
+    Action,
+    State,
+    Kind,
+    Init,
+    End,
+    Role,
+    Class,
+    KeyType,
+    /// Attribute-list roles and attribute value names.
+    Other,
+}
+
+/// The name met last at each [`Site`] and its id: `address << 16 | length << 8 | id`, id
+/// 0 for a name not in [`NAMES`] (a `&'static str` at one address always holds the same
+/// text). Together: a record reads two cache lines, not one (of a table) per name.
+#[repr(align(64))]
+struct LastNames([AtomicU64; Site::Other as usize + 1]);
+static LAST_NAMES: LastNames = LastNames([const { AtomicU64::new(0) }; Site::Other as usize + 1]);
+
+/// Ids of all names met, as [`LAST_NAMES`] keeps them, direct-mapped by address: for
+/// the names a place holds in turn.
+static NAME_IDS: [AtomicU64; 128] = [const { AtomicU64::new(0) }; 128];
+
+/// The key of `s` in [`LAST_NAMES`] and [`NAME_IDS`], when its address and length fit.
+#[inline(always)]
+fn name_key(s: &'static str) -> Option<u64> {
+    let (p, n) = (s.as_ptr() as u64, s.len() as u64);
+    ((p >> 48 | n >> 8) == 0).then_some(p << 16 | n << 8)
+}
+
+/// `s`'s byte on the wire: its place in [`NAMES`] plus one, or 0 (not there).
+#[inline(always)]
+fn name_id(s: &'static str, site: Site) -> u8 {
+    let last = &LAST_NAMES.0[site as usize];
+    let v = last.load(Ordering::Relaxed);
+    match name_key(s) {
+        Some(key) if v & !0xff == key => v as u8,
+        key => name_id_again(s, key, last),
+    }
+}
+
+/// [`name_id`] for a name its site did not hold last.
+#[inline(never)]
+fn name_id_again(s: &'static str, key: Option<u64>, last: &AtomicU64) -> u8 {
+    let Some(key) = key else {
+        return name_id_slow(s);
+    };
+    let place = &NAME_IDS[((key >> 16).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize];
+    let v = place.load(Ordering::Relaxed);
+    let id = if v & !0xff == key {
+        v as u8
+    } else {
+        let id = name_id_slow(s);
+        place.store(key | u64::from(id), Ordering::Relaxed);
+        id
+    };
+    last.store(key | u64::from(id), Ordering::Relaxed);
+    id
+}
+
+#[cold]
+#[inline(never)]
+fn name_id_slow(s: &'static str) -> u8 {
+    static BY_NAME: OnceLock<rustc_hash::FxHashMap<&'static str, u8>> = OnceLock::new();
+    BY_NAME
+        .get_or_init(|| {
+            NAMES
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (*n, i as u8 + 1))
+                .collect()
+        })
+        .get(s)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A name: one byte when [`NAMES`] has it, else 0 and the name as a string. Out of line
+/// (a record has about ten names): one small copy of the code, which the calls between
+/// records leave in the instruction cache more often than ten inlined ones.
+#[inline(never)]
+fn put_name(w: &mut Writer<'_>, s: &'static str, site: Site) {
+    match name_id(s, site) {
+        0 => put_inline_name(w, s),
+        id => w.byte(id),
+    }
+}
+
+#[inline(never)]
+fn put_inline_name(w: &mut Writer<'_>, s: &str) {
+    w.str_after(Some(0), bounded(s));
+}
+
+#[inline]
+fn put_opt_name(w: &mut Writer<'_>, s: Option<&'static str>, site: Site) {
+    match s {
+        Some(s) => {
+            w.byte(1);
+            put_name(w, s, site);
+        }
+        None => w.byte(0),
+    }
+}
+
 #[inline(always)]
 fn put_opt_str(w: &mut Writer<'_>, s: Option<&str>) {
     match s {
-        Some(s) => w.str_after(&[1], bounded(s)),
+        Some(s) => w.str_after(Some(1), bounded(s)),
         None => w.byte(0),
     }
 }
@@ -397,28 +790,89 @@ fn put_mechanism(w: &mut Writer<'_>, m: &Mechanism) {
     }
 }
 
-#[inline]
+#[inline(never)]
 fn put_key(w: &mut Writer<'_>, k: &KeyRef) {
-    put_str(w, k.role);
+    put_name(w, k.role, Site::Role);
     w.u64(k.handle);
-    match k.identity.as_deref() {
+    match &k.identity {
         None => w.byte(0),
         Some(id) => {
             w.byte(1);
-            put_opt_str(w, id.class);
-            put_opt_str(w, id.key_type);
-            put_opt_u64(w, id.bits);
-            put_opt_str(w, id.id_hex.as_deref());
-            put_opt_str(w, id.label.as_deref());
-            put_opt_str(w, id.unique_id.as_deref());
-            w.byte(match id.token {
-                None => 0,
-                Some(false) => 1,
-                Some(true) => 2,
-            });
-            put_opt_str(w, id.public_sha256.as_deref());
+            if !put_kept_identity(w, id) {
+                put_identity(w, id);
+            }
         }
     }
+}
+
+/// The most bytes of a key identity a thread keeps encoded.
+const KEPT_IDENTITY: usize = 128;
+
+/// Identities a thread encoded last, and their bytes.
+type Kept = [Option<(Arc<KeyIdentity>, arrayvec::ArrayVec<u8, KEPT_IDENTITY>)>; 2];
+
+std::thread_local! {
+    /// The two identities this thread encoded last, with their bytes: a thread's records
+    /// name the same keys again and again. Each is kept alive, so that an identity at the
+    /// same address is the same (it is immutable while shared).
+    static KEPT: std::cell::RefCell<Kept> = const { std::cell::RefCell::new([None, None]) };
+}
+
+/// Writes `id`'s bytes kept from an earlier record, or encodes and keeps them; false when
+/// they cannot be kept (too large, or the thread is exiting): the caller encodes them.
+#[inline]
+fn put_kept_identity(w: &mut Writer<'_>, id: &Arc<KeyIdentity>) -> bool {
+    KEPT.try_with(|kept| {
+        let Ok(mut kept) = kept.try_borrow_mut() else {
+            return false;
+        };
+        for (kept_id, bytes) in kept.iter().flatten() {
+            if Arc::ptr_eq(kept_id, id) {
+                w.bytes(bytes);
+                return true;
+            }
+        }
+        keep_identity(w, id, &mut kept)
+    })
+    .unwrap_or(false)
+}
+
+/// [`put_kept_identity`] for an identity this thread did not encode last.
+#[inline(never)]
+fn keep_identity(w: &mut Writer<'_>, id: &Arc<KeyIdentity>, kept: &mut Kept) -> bool {
+    let mut buf = [0u8; KEPT_IDENTITY];
+    let mut own = Writer {
+        buf: &mut buf,
+        at: 0,
+    };
+    put_identity(&mut own, id);
+    let n = own.at;
+    if n > KEPT_IDENTITY {
+        return false;
+    }
+    w.bytes(&buf[..n]);
+    kept[1] = kept[0].take();
+    kept[0] = arrayvec::ArrayVec::try_from(&buf[..n])
+        .ok()
+        .map(|b| (id.clone(), b));
+    true
+}
+
+/// A key's identity, after its presence byte.
+#[inline(never)]
+fn put_identity(w: &mut Writer<'_>, id: &KeyIdentity) {
+    put_opt_name(w, id.class, Site::Class);
+    put_opt_name(w, id.key_type, Site::KeyType);
+    put_opt_u64(w, id.bits);
+    put_opt_str(w, id.id_hex.as_deref());
+    put_opt_str(w, id.label.as_deref());
+    put_opt_str(w, id.unique_id.as_deref());
+    w.byte(match id.token {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    put_opt_str(w, id.public_sha256.as_deref());
 }
 
 fn put_attrs(w: &mut Writer<'_>, list: &[Attr], depth: u8) {
@@ -434,7 +888,7 @@ fn put_attrs(w: &mut Writer<'_>, list: &[Attr], depth: u8) {
             AttrValue::Ulong { value, name } => {
                 w.byte(1);
                 w.u64(*value);
-                put_opt_str(w, *name);
+                put_opt_name(w, *name, Site::Other);
             }
             AttrValue::Hex(s) => {
                 w.byte(2);
@@ -464,12 +918,12 @@ fn put_extra(w: &mut Writer<'_>, x: &Extra, clock: &Clock, attributes: bool) {
     let lists: &[(&str, Vec<Attr>)] = if attributes { &x.attributes } else { &[] };
     put_len(w, lists.len());
     for (role, list) in lists.iter().take(MAX_LIST) {
-        put_str(w, role);
+        put_name(w, role, Site::Other);
         put_attrs(w, list, 0);
     }
     put_len(w, x.attribute_counts.len());
     for (role, n) in x.attribute_counts.iter().take(MAX_LIST) {
-        put_str(w, role);
+        put_name(w, role, Site::Other);
         w.u64(*n);
     }
     match x.data {
@@ -723,9 +1177,17 @@ impl<'a> Reader<'a, '_> {
         Ok(self.str()?.to_owned())
     }
 
-    /// A name: taken from the decoder's cache when the same bytes were a name before
-    /// (no UTF-8 check, no hashing of the whole name), else checked and interned.
+    /// A name: one of [`NAMES`] by its byte, or (byte 0) a string taken from the
+    /// decoder's cache when the same bytes were a name before (no UTF-8 check, no hashing
+    /// of the whole name), else checked and interned.
     fn name(&mut self) -> Result<&'static str, Malformed> {
+        let id = self.byte()?;
+        if id != 0 {
+            return NAMES
+                .get(id as usize - 1)
+                .copied()
+                .ok_or(Malformed("unknown name"));
+        }
         let n = self.u16()? as usize;
         let b = self.take(n)?;
         let slot = name_slot(b);
@@ -746,6 +1208,14 @@ impl<'a> Reader<'a, '_> {
     fn skip_str(&mut self) -> Result<(), Malformed> {
         let n = self.u16()? as usize;
         self.take(n).map(|_| ())
+    }
+
+    /// Skips a name that may be absent (checked when it is read).
+    fn skip_opt_name(&mut self) -> Result<(), Malformed> {
+        if self.flag()? && self.byte()? == 0 {
+            self.skip_str()?;
+        }
+        Ok(())
     }
 
     fn skip_opt_str(&mut self) -> Result<(), Malformed> {
@@ -784,8 +1254,8 @@ impl<'a> Reader<'a, '_> {
     /// the same.
     fn identity(&mut self) -> Result<Arc<KeyIdentity>, Malformed> {
         let start = self.at;
-        self.skip_opt_str()?;
-        self.skip_opt_str()?;
+        self.skip_opt_name()?;
+        self.skip_opt_name()?;
         if self.flag()? {
             self.take(8)?;
         }
@@ -1226,6 +1696,90 @@ mod tests {
             .max(last.instant)
             .duration_since(s.last.instant.min(last.instant));
         assert!(drift < std::time::Duration::from_micros(2), "{drift:?}");
+    }
+
+    #[test]
+    fn the_name_table_is_sound() {
+        assert!(NAMES.len() <= 255);
+        let distinct: std::collections::HashSet<_> = NAMES.iter().collect();
+        assert_eq!(distinct.len(), NAMES.len(), "no name twice");
+        for n in NAMES {
+            assert!(intern(n).is_ok(), "{n}");
+        }
+    }
+
+    #[test]
+    fn names_outside_the_table_cross_as_strings() {
+        let clock = Clock::now();
+        let mut e = sample();
+        e.function = "C_VendorSpecific";
+        e.session_state = Some("vendor_state");
+        e.keys.clear();
+        let mut id = KeyIdentity::default();
+        id.class = Some("CKO_VENDOR_DEFINED_1");
+        id.key_type = Some("CKK_AES");
+        e.key("vendor_role", 9, Some(Arc::new(id)));
+        let mut buf = Vec::new();
+        encode(&e, &clock, &mut buf);
+        let back = decode(&buf, &clock).expect("decodes");
+        let strip = |s: String| s.split_once("\"event\"").map(|(_, r)| r.to_owned());
+        assert_eq!(strip(json(&back)), strip(json(&e)));
+        assert_eq!(back.function, "C_VendorSpecific");
+    }
+
+    #[test]
+    fn a_name_byte_outside_the_table_is_malformed() {
+        let clock = Clock::now();
+        let mut buf = Vec::new();
+        encode(&sample(), &clock, &mut buf);
+        // The function's byte follows the 22 bytes of the fixed head.
+        assert_eq!(
+            buf[22] as usize,
+            NAMES.iter().position(|n| *n == "C_Sign").expect("C_Sign") + 1
+        );
+        for id in [NAMES.len() as u8 + 1, 255] {
+            buf[22] = id;
+            assert_eq!(decode(&buf, &clock).err(), Some(Malformed("unknown name")));
+        }
+    }
+
+    #[test]
+    fn a_record_written_in_place_reads_as_one_written_whole() {
+        let clock = Clock::now();
+        let (e, mut whole) = (sample(), Vec::new());
+        encode(&e, &clock, &mut whole);
+        let mut slot = vec![0u8; whole.len() + 7];
+        assert_eq!(encode_to(&e, &clock, &mut slot), whole.len());
+        assert_eq!(&slot[..whole.len()], &whole[..]);
+        // Too small: says how large the record is, and writes nothing past the end.
+        let mut small = vec![0u8; whole.len() - 1];
+        assert_eq!(encode_to(&e, &clock, &mut small), whole.len());
+    }
+
+    #[test]
+    fn identities_kept_encoded_read_as_encoded_afresh() {
+        let clock = Clock::now();
+        let with_label = |label: &str| {
+            let mut e = sample();
+            e.keys.clear();
+            let mut id = KeyIdentity::default();
+            id.class = Some("CKO_SECRET_KEY");
+            id.label = Some(label.into());
+            e.key("key", 9, Some(Arc::new(id)));
+            e
+        };
+        let events: Vec<Event> = ["a", "b", "c", "a"].iter().map(|l| with_label(l)).collect();
+        for round in 0..3 {
+            for e in events.iter().chain(events.iter().rev()) {
+                let (mut first, mut again) = (Vec::new(), Vec::new());
+                encode(e, &clock, &mut first);
+                encode(e, &clock, &mut again);
+                assert_eq!(first, again, "round {round}");
+                let back = decode(&first, &clock).expect("decodes");
+                let label = |e: &Event| e.keys[0].identity.as_ref().and_then(|i| i.label.clone());
+                assert_eq!(label(&back), label(e));
+            }
+        }
     }
 
     #[test]

@@ -453,10 +453,10 @@ impl Sink {
 
     /// Without a writer thread: into the agent's ring, or written at once.
     #[inline(never)]
-    fn send_direct(&self, event: Event) {
+    fn send_direct(&self, mut event: Event) {
         match &self.mode {
             Mode::Agent(r) => {
-                if !r.send(event, self.on_full, self.wait, &self.shared.failing) {
+                if !r.send(&mut event, self.on_full, self.wait, &self.shared.failing) {
                     self.count_drop(DropReason::Full);
                 }
             }
