@@ -187,6 +187,34 @@ const ALWAYS_PASS: [&str; 13] = [
     "C_FindObjectsFinal",
 ];
 
+/// Whether `function` passes even when a fail-closed trail is refusing calls
+/// ([`ALWAYS_PASS`]); a `const fn`, so that the entry points decide it when compiling.
+pub const fn always_passes(function: &str) -> bool {
+    let mut i = 0;
+    while i < ALWAYS_PASS.len() {
+        if str_eq(ALWAYS_PASS[i], function) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Whether an audited call must be refused before it reaches the module.
 #[inline]
 pub fn refusal(function: &'static str) -> Option<CK_RV> {
@@ -312,29 +340,43 @@ impl Auditor {
         self.emit_from(&mut e);
     }
 
-    /// [`Auditor::emit`]: the record is swapped into its queue slot (one pass over its
-    /// bytes, where an assignment would copy it out and back in around the drop of what
-    /// the slot held); `e` is left vacant, or as it was when the record is not queued.
+    /// [`Auditor::emit`]: with a writer thread, the record is swapped into its queue slot
+    /// (one pass over its bytes, where an assignment would copy it out and back in around
+    /// the drop of what the slot held) and `e` is left vacant; without one (the agent's
+    /// ring, a synchronous writer) it is read where it is, and the caller drops it.
     pub fn emit_from(&self, e: &mut Event) {
-        // After C_Finalize the stream has ended: calls made then (the module refuses them)
-        // are not records. The writer holds the same line for calls that race the stop.
-        if self.stopped.load(std::sync::atomic::Ordering::Relaxed)
-            && !matches!(e.action, "trail_stop" | "trail_resume")
-        {
-            return;
-        }
-        let Some(sink) = self.sink.get() else {
+        let Some(sink) = self.sink_for(e) else {
             return;
         };
-        e.thread_id = context::thread_id();
-        e.labels = context::labels();
+        context::complete(e);
         match sink.claim() {
             Room::Slot(mut slot) => {
                 std::mem::swap(slot.event(), e);
                 slot.queue();
             }
-            Room::Direct => sink.send(std::mem::replace(e, Event::vacant(e.started))),
+            Room::Direct => sink.send_direct(e),
             Room::None => {}
+        }
+    }
+
+    /// The sink a record goes to; `None` when it is not a record. After C_Finalize the
+    /// stream has ended: calls made then (the module refuses them) are not records. The
+    /// writer holds the same line for calls that race the stop.
+    #[inline(always)]
+    fn sink_for(&self, e: &Event) -> Option<&crate::sink::Sink> {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.sink_when_stopped(e);
+        }
+        self.sink.get()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sink_when_stopped(&self, e: &Event) -> Option<&crate::sink::Sink> {
+        if matches!(e.action, "trail_stop" | "trail_resume") {
+            self.sink.get()
+        } else {
+            None
         }
     }
 
@@ -492,15 +534,24 @@ impl Auditor {
     }
 
     /// Fills in a session call's place as the session table gave it.
+    #[inline]
     pub fn place_at(&self, e: &mut Event, session: CK_SESSION_HANDLE, p: sessions::Place) {
         e.session = Some(session);
         e.slot_id = Some(p.slot);
         e.session_state = Some(p.state);
-        e.token = p.token.or_else(|| {
-            let t = self.token(p.slot)?;
-            self.sessions.set_token(session, t.clone());
-            Some(t)
-        });
+        e.token = match p.token {
+            Some(t) => Some(t),
+            None => self.learn_token(session, p.slot),
+        };
+    }
+
+    /// The token of a session's slot, looked up once per session and remembered.
+    #[cold]
+    #[inline(never)]
+    fn learn_token(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID) -> Option<Arc<TokenRef>> {
+        let t = self.token(slot)?;
+        self.sessions.set_token(session, t.clone());
+        Some(t)
     }
 
     /// A slot (and its token) for calls that name a slot.
@@ -551,27 +602,11 @@ impl Auditor {
         rv: CK_RV,
     ) {
         if rv != CKR_OK {
-            let mut e = Event::call(started, function, kind.as_str(), Lifecycle::Use, rv);
-            self.place(&mut e, session);
-            e.mechanism = mechanism;
-            if mechanism_given {
-                e.key("key", key, self.key(session, key));
-            }
-            e.operation = Some(OperationInfo {
-                kind: kind.as_str(),
-                init: function,
-                end: "failed",
-                ..OperationInfo::default()
-            });
-            self.emit(e);
-            return;
+            let key = mechanism_given.then_some(key);
+            return self.op_failed(rv, started, function, kind, session, mechanism, key);
         }
         if !mechanism_given {
-            // PKCS#11 3.0: an *Init with a NULL mechanism cancels the operation.
-            for (k, op) in self.sessions.cancel(session, kind.cancel_flag()) {
-                self.end_op(session, k, op, function, None, "cancelled");
-            }
-            return;
+            return self.op_cancelled(session, kind, function);
         }
         let op = Operation {
             started,
@@ -592,6 +627,44 @@ impl Auditor {
         let learn = || self.backend.session_slot(session);
         if let Some(old) = self.sessions.start(session, kind, op, learn) {
             self.end_op(session, kind, old, function, None, "abandoned");
+        }
+    }
+
+    /// [`Auditor::op_init`] that failed (`key` when a mechanism was given): out of line,
+    /// so that the code of a started operation stays small.
+    #[cold]
+    #[inline(never)]
+    fn op_failed(
+        &self,
+        rv: CK_RV,
+        started: Started,
+        function: &'static str,
+        kind: OpKind,
+        session: CK_SESSION_HANDLE,
+        mechanism: Option<Mechanism>,
+        key: Option<CK_OBJECT_HANDLE>,
+    ) {
+        let mut e = Event::call(started, function, kind.as_str(), Lifecycle::Use, rv);
+        self.place(&mut e, session);
+        e.mechanism = mechanism;
+        if let Some(key) = key {
+            e.key("key", key, self.key(session, key));
+        }
+        e.operation = Some(OperationInfo {
+            kind: kind.as_str(),
+            init: function,
+            end: "failed",
+            ..OperationInfo::default()
+        });
+        self.emit(e);
+    }
+
+    /// PKCS#11 3.0: an *Init with a NULL mechanism cancels the operation.
+    #[cold]
+    #[inline(never)]
+    fn op_cancelled(&self, session: CK_SESSION_HANDLE, kind: OpKind, function: &'static str) {
+        for (k, op) in self.sessions.cancel(session, kind.cancel_flag()) {
+            self.end_op(session, k, op, function, None, "cancelled");
         }
     }
 
@@ -686,18 +759,28 @@ impl Auditor {
         let mut info = op.info;
         info.end = end;
         e.operation = Some(info);
-        if let Some(s) = &self.summaries {
-            let mut due = Vec::new();
-            let failed = s.add(e, &mut due);
-            for d in due {
-                self.emit_summary(d);
-            }
-            if let Some(f) = failed {
-                self.emit(f);
-            }
-            return;
+        if self.summaries.is_some() {
+            return self.summarize(e);
         }
         self.emit_from(&mut e);
+    }
+
+    /// Counts an operation's record into its usage summary (`usage = "summary"`),
+    /// writing the summaries that are due and a failure's own record.
+    #[cold]
+    #[inline(never)]
+    fn summarize(&self, e: Event) {
+        let Some(s) = &self.summaries else {
+            return;
+        };
+        let mut due = Vec::new();
+        let failed = s.add(e, &mut due);
+        for d in due {
+            self.emit_summary(d);
+        }
+        if let Some(f) = failed {
+            self.emit(f);
+        }
     }
 
     /// Sessions closed (or the library finalized): their unfinished operations are

@@ -308,6 +308,7 @@ impl Sessions {
     /// Starts an operation, returning one of the same kind it displaces. A session not
     /// seen opened is added with what `learn` finds out (slot, read/write), or the
     /// operation is not tracked.
+    #[inline]
     pub fn start(
         &self,
         session: CK_SESSION_HANDLE,
@@ -316,26 +317,18 @@ impl Sessions {
         learn: impl FnOnce() -> Option<(CK_SLOT_ID, bool)>,
     ) -> Option<Operation> {
         let mut inner = self.lock();
-        if !inner.sessions.contains_key(&session) {
-            let (slot, rw) = learn()?;
-            inner.insert(
-                session,
-                SessionState {
-                    slot,
-                    rw,
-                    token: None,
-                    ops: Vec::new(),
-                },
-            );
+        // The common case, a known session: one look-up.
+        if let Some(s) = inner.sessions.get_mut(&session) {
+            let old = take(&mut s.ops, kind);
+            s.ops.push((kind, op));
+            return old;
         }
-        let s = inner.sessions.get_mut(&session)?;
-        let old = take(&mut s.ops, kind);
-        s.ops.push((kind, op));
-        old
+        start_unknown(&mut inner, session, kind, op, learn)
     }
 
     /// Updates an operation under way; when `f` says it ends, removes it and returns it
     /// with where its session stands.
+    #[inline]
     pub fn with_op<R>(
         &self,
         session: CK_SESSION_HANDLE,
@@ -399,6 +392,30 @@ pub enum Closing {
     Slot(CK_SLOT_ID),
     /// Every session (C_Finalize).
     All,
+}
+
+/// [`Sessions::start`] in a session the table does not hold: it is added with what
+/// `learn` finds out, or the operation is not tracked.
+#[cold]
+#[inline(never)]
+fn start_unknown(
+    inner: &mut Inner,
+    session: CK_SESSION_HANDLE,
+    kind: OpKind,
+    op: Operation,
+    learn: impl FnOnce() -> Option<(CK_SLOT_ID, bool)>,
+) -> Option<Operation> {
+    let (slot, rw) = learn()?;
+    inner.insert(
+        session,
+        SessionState {
+            slot,
+            rw,
+            token: None,
+            ops: vec![(kind, op)],
+        },
+    );
+    None
 }
 
 fn take(ops: &mut Vec<(OpKind, Operation)>, kind: OpKind) -> Option<Operation> {
