@@ -44,6 +44,18 @@ pub struct Auditor {
     summaries: Option<summary::Summaries>,
     /// Session summaries, under `sessions = "summary"` (and session records enabled).
     session_summaries: Option<session_summary::SessionSummaries>,
+    /// `config.enabled(c)` for every category, one bit per category: what [`active`]
+    /// asks on every audited call, as one test instead of a walk over the list.
+    enabled: u32,
+}
+
+/// The categories `config` records, one bit per category (`1 << c as u32`).
+fn enabled_mask(config: &AuditConfig) -> u32 {
+    Lifecycle::ALL
+        .iter()
+        .chain(&[Lifecycle::Audit])
+        .filter(|c| config.enabled(**c))
+        .fold(0, |m, c| m | 1 << *c as u32)
 }
 
 static AUDITOR: OnceLock<Auditor> = OnceLock::new();
@@ -82,6 +94,7 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
             )
             .forward_to(config.syslog.clone()),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            enabled: enabled_mask(&config.audit),
             summaries: (config.audit.usage == UsageDetail::Summary).then(|| {
                 summary::Summaries::new(std::time::Duration::from_secs(
                     config.audit.summary_interval,
@@ -303,7 +316,7 @@ pub mod fork {
 /// The auditor when records of category `c` are written.
 #[inline]
 pub fn active(c: Lifecycle) -> Option<&'static Auditor> {
-    get().filter(|a| a.config.enabled(c))
+    get().filter(|a| a.enabled & (1 << c as u32) != 0)
 }
 
 /// What a data-carrying call produced, for operation accounting.
@@ -688,7 +701,7 @@ impl Auditor {
             Ending::Message => false,
         };
         let counted = rv == CKR_OK && output != Output::Query;
-        let done = self.sessions.with_op(session, kind, |op| {
+        let ended = self.sessions.with_op(session, kind, |op| {
             if counted {
                 if let Some(n) = input {
                     op.info.parts += 1;
@@ -698,9 +711,9 @@ impl Auditor {
                     op.info.out_len += n;
                 }
             }
-            (ends, ())
+            ends
         });
-        if let Some(((), Some((op, place)))) = done {
+        if let Some((op, place)) = ended {
             let end = if rv == CKR_OK { "completed" } else { "failed" };
             self.end_op_at(session, Some(place), kind, op, function, Some(rv), end);
         }
@@ -796,6 +809,36 @@ impl Auditor {
         match which {
             Closing::All => self.keys.clear(),
             _ => self.keys.sessions_closed(Some(&closed)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Level;
+
+    /// The mask [`active`] tests says what the configuration says, for every category
+    /// and the settings that decide it (the list, and level `trace` for discovery).
+    #[test]
+    fn the_enabled_mask_agrees_with_the_configuration() {
+        let mut configs = vec![AuditConfig::default()];
+        for (categories, level) in [
+            (vec![Lifecycle::Use, Lifecycle::Destroy], Level::Trace),
+            (vec![], Level::Trace),
+            (vec![Lifecycle::Session], AuditConfig::default().level),
+        ] {
+            configs.push(AuditConfig {
+                categories,
+                level,
+                ..AuditConfig::default()
+            });
+        }
+        for config in &configs {
+            let mask = enabled_mask(config);
+            for c in Lifecycle::ALL.iter().chain(&[Lifecycle::Audit]) {
+                assert_eq!(mask & (1 << *c as u32) != 0, config.enabled(*c), "{c:?}");
+            }
         }
     }
 }
