@@ -49,6 +49,13 @@ pub struct Auditor {
     enabled: u32,
 }
 
+/// Drops the rarer parts of a record, out of line.
+#[cold]
+#[inline(never)]
+fn drop_rare(extra: Option<Box<event::Extra>>, body: Option<event::Body>) {
+    drop((extra, body));
+}
+
 /// The categories `config` records, one bit per category (`1 << c as u32`).
 fn enabled_mask(config: &AuditConfig) -> u32 {
     Lifecycle::ALL
@@ -776,6 +783,24 @@ impl Auditor {
             return self.summarize(e);
         }
         self.emit_from(&mut e);
+        // What is left (the record, sent by reference, or the vacant one its queue slot
+        // held) is dropped by its parts: an operation's record has no rarer parts, and
+        // the drop of a whole record would run their code too.
+        let Event {
+            labels,
+            token,
+            keys,
+            extra,
+            body,
+            ..
+        } = e;
+        drop((labels, token, keys));
+        if extra.is_some() || body.is_some() {
+            drop_rare(extra, body);
+        } else {
+            // Both are `None`: nothing to free.
+            std::mem::forget((extra, body));
+        }
     }
 
     /// Counts an operation's record into its usage summary (`usage = "summary"`),
