@@ -46,7 +46,8 @@ conf drop 'on_full = "drop"' ""
 conf sessions "" $'[audit]\nsessions = "summary"'
 # The agent route: records go through the shared-memory ring to `keytrail agent`; the
 # process under valgrind has no thread of keytrail's.
-if [ "${BENCH_AGENT:-1}" != 0 ]; then
+# (Started only when BENCH_ROUTES, if given, keeps it.)
+if [ "${BENCH_AGENT:-1}" != 0 ] && [[ "keytrail agent" =~ ${BENCH_ROUTES:-.} ]]; then
   printf '[agent]\nsocket = "%s/agent.sock"\n[trail]\npath = "%s/agent-trail/trail.jsonl"\n' \
     "$tmp" "$tmp" >"$tmp/agentd.toml"
   target/release/keytrail agent --foreground --config "$tmp/agentd.toml" >"$tmp/agent.out" 2>&1 &
