@@ -12,7 +12,22 @@ pub type Labels = Arc<Vec<(String, String)>>;
 
 thread_local! {
     static THREAD_ID: Cell<u64> = const { Cell::new(0) };
+    /// Whether LABELS holds labels: a record of a thread without labels (the common case)
+    /// reads only this and THREAD_ID, constant thread-locals without a destructor, which
+    /// cost a plain load each; LABELS, which has one, is reached only when it holds some.
+    static HAS_LABELS: Cell<bool> = const { Cell::new(false) };
     static LABELS: RefCell<Option<Labels>> = const { RefCell::new(None) };
+}
+
+/// Sets a record's thread facts: the calling thread's id and labels.
+#[inline(always)]
+pub fn complete(e: &mut crate::audit::event::Event) {
+    e.thread_id = thread_id();
+    e.labels = if HAS_LABELS.try_with(Cell::get).unwrap_or(false) {
+        labels()
+    } else {
+        None
+    };
 }
 
 /// The calling thread's kernel id.
@@ -61,6 +76,7 @@ pub fn set_label(key: &str, value: Option<&str>) -> bool {
                 list.push((key.to_string(), v.to_string()));
             }
             *slot = (!list.is_empty()).then(|| Arc::new(list));
+            let _ = HAS_LABELS.try_with(|h| h.set(slot.is_some()));
             true
         })
         .unwrap_or(false)
@@ -69,6 +85,7 @@ pub fn set_label(key: &str, value: Option<&str>) -> bool {
 /// Removes every label from the calling thread.
 pub fn clear_labels() {
     let _ = LABELS.try_with(|l| *l.borrow_mut() = None);
+    let _ = HAS_LABELS.try_with(|h| h.set(false));
 }
 
 /// Most labels one thread may carry.

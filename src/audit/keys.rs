@@ -316,6 +316,18 @@ impl KeyCache {
         if !lookups {
             return None;
         }
+        self.look_up(backend, session, handle)
+    }
+
+    /// [`KeyCache::get`] of a key not in the cache (once per key): out of line.
+    #[cold]
+    #[inline(never)]
+    fn look_up(
+        &self,
+        backend: &Backend,
+        session: CK_SESSION_HANDLE,
+        handle: CK_OBJECT_HANDLE,
+    ) -> Option<Arc<KeyIdentity>> {
         let found = Arc::new(lookup(backend, session, handle)?);
         // Only a key known to be a token object outlives the session: an unknown one is
         // tied to the session that showed it, so that closing that session frees it.

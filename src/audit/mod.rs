@@ -44,6 +44,25 @@ pub struct Auditor {
     summaries: Option<summary::Summaries>,
     /// Session summaries, under `sessions = "summary"` (and session records enabled).
     session_summaries: Option<session_summary::SessionSummaries>,
+    /// `config.enabled(c)` for every category, one bit per category: what [`active`]
+    /// asks on every audited call, as one test instead of a walk over the list.
+    enabled: u32,
+}
+
+/// Drops the rarer parts of a record, out of line.
+#[cold]
+#[inline(never)]
+fn drop_rare(extra: Option<Box<event::Extra>>, body: Option<event::Body>) {
+    drop((extra, body));
+}
+
+/// The categories `config` records, one bit per category (`1 << c as u32`).
+fn enabled_mask(config: &AuditConfig) -> u32 {
+    Lifecycle::ALL
+        .iter()
+        .chain(&[Lifecycle::Audit])
+        .filter(|c| config.enabled(**c))
+        .fold(0, |m, c| m | 1 << *c as u32)
 }
 
 static AUDITOR: OnceLock<Auditor> = OnceLock::new();
@@ -82,6 +101,7 @@ pub fn start(backend: &'static Backend, threads: bool) -> &'static Auditor {
             )
             .forward_to(config.syslog.clone()),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            enabled: enabled_mask(&config.audit),
             summaries: (config.audit.usage == UsageDetail::Summary).then(|| {
                 summary::Summaries::new(std::time::Duration::from_secs(
                     config.audit.summary_interval,
@@ -187,6 +207,34 @@ const ALWAYS_PASS: [&str; 13] = [
     "C_FindObjectsFinal",
 ];
 
+/// Whether `function` passes even when a fail-closed trail is refusing calls
+/// ([`ALWAYS_PASS`]); a `const fn`, so that the entry points decide it when compiling.
+pub const fn always_passes(function: &str) -> bool {
+    let mut i = 0;
+    while i < ALWAYS_PASS.len() {
+        if str_eq(ALWAYS_PASS[i], function) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Whether an audited call must be refused before it reaches the module.
 #[inline]
 pub fn refusal(function: &'static str) -> Option<CK_RV> {
@@ -275,7 +323,7 @@ pub mod fork {
 /// The auditor when records of category `c` are written.
 #[inline]
 pub fn active(c: Lifecycle) -> Option<&'static Auditor> {
-    get().filter(|a| a.config.enabled(c))
+    get().filter(|a| a.enabled & (1 << c as u32) != 0)
 }
 
 /// What a data-carrying call produced, for operation accounting.
@@ -312,29 +360,43 @@ impl Auditor {
         self.emit_from(&mut e);
     }
 
-    /// [`Auditor::emit`]: the record is swapped into its queue slot (one pass over its
-    /// bytes, where an assignment would copy it out and back in around the drop of what
-    /// the slot held); `e` is left vacant, or as it was when the record is not queued.
+    /// [`Auditor::emit`]: with a writer thread, the record is swapped into its queue slot
+    /// (one pass over its bytes, where an assignment would copy it out and back in around
+    /// the drop of what the slot held) and `e` is left vacant; without one (the agent's
+    /// ring, a synchronous writer) it is read where it is, and the caller drops it.
     pub fn emit_from(&self, e: &mut Event) {
-        // After C_Finalize the stream has ended: calls made then (the module refuses them)
-        // are not records. The writer holds the same line for calls that race the stop.
-        if self.stopped.load(std::sync::atomic::Ordering::Relaxed)
-            && !matches!(e.action, "trail_stop" | "trail_resume")
-        {
-            return;
-        }
-        let Some(sink) = self.sink.get() else {
+        let Some(sink) = self.sink_for(e) else {
             return;
         };
-        e.thread_id = context::thread_id();
-        e.labels = context::labels();
+        context::complete(e);
         match sink.claim() {
             Room::Slot(mut slot) => {
                 std::mem::swap(slot.event(), e);
                 slot.queue();
             }
-            Room::Direct => sink.send(std::mem::replace(e, Event::vacant(e.started))),
+            Room::Direct => sink.send_direct(e),
             Room::None => {}
+        }
+    }
+
+    /// The sink a record goes to; `None` when it is not a record. After C_Finalize the
+    /// stream has ended: calls made then (the module refuses them) are not records. The
+    /// writer holds the same line for calls that race the stop.
+    #[inline(always)]
+    fn sink_for(&self, e: &Event) -> Option<&crate::sink::Sink> {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.sink_when_stopped(e);
+        }
+        self.sink.get()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sink_when_stopped(&self, e: &Event) -> Option<&crate::sink::Sink> {
+        if matches!(e.action, "trail_stop" | "trail_resume") {
+            self.sink.get()
+        } else {
+            None
         }
     }
 
@@ -492,15 +554,24 @@ impl Auditor {
     }
 
     /// Fills in a session call's place as the session table gave it.
+    #[inline]
     pub fn place_at(&self, e: &mut Event, session: CK_SESSION_HANDLE, p: sessions::Place) {
         e.session = Some(session);
         e.slot_id = Some(p.slot);
         e.session_state = Some(p.state);
-        e.token = p.token.or_else(|| {
-            let t = self.token(p.slot)?;
-            self.sessions.set_token(session, t.clone());
-            Some(t)
-        });
+        e.token = match p.token {
+            Some(t) => Some(t),
+            None => self.learn_token(session, p.slot),
+        };
+    }
+
+    /// The token of a session's slot, looked up once per session and remembered.
+    #[cold]
+    #[inline(never)]
+    fn learn_token(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID) -> Option<Arc<TokenRef>> {
+        let t = self.token(slot)?;
+        self.sessions.set_token(session, t.clone());
+        Some(t)
     }
 
     /// A slot (and its token) for calls that name a slot.
@@ -551,27 +622,11 @@ impl Auditor {
         rv: CK_RV,
     ) {
         if rv != CKR_OK {
-            let mut e = Event::call(started, function, kind.as_str(), Lifecycle::Use, rv);
-            self.place(&mut e, session);
-            e.mechanism = mechanism;
-            if mechanism_given {
-                e.key("key", key, self.key(session, key));
-            }
-            e.operation = Some(OperationInfo {
-                kind: kind.as_str(),
-                init: function,
-                end: "failed",
-                ..OperationInfo::default()
-            });
-            self.emit(e);
-            return;
+            let key = mechanism_given.then_some(key);
+            return self.op_failed(rv, started, function, kind, session, mechanism, key);
         }
         if !mechanism_given {
-            // PKCS#11 3.0: an *Init with a NULL mechanism cancels the operation.
-            for (k, op) in self.sessions.cancel(session, kind.cancel_flag()) {
-                self.end_op(session, k, op, function, None, "cancelled");
-            }
-            return;
+            return self.op_cancelled(session, kind, function);
         }
         let op = Operation {
             started,
@@ -595,6 +650,44 @@ impl Auditor {
         }
     }
 
+    /// [`Auditor::op_init`] that failed (`key` when a mechanism was given): out of line,
+    /// so that the code of a started operation stays small.
+    #[cold]
+    #[inline(never)]
+    fn op_failed(
+        &self,
+        rv: CK_RV,
+        started: Started,
+        function: &'static str,
+        kind: OpKind,
+        session: CK_SESSION_HANDLE,
+        mechanism: Option<Mechanism>,
+        key: Option<CK_OBJECT_HANDLE>,
+    ) {
+        let mut e = Event::call(started, function, kind.as_str(), Lifecycle::Use, rv);
+        self.place(&mut e, session);
+        e.mechanism = mechanism;
+        if let Some(key) = key {
+            e.key("key", key, self.key(session, key));
+        }
+        e.operation = Some(OperationInfo {
+            kind: kind.as_str(),
+            init: function,
+            end: "failed",
+            ..OperationInfo::default()
+        });
+        self.emit(e);
+    }
+
+    /// PKCS#11 3.0: an *Init with a NULL mechanism cancels the operation.
+    #[cold]
+    #[inline(never)]
+    fn op_cancelled(&self, session: CK_SESSION_HANDLE, kind: OpKind, function: &'static str) {
+        for (k, op) in self.sessions.cancel(session, kind.cancel_flag()) {
+            self.end_op(session, k, op, function, None, "cancelled");
+        }
+    }
+
     /// A call within an operation returned.
     pub fn op_call(
         &self,
@@ -615,7 +708,7 @@ impl Auditor {
             Ending::Message => false,
         };
         let counted = rv == CKR_OK && output != Output::Query;
-        let done = self.sessions.with_op(session, kind, |op| {
+        let ended = self.sessions.with_op(session, kind, |op| {
             if counted {
                 if let Some(n) = input {
                     op.info.parts += 1;
@@ -625,9 +718,9 @@ impl Auditor {
                     op.info.out_len += n;
                 }
             }
-            (ends, ())
+            ends
         });
-        if let Some(((), Some((op, place)))) = done {
+        if let Some((op, place)) = ended {
             let end = if rv == CKR_OK { "completed" } else { "failed" };
             self.end_op_at(session, Some(place), kind, op, function, Some(rv), end);
         }
@@ -686,18 +779,46 @@ impl Auditor {
         let mut info = op.info;
         info.end = end;
         e.operation = Some(info);
-        if let Some(s) = &self.summaries {
-            let mut due = Vec::new();
-            let failed = s.add(e, &mut due);
-            for d in due {
-                self.emit_summary(d);
-            }
-            if let Some(f) = failed {
-                self.emit(f);
-            }
-            return;
+        if self.summaries.is_some() {
+            return self.summarize(e);
         }
         self.emit_from(&mut e);
+        // What is left (the record, sent by reference, or the vacant one its queue slot
+        // held) is dropped by its parts: an operation's record has no rarer parts, and
+        // the drop of a whole record would run their code too.
+        let Event {
+            labels,
+            token,
+            keys,
+            extra,
+            body,
+            ..
+        } = e;
+        drop((labels, token, keys));
+        if extra.is_some() || body.is_some() {
+            drop_rare(extra, body);
+        } else {
+            // Both are `None`: nothing to free.
+            std::mem::forget((extra, body));
+        }
+    }
+
+    /// Counts an operation's record into its usage summary (`usage = "summary"`),
+    /// writing the summaries that are due and a failure's own record.
+    #[cold]
+    #[inline(never)]
+    fn summarize(&self, e: Event) {
+        let Some(s) = &self.summaries else {
+            return;
+        };
+        let mut due = Vec::new();
+        let failed = s.add(e, &mut due);
+        for d in due {
+            self.emit_summary(d);
+        }
+        if let Some(f) = failed {
+            self.emit(f);
+        }
     }
 
     /// Sessions closed (or the library finalized): their unfinished operations are
@@ -713,6 +834,36 @@ impl Auditor {
         match which {
             Closing::All => self.keys.clear(),
             _ => self.keys.sessions_closed(Some(&closed)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Level;
+
+    /// The mask [`active`] tests says what the configuration says, for every category
+    /// and the settings that decide it (the list, and level `trace` for discovery).
+    #[test]
+    fn the_enabled_mask_agrees_with_the_configuration() {
+        let mut configs = vec![AuditConfig::default()];
+        for (categories, level) in [
+            (vec![Lifecycle::Use, Lifecycle::Destroy], Level::Trace),
+            (vec![], Level::Trace),
+            (vec![Lifecycle::Session], AuditConfig::default().level),
+        ] {
+            configs.push(AuditConfig {
+                categories,
+                level,
+                ..AuditConfig::default()
+            });
+        }
+        for config in &configs {
+            let mask = enabled_mask(config);
+            for c in Lifecycle::ALL.iter().chain(&[Lifecycle::Audit]) {
+                assert_eq!(mask & (1 << *c as u32) != 0, config.enabled(*c), "{c:?}");
+            }
         }
     }
 }

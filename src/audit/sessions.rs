@@ -308,6 +308,7 @@ impl Sessions {
     /// Starts an operation, returning one of the same kind it displaces. A session not
     /// seen opened is added with what `learn` finds out (slot, read/write), or the
     /// operation is not tracked.
+    #[inline]
     pub fn start(
         &self,
         session: CK_SESSION_HANDLE,
@@ -316,41 +317,39 @@ impl Sessions {
         learn: impl FnOnce() -> Option<(CK_SLOT_ID, bool)>,
     ) -> Option<Operation> {
         let mut inner = self.lock();
-        if !inner.sessions.contains_key(&session) {
-            let (slot, rw) = learn()?;
-            inner.insert(
-                session,
-                SessionState {
-                    slot,
-                    rw,
-                    token: None,
-                    ops: Vec::new(),
-                },
-            );
+        // The common case, a known session: one look-up.
+        if let Some(s) = inner.sessions.get_mut(&session) {
+            if let Some(i) = s.ops.iter().position(|(k, _)| *k == kind) {
+                return Some(displace(&mut s.ops, i, kind, op));
+            }
+            // (`None` written as such, not an empty operation copied out.)
+            s.ops.push((kind, op));
+            return None;
         }
-        let s = inner.sessions.get_mut(&session)?;
-        let old = take(&mut s.ops, kind);
-        s.ops.push((kind, op));
-        old
+        start_unknown(&mut inner, session, kind, op, learn)
     }
 
     /// Updates an operation under way; when `f` says it ends, removes it and returns it
-    /// with where its session stands.
-    pub fn with_op<R>(
+    /// with where its session stands. Inlined into its one caller: the operation is
+    /// moved out of the table once, not again through a return value.
+    #[inline(always)]
+    pub fn with_op(
         &self,
         session: CK_SESSION_HANDLE,
         kind: OpKind,
-        f: impl FnOnce(&mut Operation) -> (bool, R),
-    ) -> Option<(R, Option<(Operation, Place)>)> {
+        f: impl FnOnce(&mut Operation) -> bool,
+    ) -> Option<(Operation, Place)> {
         let mut inner = self.lock();
         let Inner {
             sessions, logins, ..
         } = &mut *inner;
         let s = sessions.get_mut(&session)?;
         let i = s.ops.iter().position(|(k, _)| *k == kind)?;
-        let (end, r) = f(&mut s.ops[i].1);
-        let ended = end.then(|| (s.ops.remove(i).1, s.place(logins)));
-        Some((r, ended))
+        if !f(&mut s.ops[i].1) {
+            return None;
+        }
+        let place = s.place(logins);
+        Some((s.ops.remove(i).1, place))
     }
 
     /// Ends the operations of a session whose cancel flags are in `flags`.
@@ -401,9 +400,43 @@ pub enum Closing {
     All,
 }
 
-fn take(ops: &mut Vec<(OpKind, Operation)>, kind: OpKind) -> Option<Operation> {
-    let i = ops.iter().position(|(k, _)| *k == kind)?;
-    Some(ops.remove(i).1)
+/// [`Sessions::start`] in a session the table does not hold: it is added with what
+/// `learn` finds out, or the operation is not tracked.
+#[cold]
+#[inline(never)]
+fn start_unknown(
+    inner: &mut Inner,
+    session: CK_SESSION_HANDLE,
+    kind: OpKind,
+    op: Operation,
+    learn: impl FnOnce() -> Option<(CK_SLOT_ID, bool)>,
+) -> Option<Operation> {
+    let (slot, rw) = learn()?;
+    inner.insert(
+        session,
+        SessionState {
+            slot,
+            rw,
+            token: None,
+            ops: vec![(kind, op)],
+        },
+    );
+    None
+}
+
+/// A new operation of a kind already under way: it displaces the old one, which is
+/// returned (and the new one goes last, as any new operation).
+#[cold]
+#[inline(never)]
+fn displace(
+    ops: &mut Vec<(OpKind, Operation)>,
+    i: usize,
+    kind: OpKind,
+    op: Operation,
+) -> Operation {
+    let old = ops.remove(i).1;
+    ops.push((kind, op));
+    old
 }
 
 fn state_name(rw: bool, login: Option<CK_USER_TYPE>) -> &'static str {
