@@ -3,7 +3,7 @@
 
 use super::shm::{PushError, Ring, SharedFd};
 use super::wire::{self, Clock};
-use crate::audit::event::Event;
+use crate::audit::event::{Event, OpRecord};
 use crate::config::OnFull;
 use std::cell::RefCell;
 use std::io::Write;
@@ -159,6 +159,26 @@ impl Connection {
             self.wake();
         }
         fitted
+    }
+
+    /// An operation's record written in place into a slot of the ring; false when it
+    /// did not fit or the ring is full, and the caller sends the record as an [`Event`]
+    /// through [`Connection::send`] (which decides what a full ring means).
+    #[inline]
+    pub fn send_op(&self, r: &OpRecord<'_>, failing: &AtomicBool) -> bool {
+        let Ok(true) = self
+            .ring
+            .push_in_place(|slot| wire::encode_op_to(r, &self.clock, slot))
+        else {
+            return false;
+        };
+        if failing.load(Ordering::Relaxed) {
+            failing.store(false, Ordering::Relaxed);
+        }
+        if self.ring.take_wakeup() {
+            self.wake();
+        }
+        true
     }
 
     /// [`Connection::send`] for a record that did not fit in a slot or met a full ring.

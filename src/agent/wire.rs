@@ -16,8 +16,8 @@
 
 use crate::audit::attrs::{Attr, AttrValue};
 use crate::audit::event::{
-    Event, Extra, Flags, KeyRef, OperationInfo, Outcome, SessionSummary, Started, TokenRef,
-    UseSummary,
+    Event, Extra, Flags, KeyRef, OpRecord, OperationInfo, Outcome, SessionSummary, Started,
+    TokenRef, UseSummary,
 };
 use crate::audit::keys::KeyIdentity;
 use crate::audit::mechanism::{Mechanism, Params};
@@ -443,6 +443,15 @@ pub fn encode_to(e: &Event, clock: &Clock, out: &mut [u8]) -> usize {
     w.at
 }
 
+/// [`encode_to`] for an operation's record: the bytes [`encode_to`] gives for the
+/// [`Event`] that [`OpRecord`] stands for.
+#[inline]
+pub fn encode_op_to(r: &OpRecord<'_>, clock: &Clock, out: &mut [u8]) -> usize {
+    let mut w = Writer { buf: out, at: 0 };
+    encode_into(r, clock, &mut w, true);
+    w.at
+}
+
 /// Appends `e` to `out` (cleared first), as [`Encoder::encode`] does.
 pub fn encode(e: &Event, clock: &Clock, out: &mut Vec<u8>) {
     out.clear();
@@ -532,20 +541,20 @@ fn copy(dst: &mut [u8], src: &[u8]) {
     }
 }
 
-fn encode_into(e: &Event, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
+fn encode_into<R: Source>(e: &R, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
     let bit = |set: bool, bit: u16| if set { bit } else { 0 };
-    let mask = bit(e.duration_ns.is_some(), HAS_DURATION)
-        | bit(e.rv.is_some(), HAS_RV)
-        | bit(e.slot_id.is_some(), HAS_SLOT)
-        | bit(e.token.is_some(), HAS_TOKEN)
-        | bit(e.session.is_some(), HAS_SESSION)
-        | bit(e.session_state.is_some(), HAS_STATE)
-        | bit(e.user_type.is_some(), HAS_USER_TYPE)
-        | bit(e.mechanism.is_some(), HAS_MECHANISM)
-        | bit(e.operation.is_some(), HAS_OPERATION)
-        | bit(e.labels.is_some(), HAS_LABELS)
-        | bit(e.extra.is_some(), HAS_EXTRA);
-    let outcome = match e.outcome {
+    let mask = bit(e.duration_ns().is_some(), HAS_DURATION)
+        | bit(e.rv().is_some(), HAS_RV)
+        | bit(e.slot_id().is_some(), HAS_SLOT)
+        | bit(e.token().is_some(), HAS_TOKEN)
+        | bit(e.session().is_some(), HAS_SESSION)
+        | bit(e.session_state().is_some(), HAS_STATE)
+        | bit(e.user_type().is_some(), HAS_USER_TYPE)
+        | bit(e.mechanism().is_some(), HAS_MECHANISM)
+        | bit(e.operation().is_some(), HAS_OPERATION)
+        | bit(e.labels().is_some(), HAS_LABELS)
+        | bit(e.extra().is_some(), HAS_EXTRA);
+    let outcome = match e.outcome() {
         Outcome::Success => 0u8,
         Outcome::Failure => 1,
         Outcome::Unknown => 2,
@@ -554,33 +563,39 @@ fn encode_into(e: &Event, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
     if let Some(head) = w.room(22) {
         head[..4].copy_from_slice(&[
             VERSION,
-            lifecycle_number(e.lifecycle),
+            lifecycle_number(e.lifecycle()),
             outcome,
-            e.flags.bits(),
+            e.flags().bits(),
         ]);
         head[4..6].copy_from_slice(&mask.to_le_bytes());
-        head[6..14].copy_from_slice(&clock.ns(e.started.instant).to_le_bytes());
-        head[14..22].copy_from_slice(&e.thread_id.to_le_bytes());
+        head[6..14].copy_from_slice(&clock.ns(e.started()).to_le_bytes());
+        head[14..22].copy_from_slice(&e.thread_id().to_le_bytes());
     }
-    put_name(w, e.function, Site::Function);
-    put_name(w, e.action, Site::Action);
-    for v in [e.duration_ns, e.rv, e.slot_id, e.session, e.user_type]
-        .into_iter()
-        .flatten()
+    put_name(w, e.function(), Site::Function);
+    put_name(w, e.action(), Site::Action);
+    for v in [
+        e.duration_ns(),
+        e.rv(),
+        e.slot_id(),
+        e.session(),
+        e.user_type(),
+    ]
+    .into_iter()
+    .flatten()
     {
         w.u64(v);
     }
-    if let Some(t) = e.token.as_deref() {
+    if let Some(t) = e.token() {
         put_str(w, &t.label);
         put_str(w, &t.serial);
     }
-    if let Some(s) = e.session_state {
+    if let Some(s) = e.session_state() {
         put_name(w, s, Site::State);
     }
-    if let Some(m) = &e.mechanism {
+    if let Some(m) = e.mechanism() {
         put_mechanism(w, m);
     }
-    if let Some(op) = &e.operation {
+    if let Some(op) = e.operation() {
         put_name(w, op.kind, Site::Kind);
         put_name(w, op.init, Site::Init);
         put_name(w, op.end, Site::End);
@@ -590,19 +605,170 @@ fn encode_into(e: &Event, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
             o[16..].copy_from_slice(&op.out_len.to_le_bytes());
         }
     }
-    if let Some(labels) = e.labels.as_deref() {
+    if let Some(labels) = e.labels() {
         put_len(w, labels.len());
         for (k, v) in labels.iter().take(MAX_LIST) {
             put_str(w, k);
             put_str(w, v);
         }
     }
-    w.byte(e.keys.len() as u8);
-    for k in &e.keys {
+    let keys = e.keys();
+    w.byte(keys.len() as u8);
+    for k in keys {
         put_key(w, k);
     }
     if let Some(x) = e.extra() {
         put_extra(w, x, clock, attributes);
+    }
+}
+
+/// What [`encode_into`] reads of a record: an [`Event`], or an [`OpRecord`], the record
+/// of an operation that ends, which the calling thread encodes straight from the
+/// operation's state without building an [`Event`]. One encoder for both, so that the
+/// two give the same bytes; for an [`OpRecord`] the fields it never has are constants,
+/// and their code drops out.
+trait Source {
+    fn lifecycle(&self) -> Lifecycle;
+    fn outcome(&self) -> Outcome;
+    fn flags(&self) -> Flags;
+    fn started(&self) -> Instant;
+    fn thread_id(&self) -> u64;
+    fn function(&self) -> &'static str;
+    fn action(&self) -> &'static str;
+    fn duration_ns(&self) -> Option<u64>;
+    fn rv(&self) -> Option<u64>;
+    fn slot_id(&self) -> Option<u64>;
+    fn session(&self) -> Option<u64>;
+    fn user_type(&self) -> Option<u64>;
+    fn token(&self) -> Option<&TokenRef>;
+    fn session_state(&self) -> Option<&'static str>;
+    fn mechanism(&self) -> Option<&Mechanism>;
+    fn operation(&self) -> Option<&OperationInfo>;
+    fn labels(&self) -> Option<&[(String, String)]>;
+    fn keys(&self) -> &[KeyRef];
+    fn extra(&self) -> Option<&Extra>;
+}
+
+/// [`Source`]'s accessors that copy a field of the same name.
+macro_rules! fields {
+    ($($name:ident: $t:ty),*) => {
+        $(
+            #[inline(always)]
+            fn $name(&self) -> $t {
+                self.$name
+            }
+        )*
+    };
+}
+
+impl Source for Event {
+    fields!(
+        lifecycle: Lifecycle,
+        outcome: Outcome,
+        flags: Flags,
+        thread_id: u64,
+        function: &'static str,
+        action: &'static str,
+        duration_ns: Option<u64>,
+        rv: Option<u64>,
+        slot_id: Option<u64>,
+        session: Option<u64>,
+        user_type: Option<u64>,
+        session_state: Option<&'static str>
+    );
+    #[inline(always)]
+    fn started(&self) -> Instant {
+        self.started.instant
+    }
+    #[inline(always)]
+    fn token(&self) -> Option<&TokenRef> {
+        self.token.as_deref()
+    }
+    #[inline(always)]
+    fn mechanism(&self) -> Option<&Mechanism> {
+        self.mechanism.as_ref()
+    }
+    #[inline(always)]
+    fn operation(&self) -> Option<&OperationInfo> {
+        self.operation.as_ref()
+    }
+    #[inline(always)]
+    fn labels(&self) -> Option<&[(String, String)]> {
+        self.labels.as_deref().map(Vec::as_slice)
+    }
+    #[inline(always)]
+    fn keys(&self) -> &[KeyRef] {
+        &self.keys
+    }
+    #[inline(always)]
+    fn extra(&self) -> Option<&Extra> {
+        Event::extra(self)
+    }
+}
+
+impl Source for OpRecord<'_> {
+    fields!(
+        outcome: Outcome,
+        thread_id: u64,
+        function: &'static str,
+        action: &'static str,
+        rv: Option<u64>
+    );
+    #[inline(always)]
+    fn lifecycle(&self) -> Lifecycle {
+        Lifecycle::Use
+    }
+    #[inline(always)]
+    fn flags(&self) -> Flags {
+        Flags::default()
+    }
+    #[inline(always)]
+    fn started(&self) -> Instant {
+        self.started.instant
+    }
+    #[inline(always)]
+    fn duration_ns(&self) -> Option<u64> {
+        Some(self.duration_ns)
+    }
+    #[inline(always)]
+    fn slot_id(&self) -> Option<u64> {
+        Some(self.slot)
+    }
+    #[inline(always)]
+    fn session(&self) -> Option<u64> {
+        Some(self.session)
+    }
+    #[inline(always)]
+    fn user_type(&self) -> Option<u64> {
+        None
+    }
+    #[inline(always)]
+    fn token(&self) -> Option<&TokenRef> {
+        Some(self.token)
+    }
+    #[inline(always)]
+    fn session_state(&self) -> Option<&'static str> {
+        Some(self.state)
+    }
+    #[inline(always)]
+    fn mechanism(&self) -> Option<&Mechanism> {
+        self.mechanism
+    }
+    #[inline(always)]
+    fn operation(&self) -> Option<&OperationInfo> {
+        Some(self.info)
+    }
+    #[inline(always)]
+    fn labels(&self) -> Option<&[(String, String)]> {
+        None
+    }
+    #[inline(always)]
+    fn keys(&self) -> &[KeyRef] {
+        std::slice::from_ref(self.key)
+    }
+    #[inline(always)]
+    fn extra(&self) -> Option<&Extra> {
+        None
     }
 }
 
@@ -1529,6 +1695,7 @@ fn intern_shared(s: &str) -> Result<&'static str, Malformed> {
 mod tests {
     use super::*;
     use crate::audit::event::Flag;
+    use cryptoki_sys::CK_RV;
 
     fn sample() -> Event {
         let mut e = Event::call(Started::now(), "C_Sign", "sign", Lifecycle::Use, 0);
@@ -1779,6 +1946,130 @@ mod tests {
                 let label = |e: &Event| e.keys[0].identity.as_ref().and_then(|i| i.label.clone());
                 assert_eq!(label(&back), label(e));
             }
+        }
+    }
+
+    /// An operation's record encoded from where it lies gives the bytes of the [`Event`]
+    /// the general path builds for it: succeeded, failed, abandoned (no return value), with
+    /// and without a mechanism, parameters and a key identity.
+    #[test]
+    fn an_operation_record_encodes_as_its_event() {
+        let clock = Clock::now();
+        let token = TokenRef {
+            label: "token \"a\"".into(),
+            serial: "0123".into(),
+        };
+        let mut id = KeyIdentity::default();
+        id.class = Some("secret_key");
+        id.key_type = Some("generic_secret");
+        id.bits = Some(256);
+        id.id_hex = Some("0a0b".into());
+        id.label = Some("hmac key".into());
+        id.token = Some(false);
+        let gcm = Mechanism {
+            type_: 0x1087,
+            params: Params::Gcm {
+                iv_len: 12,
+                aad_len: 5,
+                tag_bits: 128,
+            },
+        };
+        let hmac = Mechanism {
+            type_: 0x251,
+            params: Params::None,
+        };
+        // (rv, outcome, mechanism, key identity known, end, function)
+        type Case<'a> = (
+            Option<CK_RV>,
+            Outcome,
+            Option<&'a Mechanism>,
+            bool,
+            &'static str,
+            &'static str,
+        );
+        let cases: [Case<'_>; 4] = [
+            (
+                Some(0),
+                Outcome::Success,
+                Some(&hmac),
+                true,
+                "completed",
+                "C_Sign",
+            ),
+            (
+                Some(0x30),
+                Outcome::Failure,
+                Some(&gcm),
+                false,
+                "failed",
+                "C_EncryptFinal",
+            ),
+            (
+                None,
+                Outcome::Unknown,
+                None,
+                true,
+                "abandoned",
+                "C_CloseSession",
+            ),
+            (
+                Some(0),
+                Outcome::Success,
+                Some(&gcm),
+                true,
+                "completed",
+                "C_MadeUp",
+            ),
+        ];
+        for (rv, outcome, mechanism, known, end, function) in cases {
+            let key = KeyRef {
+                role: "key",
+                handle: 77,
+                identity: known.then(|| Arc::new(id.clone())),
+            };
+            let info = OperationInfo {
+                kind: "sign",
+                init: "C_SignInit",
+                parts: 2,
+                in_len: 128,
+                out_len: 32,
+                end,
+            };
+            let started = Started::now();
+            let r = OpRecord {
+                started,
+                duration_ns: 4321,
+                function,
+                action: "sign",
+                outcome,
+                rv,
+                thread_id: 99,
+                slot: 3,
+                session: 5,
+                state: "rw_user",
+                token: &token,
+                mechanism,
+                info: &info,
+                key: &key,
+            };
+            let mut e = Event::call(started, function, "sign", Lifecycle::Use, rv.unwrap_or(0));
+            e.duration_ns = Some(4321);
+            e.rv = rv;
+            e.outcome = outcome;
+            e.thread_id = 99;
+            e.slot_id = Some(3);
+            e.session = Some(5);
+            e.session_state = Some("rw_user");
+            e.token = Some(Arc::new(token.clone()));
+            e.mechanism = mechanism.cloned();
+            e.keys.push(key.clone());
+            e.operation = Some(info);
+            let (mut a, mut b) = ([0u8; 512], [0u8; 512]);
+            let n = encode_op_to(&r, &clock, &mut a);
+            assert_eq!(n, encode_to(&e, &clock, &mut b), "{end}");
+            assert_eq!(a[..n], b[..n], "{end}");
+            let back = decode(&a[..n], &clock).expect("decodes");
+            assert_eq!(json(&back), json(&e), "{end}");
         }
     }
 

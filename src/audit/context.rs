@@ -23,11 +23,13 @@ thread_local! {
 #[inline(always)]
 pub fn complete(e: &mut crate::audit::event::Event) {
     e.thread_id = thread_id();
-    e.labels = if HAS_LABELS.try_with(Cell::get).unwrap_or(false) {
-        labels()
-    } else {
-        None
-    };
+    e.labels = if has_labels() { labels() } else { None };
+}
+
+/// Whether the calling thread has labels (false when it is exiting).
+#[inline]
+pub fn has_labels() -> bool {
+    HAS_LABELS.try_with(Cell::get).unwrap_or(false)
 }
 
 /// The calling thread's kernel id.

@@ -98,7 +98,7 @@ pub struct TokenRef {
 }
 
 /// Progress of a multi-part operation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct OperationInfo {
     /// The kind: encrypt, decrypt, sign, verify, sign_recover, verify_recover,
     /// message_encrypt, …
@@ -259,6 +259,44 @@ pub struct Body {
     /// freed), which the writer puts back; otherwise the caller's own, which goes back to a
     /// caller to free.
     pub pooled: bool,
+}
+
+/// The record of an operation that ended, read from the operation's state where it is:
+/// what [`crate::audit::Auditor`] would otherwise copy into an [`Event`] (lifecycle `use`,
+/// the operation's kind as action, its one key, its session's place and token, no labels
+/// and nothing rarer). The agent route encodes it straight into a ring slot
+/// (`agent::wire::encode_op_to`), giving the bytes of that [`Event`]: the most frequent
+/// record skips building the 416-byte record and the general path's code.
+#[derive(Debug, Clone, Copy)]
+pub struct OpRecord<'a> {
+    /// When the operation's *Init was called.
+    pub started: Started,
+    /// Nanoseconds from then to the return of the call that ended it.
+    pub duration_ns: u64,
+    /// The function that ended it.
+    pub function: &'static str,
+    /// The operation's kind, the record's action.
+    pub action: &'static str,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The module's return value (`None`: the operation was abandoned, no call ended it).
+    pub rv: Option<CK_RV>,
+    /// Kernel thread id of the caller.
+    pub thread_id: u64,
+    /// The session's slot.
+    pub slot: CK_SLOT_ID,
+    /// The session.
+    pub session: CK_SESSION_HANDLE,
+    /// The session's state.
+    pub state: &'static str,
+    /// The token in the slot.
+    pub token: &'a TokenRef,
+    /// The mechanism.
+    pub mechanism: Option<&'a Mechanism>,
+    /// The operation's progress, with how it ended.
+    pub info: &'a OperationInfo,
+    /// The key.
+    pub key: &'a KeyRef,
 }
 
 /// One audit record.

@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::config::{AuditConfig, Lifecycle, SessionDetail, UsageDetail};
 use crate::sink::{Room, SinkSlot};
 use cryptoki_sys::*;
-use event::{Event, KeyRef, OperationInfo, Outcome, Started, TokenRef};
+use event::{Event, KeyRef, OpRecord, OperationInfo, Outcome, Started, TokenRef};
 use keys::{KeyCache, KeyIdentity};
 use mechanism::Mechanism;
 use parking_lot::Mutex;
@@ -761,6 +761,13 @@ impl Auditor {
         {
             return;
         }
+        if self.summaries.is_none()
+            && let Some(p) = &place
+            && let Some(token) = p.token.as_deref()
+            && self.send_op(session, p, token, kind, &op, function, rv, outcome, end)
+        {
+            return;
+        }
         let mut e = Event::call(
             op.started,
             function,
@@ -801,6 +808,49 @@ impl Auditor {
             // Both are `None`: nothing to free.
             std::mem::forget((extra, body));
         }
+    }
+
+    /// [`Auditor::end_op_at`]'s record, when the agent's ring takes it as it is: encoded
+    /// from the operation where it lies, without an [`Event`] ([`OpRecord`]). False when
+    /// it needs the general path (the stream stopped, the thread has labels, a mode other
+    /// than the agent's, or whatever [`crate::sink::Sink::send_op`] leaves to it).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn send_op(
+        &self,
+        session: CK_SESSION_HANDLE,
+        place: &sessions::Place,
+        token: &TokenRef,
+        kind: OpKind,
+        op: &Operation,
+        function: &'static str,
+        rv: Option<CK_RV>,
+        outcome: Outcome,
+        end: &'static str,
+    ) -> bool {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) || context::has_labels() {
+            return false;
+        }
+        let Some(sink) = self.sink.get() else {
+            return false;
+        };
+        let info = OperationInfo { end, ..op.info };
+        sink.send_op(&OpRecord {
+            started: op.started,
+            duration_ns: op.started.instant.elapsed().as_nanos() as u64,
+            function,
+            action: kind.as_str(),
+            outcome,
+            rv,
+            thread_id: context::thread_id(),
+            slot: place.slot,
+            session,
+            state: place.state,
+            token,
+            mechanism: op.mechanism.as_ref(),
+            info: &info,
+            key: &op.key,
+        })
     }
 
     /// Counts an operation's record into its usage summary (`usage = "summary"`),

@@ -451,6 +451,16 @@ impl Sink {
         }
     }
 
+    /// An operation's record straight into the agent's ring ([`route::Route::send_op`]): false
+    /// in any other mode, or when the record must take the general path.
+    #[inline]
+    pub(crate) fn send_op(&self, r: &crate::audit::event::OpRecord<'_>) -> bool {
+        match &self.mode {
+            Mode::Agent(route) => route.send_op(r, &self.shared.failing),
+            _ => false,
+        }
+    }
+
     /// Without a writer thread: into the agent's ring, or written at once. (For a caller
     /// that has claimed [`Room::Direct`]; [`Sink::send`] otherwise.) By reference: the
     /// record is 416 bytes, which a move would copy on every call; the caller drops it.

@@ -21,7 +21,7 @@ use super::Sink;
 use super::chain::Chain;
 use super::json::Origin;
 use crate::agent::client::{self, Connection, FellBack, Sent};
-use crate::audit::event::Event;
+use crate::audit::event::{Event, OpRecord};
 use crate::config::{IntegrityConfig, OnFailure, OnFull, TrailConfig};
 use crate::diag;
 use parking_lot::{Mutex, RwLock};
@@ -145,6 +145,23 @@ impl Route {
                 route.start_fallback(why, None)?;
                 Ok(route)
             }
+        }
+    }
+
+    /// An operation's record into the agent's ring, written in place: true when it is
+    /// there. False, having done nothing else, whenever [`Route::send`] has more to do
+    /// than that (not connected, fallen back, time to look at the agent, the ring full or
+    /// the record too large for a slot): the caller then sends it as an [`Event`].
+    #[inline]
+    pub fn send_op(&self, r: &OpRecord<'_>, failing: &AtomicBool) -> bool {
+        if self.state.load(Ordering::Acquire) != AGENT
+            || client::coarse_ms() >= self.next.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        match self.conn.get() {
+            Some(conn) => conn.send_op(r, failing),
+            None => false,
         }
     }
 
