@@ -483,6 +483,35 @@ fn time(warmup: Duration, round: Duration, mut op: impl FnMut(u64)) -> f64 {
     t.elapsed().as_nanos() as f64 / iters as f64
 }
 
+/// Keeps the calling thread on `cpu`, or (`None`) lets it run on every CPU the process
+/// started with. Threads keytrail started before (an embedded writer) keep every CPU: the
+/// scheduler puts them beside the pinned caller, as it would an agent.
+fn pin_calling_thread(cpu: Option<usize>) {
+    static ALL: std::sync::OnceLock<libc::cpu_set_t> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        // SAFETY: cpu_set_t is plain bits; sched_getaffinity fills it for this thread.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid set of the size given.
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+        set
+    });
+    let mut set = *all;
+    if let Some(cpu) = cpu {
+        // SAFETY: plain bits, then one bit set within the set's size.
+        unsafe {
+            libc::CPU_ZERO(&mut set);
+            libc::CPU_SET(cpu, &mut set);
+        }
+    }
+    // SAFETY: a valid set of the size given, for the calling thread (0).
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        eprintln!(
+            "routes: cannot pin to CPU {cpu:?}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn child() {
     if env_u64("BENCH_IDLE_THREAD", 0) == 1 {
         // An application that has one other thread, doing nothing.
@@ -547,6 +576,13 @@ fn child() {
         }
         let writer_before = writer_cpu_ns();
         let ops_before = OPS.load(std::sync::atomic::Ordering::Relaxed);
+        // A single-threaded workload's thread stays on one CPU (BENCH_PIN_CPU), so that a
+        // round does not move between CPUs; the two-thread one gets every CPU back.
+        pin_calling_thread(if w.contains("2 threads") {
+            None
+        } else {
+            var("BENCH_PIN_CPU").and_then(|c| c.parse().ok())
+        });
         let ns = match *w {
             "C_GetSessionInfo" => time(warmup, round, |n| {
                 let mut info = CK_SESSION_INFO::default();

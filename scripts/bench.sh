@@ -30,6 +30,10 @@
 #   BENCH_TRAIL=<path>    the trail (default: in the temp dir); BENCH_AUDIT: lines for [audit]
 #   BENCH_QUEUE=<n>, BENCH_ON_FULL=wait|drop   the writer queue ([trail] queue, on_full)
 #   BENCH_ROUNDS, BENCH_ROUND_MS, BENCH_WARMUP_MS   tune the run (see benches/overhead.rs)
+#   BENCH_PIN=0           let the calling thread of a single-threaded workload move between
+#                         CPUs (by default, with 2 CPUs or more, it stays on CPU 0 in every
+#                         route, which takes the migrations out of the rounds' noise; keytrail's
+#                         writer thread and the agent keep every CPU)
 #   BENCH_BASELINE_SO=<libkeytrail.so>  also run another keytrail build (full audit), interleaved
 #   BENCH_VOLUME=0        skip the trail bytes per 1,000 signatures in each usage mode
 #   BENCH_SESSIONS=0      leave out the `sessions = "summary"` routes (embedded and agent,
@@ -39,6 +43,7 @@
 # workloads whose name contains "hmac").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${BENCH_PIN:-1}" != 0 ] && [ "$(nproc)" -ge 2 ]; then export BENCH_PIN_CPU=0; fi
 
 if ! command -v softhsm2-util >/dev/null; then
   echo "bench.sh: installing softhsm2" >&2
