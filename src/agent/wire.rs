@@ -964,64 +964,32 @@ fn put_key(w: &mut Writer<'_>, k: &KeyRef) {
         None => w.byte(0),
         Some(id) => {
             w.byte(1);
-            if !put_kept_identity(w, id) {
-                put_identity(w, id);
+            match id.wire.get() {
+                Some(bytes) => w.bytes(bytes),
+                None => put_identity_once(w, id),
             }
         }
     }
 }
 
-/// The most bytes of a key identity a thread keeps encoded.
-const KEPT_IDENTITY: usize = 128;
-
-/// Identities a thread encoded last, and their bytes.
-type Kept = [Option<(Arc<KeyIdentity>, arrayvec::ArrayVec<u8, KEPT_IDENTITY>)>; 2];
-
-std::thread_local! {
-    /// The two identities this thread encoded last, with their bytes: a thread's records
-    /// name the same keys again and again. Each is kept alive, so that an identity at the
-    /// same address is the same (it is immutable while shared).
-    static KEPT: std::cell::RefCell<Kept> = const { std::cell::RefCell::new([None, None]) };
-}
-
-/// Writes `id`'s bytes kept from an earlier record, or encodes and keeps them; false when
-/// they cannot be kept (too large, or the thread is exiting): the caller encodes them.
-#[inline]
-fn put_kept_identity(w: &mut Writer<'_>, id: &Arc<KeyIdentity>) -> bool {
-    KEPT.try_with(|kept| {
-        let Ok(mut kept) = kept.try_borrow_mut() else {
-            return false;
-        };
-        for (kept_id, bytes) in kept.iter().flatten() {
-            if Arc::ptr_eq(kept_id, id) {
-                w.bytes(bytes);
-                return true;
-            }
-        }
-        keep_identity(w, id, &mut kept)
-    })
-    .unwrap_or(false)
-}
-
-/// [`put_kept_identity`] for an identity this thread did not encode last.
+/// `id`'s bytes, encoded once per identity and kept with it.
 #[inline(never)]
-fn keep_identity(w: &mut Writer<'_>, id: &Arc<KeyIdentity>, kept: &mut Kept) -> bool {
-    let mut buf = [0u8; KEPT_IDENTITY];
+fn put_identity_once(w: &mut Writer<'_>, id: &KeyIdentity) {
+    let mut buf = [0u8; 256];
     let mut own = Writer {
         buf: &mut buf,
         at: 0,
     };
     put_identity(&mut own, id);
     let n = own.at;
-    if n > KEPT_IDENTITY {
-        return false;
+    match buf.get(..n) {
+        Some(bytes) => {
+            id.wire.keep(bytes);
+            w.bytes(bytes);
+        }
+        // Larger than the buffer (long labels): encoded each time.
+        None => put_identity(w, id),
     }
-    w.bytes(&buf[..n]);
-    kept[1] = kept[0].take();
-    kept[0] = arrayvec::ArrayVec::try_from(&buf[..n])
-        .ok()
-        .map(|b| (id.clone(), b));
-    true
 }
 
 /// A key's identity, after its presence byte.
@@ -1935,7 +1903,11 @@ mod tests {
             e.key("key", 9, Some(Arc::new(id)));
             e
         };
-        let events: Vec<Event> = ["a", "b", "c", "a"].iter().map(|l| with_label(l)).collect();
+        let long = "l".repeat(300);
+        let events: Vec<Event> = ["a", "b", "c", "a", long.as_str()]
+            .iter()
+            .map(|l| with_label(l))
+            .collect();
         for round in 0..3 {
             for e in events.iter().chain(events.iter().rev()) {
                 let (mut first, mut again) = (Vec::new(), Vec::new());
@@ -1947,6 +1919,16 @@ mod tests {
                 assert_eq!(label(&back), label(e));
             }
         }
+        // A copy of an identity encoded before, then changed, reads as changed.
+        let mut e = events[0].clone();
+        let mut id = KeyIdentity::clone(e.keys[0].identity.as_deref().expect("identity"));
+        id.label = Some("changed".into());
+        e.keys[0].identity = Some(Arc::new(id));
+        let mut buf = Vec::new();
+        encode(&e, &clock, &mut buf);
+        let back = decode(&buf, &clock).expect("decodes");
+        let label = back.keys[0].identity.as_ref().and_then(|i| i.label.clone());
+        assert_eq!(label.as_deref(), Some("changed"));
     }
 
     /// An operation's record encoded from where it lies gives the bytes of the [`Event`]

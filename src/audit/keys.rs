@@ -12,7 +12,7 @@ use cryptoki_sys::*;
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A key's non-secret identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -43,6 +43,49 @@ pub struct KeyIdentity {
     pub public_sha256: Option<String>,
     #[serde(skip)]
     class_raw: Option<CK_OBJECT_CLASS>,
+    /// Its bytes in the agent's record layout, once a record has carried it.
+    #[serde(skip)]
+    pub wire: WireBytes,
+}
+
+/// A key identity's bytes in the agent's record layout (`agent::wire`), kept once
+/// encoded: a key's records name it again and again, and a shared identity does not
+/// change. A cache, not a field: empty in a clone (a copy that is then changed must not
+/// carry the original's bytes), and any two are equal.
+#[derive(Default)]
+pub struct WireBytes(OnceLock<Box<[u8]>>);
+
+impl WireBytes {
+    /// The bytes, when encoded already.
+    #[inline(always)]
+    pub fn get(&self) -> Option<&[u8]> {
+        self.0.get().map(|b| &**b)
+    }
+
+    /// Keeps `bytes` (the first ones kept stay: every encoding of an identity is the same).
+    pub fn keep(&self, bytes: &[u8]) {
+        let _ = self.0.set(bytes.into());
+    }
+}
+
+impl Clone for WireBytes {
+    fn clone(&self) -> Self {
+        WireBytes::default()
+    }
+}
+
+impl PartialEq for WireBytes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for WireBytes {}
+
+impl std::fmt::Debug for WireBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireBytes")
+    }
 }
 
 impl KeyIdentity {
