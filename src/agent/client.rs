@@ -148,9 +148,7 @@ impl Connection {
             .push_in_place(|slot| wire::encode_to(e, &self.clock, slot))
         {
             Ok(true) => {
-                if full.failing.load(Ordering::Relaxed) {
-                    full.failing.store(false, Ordering::Relaxed);
-                }
+                recovered(full.failing);
                 Sent::Ok
             }
             _ => self.send_buffered(e, full),
@@ -172,9 +170,7 @@ impl Connection {
         else {
             return false;
         };
-        if failing.load(Ordering::Relaxed) {
-            failing.store(false, Ordering::Relaxed);
-        }
+        recovered(failing);
         if self.ring.take_wakeup() {
             self.wake();
         }
@@ -210,9 +206,7 @@ impl Connection {
         loop {
             match self.ring.push(record) {
                 Ok(()) => {
-                    if failing.load(Ordering::Relaxed) {
-                        failing.store(false, Ordering::Relaxed);
-                    }
+                    recovered(failing);
                     return Sent::Ok;
                 }
                 Err(PushError::TooLarge) => return Sent::Dropped,
@@ -381,6 +375,15 @@ pub fn coarse_ms() -> u64 {
     (t.tv_sec as u64)
         .saturating_mul(1000)
         .saturating_add(t.tv_nsec as u64 / 1_000_000)
+}
+
+/// A record is in the ring: a trail that was failing (a wait ran out) is no longer. The
+/// flag is written only when it changes, so that callers do not share its cache line.
+#[inline(always)]
+fn recovered(failing: &AtomicBool) {
+    if failing.load(Ordering::Relaxed) {
+        failing.store(false, Ordering::Relaxed);
+    }
 }
 
 /// What a record that meets a full ring does: see [`Connection::send`].

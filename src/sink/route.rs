@@ -154,9 +154,7 @@ impl Route {
     /// the record too large for a slot): the caller then sends it as an [`Event`].
     #[inline]
     pub fn send_op(&self, r: &OpRecord<'_>, failing: &AtomicBool) -> bool {
-        if self.state.load(Ordering::Acquire) != AGENT
-            || client::coarse_ms() >= self.next.load(Ordering::Relaxed)
-        {
+        if self.state.load(Ordering::Acquire) != AGENT || self.is_due() {
             return false;
         }
         match self.conn.get() {
@@ -293,6 +291,12 @@ impl Route {
         if let Some(c) = self.conn.get() {
             c.close_in_child();
         }
+    }
+
+    /// Whether the agent is due a look ([`Route::due`]), without taking the turn.
+    #[inline]
+    fn is_due(&self) -> bool {
+        client::coarse_ms() >= self.next.load(Ordering::Relaxed)
     }
 
     /// Whether it is time to look at the agent again; true for one caller a second.
