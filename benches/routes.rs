@@ -87,6 +87,11 @@ fn routes() -> Vec<RouteSpec> {
         ),
         // Full audit recorded by `keytrail agent` (started by scripts/bench.sh).
         ("keytrail agent", "BENCH_CONFIG_AGENT", Some(&keytrail)),
+        (
+            "keytrail agent categories=[]",
+            "BENCH_CONFIG_AGENT_OFF",
+            Some(&keytrail),
+        ),
         // `sessions = "summary"`, embedded and agent: only sessions change, so only the
         // session workload runs.
         (

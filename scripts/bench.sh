@@ -2,9 +2,9 @@
 # Overhead benchmark. By default (benches/routes.rs) every route runs in its own process,
 # as an application sees it, in interleaved rounds: SoftHSM2 direct, direct with one idle
 # thread, keytrail with full audit, with `categories = []` and with `on_full = "drop"`,
-# keytrail in agent mode (a `keytrail agent` started here), `sessions = "summary"` for the
-# open + close workload (embedded and agent), pkcs11-spy and p11-kit
-# log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
+# keytrail in agent mode (a `keytrail agent` started here; full audit and `categories = []`),
+# `sessions = "summary"` for the open + close workload (embedded and agent), pkcs11-spy and
+# p11-kit log-calls; it prints each route's ns/op and its ratio to direct and to direct + idle
 # thread, with the min-max of the per-round ratios, and the keytrail writer thread's CPU
 # time per operation. scripts/bench-instructions.sh counts instructions per operation
 # instead (stable when other work loads the machine).
@@ -125,6 +125,11 @@ CONF
   export BENCH_CONFIG_AGENT="$tmp/keytrail-agent.toml"
   sed -e "/^\[trail\]/a mode = \"agent\"\nagent_socket = \"$tmp/agent.sock\"" \
     "$tmp/keytrail.toml" >"$BENCH_CONFIG_AGENT"
+  # The agent with auditing switched off: the shim and its connection, no records. Against
+  # the full agent route it shows what the records cost, the agent's CPU included.
+  export BENCH_CONFIG_AGENT_OFF="$tmp/keytrail-agent-off.toml"
+  sed -e '/^\[audit\]/,$d' "$BENCH_CONFIG_AGENT" >"$BENCH_CONFIG_AGENT_OFF"
+  printf '[audit]\ncategories = []\n' >>"$BENCH_CONFIG_AGENT_OFF"
 fi
 # `sessions = "summary"` (the open + close workload only), embedded and with the agent.
 # BENCH_SESSIONS=0 leaves these routes out; with BENCH_AUDIT set they are left out too
