@@ -19,6 +19,9 @@ const HANDSHAKE: Duration = Duration::from_secs(2);
 thread_local! {
     /// Each thread's encoding buffer, reused: encoding allocates nothing once warm.
     static BUF: RefCell<wire::Encoder> = const { RefCell::new(wire::Encoder::new()) };
+    /// Each thread's last operation record, which the next one of the same operation
+    /// copies (`wire::encode_op_kept`).
+    static KEPT: RefCell<wire::OpKept> = const { RefCell::new(wire::OpKept::new()) };
 }
 
 /// This process's connection to the agent.
@@ -164,10 +167,14 @@ impl Connection {
     /// through [`Connection::send`] (which decides what a full ring means).
     #[inline]
     pub fn send_op(&self, r: &OpRecord<'_>, failing: &AtomicBool) -> bool {
-        let Ok(true) = self
-            .ring
-            .push_in_place(|slot| wire::encode_op_to(r, &self.clock, slot))
-        else {
+        let Ok(true) = self.ring.push_in_place(|slot| {
+            KEPT.try_with(|k| match k.try_borrow_mut() {
+                Ok(mut kept) => wire::encode_op_kept(r, &self.clock, slot, &mut kept),
+                Err(_) => wire::encode_op_to(r, &self.clock, slot),
+            })
+            // The thread is exiting (its kept record is gone).
+            .unwrap_or_else(|_| wire::encode_op_to(r, &self.clock, slot))
+        }) else {
             return false;
         };
         recovered(failing);

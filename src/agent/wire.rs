@@ -452,6 +452,156 @@ pub fn encode_op_to(r: &OpRecord<'_>, clock: &Clock, out: &mut [u8]) -> usize {
     w.at
 }
 
+/// The largest operation record an [`OpKept`] keeps (longer ones, with long labels, are
+/// encoded each time).
+const KEPT_MAX: usize = 384;
+
+/// What an operation's record is made of besides the fields that change from one
+/// operation to the next. The token and key identity are held, so that an address
+/// compared equal is the same token or identity, never a new one at a freed one's place.
+#[derive(Debug)]
+struct KeptOf {
+    function: &'static str,
+    action: &'static str,
+    state: &'static str,
+    kind: &'static str,
+    init: &'static str,
+    end: &'static str,
+    role: &'static str,
+    slot: u64,
+    session: u64,
+    handle: u64,
+    has_rv: bool,
+    mechanism: Option<Mechanism>,
+    token: Arc<TokenRef>,
+    identity: Option<Arc<KeyIdentity>>,
+}
+
+impl KeptOf {
+    #[inline(always)]
+    fn is_of(&self, r: &OpRecord<'_>) -> bool {
+        let same = |a: &'static str, b: &'static str| std::ptr::eq(a, b);
+        let identity = match (&self.identity, &r.key.identity) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        identity
+            && self.handle == r.key.handle
+            && self.session == r.session
+            && self.slot == r.slot
+            && self.has_rv == r.rv.is_some()
+            && Arc::ptr_eq(&self.token, r.token)
+            && same(self.function, r.function)
+            && same(self.end, r.info.end)
+            && same(self.state, r.state)
+            && same(self.action, r.action)
+            && same(self.kind, r.info.kind)
+            && same(self.init, r.info.init)
+            && same(self.role, r.key.role)
+            && self.mechanism.as_ref() == r.mechanism
+    }
+
+    fn of(r: &OpRecord<'_>) -> KeptOf {
+        KeptOf {
+            function: r.function,
+            action: r.action,
+            state: r.state,
+            kind: r.info.kind,
+            init: r.info.init,
+            end: r.info.end,
+            role: r.key.role,
+            slot: r.slot,
+            session: r.session,
+            handle: r.key.handle,
+            has_rv: r.rv.is_some(),
+            mechanism: r.mechanism.copied(),
+            token: Arc::clone(r.token),
+            identity: r.key.identity.clone(),
+        }
+    }
+}
+
+/// The last operation record a thread encoded, kept with where its changing fields lie:
+/// the next record of an operation on the same session, key, mechanism and token, ended
+/// by the same function, is that record copied with its times, outcome, return value and
+/// counts written over (a few dozen instructions and cache lines instead of encoding
+/// every field, which for a short operation is most of what a record costs the caller).
+#[derive(Debug)]
+pub struct OpKept {
+    of: Option<KeptOf>,
+    marks: Marks,
+    len: usize,
+    bytes: [u8; KEPT_MAX],
+}
+
+impl OpKept {
+    /// Nothing kept.
+    pub const fn new() -> OpKept {
+        OpKept {
+            of: None,
+            marks: Marks {
+                duration: 0,
+                counts: 0,
+            },
+            len: 0,
+            bytes: [0; KEPT_MAX],
+        }
+    }
+}
+
+impl Default for OpKept {
+    fn default() -> OpKept {
+        OpKept::new()
+    }
+}
+
+/// [`encode_op_to`], from `kept` when it holds a record of the same operation (and keeping
+/// this one there when not): the same bytes either way.
+#[inline]
+pub fn encode_op_kept(r: &OpRecord<'_>, clock: &Clock, out: &mut [u8], kept: &mut OpKept) -> usize {
+    match &kept.of {
+        Some(of) if of.is_of(r) => {}
+        _ => return keep_op(r, clock, out, kept),
+    }
+    let n = kept.len;
+    let Some(dst) = out.get_mut(..n) else {
+        return n;
+    };
+    dst.copy_from_slice(&kept.bytes[..n]);
+    dst[2] = outcome_number(r.outcome);
+    dst[6..14].copy_from_slice(&clock.ns(r.started.instant).to_le_bytes());
+    dst[14..22].copy_from_slice(&r.thread_id.to_le_bytes());
+    let d = kept.marks.duration;
+    dst[d..d + 8].copy_from_slice(&r.duration_ns.to_le_bytes());
+    if let Some(rv) = r.rv {
+        dst[d + 8..d + 16].copy_from_slice(&rv.to_le_bytes());
+    }
+    let c = kept.marks.counts;
+    dst[c..c + 8].copy_from_slice(&r.info.parts.to_le_bytes());
+    dst[c + 8..c + 16].copy_from_slice(&r.info.in_len.to_le_bytes());
+    dst[c + 16..c + 24].copy_from_slice(&r.info.out_len.to_le_bytes());
+    n
+}
+
+/// [`encode_op_kept`] for an operation other than the one kept: encoded afresh, and kept.
+#[inline(never)]
+fn keep_op(r: &OpRecord<'_>, clock: &Clock, out: &mut [u8], kept: &mut OpKept) -> usize {
+    let mut w = Writer { buf: out, at: 0 };
+    let marks = encode_into(r, clock, &mut w, true);
+    let n = w.at;
+    match (out.get(..n), kept.bytes.get_mut(..n)) {
+        (Some(src), Some(dst)) => {
+            dst.copy_from_slice(src);
+            kept.of = Some(KeptOf::of(r));
+            kept.marks = marks;
+            kept.len = n;
+        }
+        _ => kept.of = None,
+    }
+    n
+}
+
 /// Appends `e` to `out` (cleared first), as [`Encoder::encode`] does.
 pub fn encode(e: &Event, clock: &Clock, out: &mut Vec<u8>) {
     out.clear();
@@ -541,7 +691,17 @@ fn copy(dst: &mut [u8], src: &[u8]) {
     }
 }
 
-fn encode_into<R: Source>(e: &R, clock: &Clock, w: &mut Writer<'_>, attributes: bool) {
+/// Where [`encode_into`] put the fields that change from one operation to the next of the
+/// same kind: the duration (the return value follows it, when there is one) and the
+/// operation's counts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    duration: usize,
+    counts: usize,
+}
+
+fn encode_into<R: Source>(e: &R, clock: &Clock, w: &mut Writer<'_>, attributes: bool) -> Marks {
+    let mut marks = Marks::default();
     let bit = |set: bool, bit: u16| if set { bit } else { 0 };
     let mask = bit(e.duration_ns().is_some(), HAS_DURATION)
         | bit(e.rv().is_some(), HAS_RV)
@@ -554,11 +714,7 @@ fn encode_into<R: Source>(e: &R, clock: &Clock, w: &mut Writer<'_>, attributes: 
         | bit(e.operation().is_some(), HAS_OPERATION)
         | bit(e.labels().is_some(), HAS_LABELS)
         | bit(e.extra().is_some(), HAS_EXTRA);
-    let outcome = match e.outcome() {
-        Outcome::Success => 0u8,
-        Outcome::Failure => 1,
-        Outcome::Unknown => 2,
-    };
+    let outcome = outcome_number(e.outcome());
     // The fixed head in one piece.
     if let Some(head) = w.room(22) {
         head[..4].copy_from_slice(&[
@@ -573,6 +729,7 @@ fn encode_into<R: Source>(e: &R, clock: &Clock, w: &mut Writer<'_>, attributes: 
     }
     put_name(w, e.function(), Site::Function);
     put_name(w, e.action(), Site::Action);
+    marks.duration = w.at;
     for v in [
         e.duration_ns(),
         e.rv(),
@@ -599,6 +756,7 @@ fn encode_into<R: Source>(e: &R, clock: &Clock, w: &mut Writer<'_>, attributes: 
         put_name(w, op.kind, Site::Kind);
         put_name(w, op.init, Site::Init);
         put_name(w, op.end, Site::End);
+        marks.counts = w.at;
         if let Some(o) = w.room(24) {
             o[..8].copy_from_slice(&op.parts.to_le_bytes());
             o[8..16].copy_from_slice(&op.in_len.to_le_bytes());
@@ -619,6 +777,16 @@ fn encode_into<R: Source>(e: &R, clock: &Clock, w: &mut Writer<'_>, attributes: 
     }
     if let Some(x) = e.extra() {
         put_extra(w, x, clock, attributes);
+    }
+    marks
+}
+
+#[inline(always)]
+fn outcome_number(o: Outcome) -> u8 {
+    match o {
+        Outcome::Success => 0,
+        Outcome::Failure => 1,
+        Outcome::Unknown => 2,
     }
 }
 
@@ -744,7 +912,7 @@ impl Source for OpRecord<'_> {
     }
     #[inline(always)]
     fn token(&self) -> Option<&TokenRef> {
-        Some(self.token)
+        Some(self.token.as_ref())
     }
     #[inline(always)]
     fn session_state(&self) -> Option<&'static str> {
@@ -1944,10 +2112,10 @@ mod tests {
     #[test]
     fn an_operation_record_encodes_as_its_event() {
         let clock = Clock::now();
-        let token = TokenRef {
+        let token = Arc::new(TokenRef {
             label: "token \"a\"".into(),
             serial: "0123".into(),
-        };
+        });
         let mut id = KeyIdentity::default();
         id.class = Some("secret_key");
         id.key_type = Some("generic_secret");
@@ -2049,7 +2217,7 @@ mod tests {
             e.slot_id = Some(3);
             e.session = Some(5);
             e.session_state = Some("rw_user");
-            e.token = Some(Arc::new(token.clone()));
+            e.token = Some(Arc::clone(&token));
             e.mechanism = mechanism.cloned();
             e.keys.push(key.clone());
             e.operation = Some(info);
@@ -2061,6 +2229,146 @@ mod tests {
             assert_eq!(back.started.instant, e.started.instant, "{end}");
             assert_eq!(json_untimed(&back), json_untimed(&e), "{end}");
         }
+    }
+
+    /// A thread's kept operation record gives the bytes a fresh encoding gives, over a
+    /// random walk through operations that differ in one field or another (a token or
+    /// identity of the same content at another address included), and is used when the
+    /// operation is the same.
+    #[test]
+    fn a_kept_operation_record_encodes_as_a_fresh_one() {
+        let clock = Clock::now();
+        let token = |label: &str| {
+            Arc::new(TokenRef {
+                label: label.into(),
+                serial: "0123".into(),
+            })
+        };
+        let tokens = [token("a"), token("a"), token("b")];
+        let identity = |label: &str| {
+            let mut id = KeyIdentity::default();
+            id.class = Some("secret_key");
+            id.label = Some(label.into());
+            Some(Arc::new(id))
+        };
+        let identities = [identity("k"), identity("k"), identity("longer key"), None];
+        let mechanisms = [
+            Some(Mechanism {
+                type_: 0x251,
+                params: Params::None,
+            }),
+            Some(Mechanism {
+                type_: 0x1087,
+                params: Params::Gcm {
+                    iv_len: 12,
+                    aad_len: 0,
+                    tag_bits: 128,
+                },
+            }),
+            None,
+        ];
+        let names = ["C_Sign", "C_SignFinal", "C_MadeUpName"];
+        let ends = ["completed", "failed", "abandoned"];
+        let states = ["rw_user", "ro_public"];
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut kept = OpKept::new();
+        let (mut a, mut b) = ([0u8; 512], [0u8; 512]);
+        let mut hits = 0;
+        for i in 0..20_000 {
+            // Mostly the same operation again, as an application signs in a loop; else one
+            // of its fields (0-10) changes, so that each comparison is what tells.
+            let vary = if rng.u8(..4) == 0 {
+                rng.u8(..11)
+            } else {
+                u8::MAX
+            };
+            let pick = |rng: &mut fastrand::Rng, field: u8, n: usize| {
+                if vary == field { rng.usize(..n) } else { 0 }
+            };
+            let key = KeyRef {
+                role: if pick(&mut rng, 0, 2) == 0 {
+                    "key"
+                } else {
+                    "other_role"
+                },
+                handle: 7 + pick(&mut rng, 1, 2) as u64,
+                identity: identities[pick(&mut rng, 2, identities.len())].clone(),
+            };
+            let info = OperationInfo {
+                kind: "sign",
+                init: "C_SignInit",
+                parts: rng.u64(..5),
+                in_len: rng.u64(..),
+                out_len: rng.u64(..),
+                end: ends[pick(&mut rng, 3, ends.len())],
+            };
+            let rv = match pick(&mut rng, 4, 3) {
+                0 => Some(0),
+                1 => Some(rng.u64(..)),
+                _ => None,
+            };
+            let r = OpRecord {
+                started: Started::now(),
+                duration_ns: rng.u64(..),
+                function: names[pick(&mut rng, 5, names.len())],
+                action: "sign",
+                outcome: [Outcome::Success, Outcome::Failure, Outcome::Unknown][rng.usize(..3)],
+                rv,
+                thread_id: rng.u64(..),
+                slot: pick(&mut rng, 6, 2) as u64,
+                session: 5 + pick(&mut rng, 7, 2) as u64,
+                state: states[pick(&mut rng, 8, states.len())],
+                token: &tokens[pick(&mut rng, 9, tokens.len())],
+                mechanism: mechanisms[pick(&mut rng, 10, mechanisms.len())].as_ref(),
+                info: &info,
+                key: &key,
+            };
+            // A mark where the kept copy's version byte is: it shows in the output only
+            // when the record was copied from there.
+            kept.bytes[0] = 0xEE;
+            let n = encode_op_kept(&r, &clock, &mut a, &mut kept);
+            if a[0] == 0xEE {
+                hits += 1;
+                a[0] = VERSION;
+            }
+            kept.bytes[0] = VERSION;
+            assert_eq!(n, encode_op_to(&r, &clock, &mut b), "record {i}");
+            assert_eq!(a[..n], b[..n], "record {i}");
+        }
+        assert!(hits > 10_000, "{hits} records copied");
+        // A slot too small for the record: its length, and nothing written past the end.
+        let mut small = [0u8; 8];
+        let key = KeyRef {
+            role: "key",
+            handle: 1,
+            identity: None,
+        };
+        let info = OperationInfo {
+            kind: "sign",
+            init: "C_SignInit",
+            parts: 1,
+            in_len: 1,
+            out_len: 1,
+            end: "completed",
+        };
+        let r = OpRecord {
+            started: Started::now(),
+            duration_ns: 1,
+            function: "C_Sign",
+            action: "sign",
+            outcome: Outcome::Success,
+            rv: Some(0),
+            thread_id: 1,
+            slot: 0,
+            session: 1,
+            state: "rw_user",
+            token: &tokens[0],
+            mechanism: None,
+            info: &info,
+            key: &key,
+        };
+        let full = encode_op_kept(&r, &clock, &mut a, &mut kept);
+        assert_eq!(encode_op_kept(&r, &clock, &mut small, &mut kept), full);
     }
 
     #[test]

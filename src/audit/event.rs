@@ -290,7 +290,7 @@ pub struct OpRecord<'a> {
     /// The session's state.
     pub state: &'static str,
     /// The token in the slot.
-    pub token: &'a TokenRef,
+    pub token: &'a Arc<TokenRef>,
     /// The mechanism.
     pub mechanism: Option<&'a Mechanism>,
     /// The operation's progress, with how it ended.

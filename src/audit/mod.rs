@@ -763,11 +763,30 @@ impl Auditor {
         }
         if self.summaries.is_none()
             && let Some(p) = &place
-            && let Some(token) = p.token.as_deref()
+            && let Some(token) = p.token.as_ref()
             && self.send_op(session, p, token, kind, &op, function, rv, outcome, end)
         {
             return;
         }
+        self.end_op_event(session, place, kind, op, function, rv, outcome, end);
+    }
+
+    /// [`Auditor::end_op_at`]'s record through an [`Event`]: every mode but the agent's, and
+    /// whatever the agent's ring does not take as it is. Out of line, so that the code the
+    /// agent's path runs for each operation stays a few cache lines.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn end_op_event(
+        &self,
+        session: CK_SESSION_HANDLE,
+        place: Option<sessions::Place>,
+        kind: OpKind,
+        op: Operation,
+        function: &'static str,
+        rv: Option<CK_RV>,
+        outcome: Outcome,
+        end: &'static str,
+    ) {
         let mut e = Event::call(
             op.started,
             function,
@@ -820,7 +839,7 @@ impl Auditor {
         &self,
         session: CK_SESSION_HANDLE,
         place: &sessions::Place,
-        token: &TokenRef,
+        token: &Arc<TokenRef>,
         kind: OpKind,
         op: &Operation,
         function: &'static str,
