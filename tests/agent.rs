@@ -1198,29 +1198,37 @@ fn an_agent_gone_for_good_is_replaced_by_the_embedded_writer_until_it_returns() 
 }
 
 #[test]
-fn a_process_sending_novel_names_spends_its_own_quota_not_the_agents_table() {
+fn a_user_sending_novel_names_spends_its_own_quota_not_the_agents_table() {
     use keytrail::agent::client::Connection;
     const NOVEL: usize = 5000;
+    /// Sends `count` records, each with a name no other record has, from `from` on.
+    fn send_novel(conn: &Connection, from: usize, count: usize) {
+        let clock = keytrail::agent::wire::Clock::now();
+        let mut buf = Vec::new();
+        for i in from..from + count {
+            let action: &'static str = Box::leak(format!("novel_{i}").into_boxed_str());
+            let e = keytrail::audit::event::Event::audit(action, "x".into(), serde_json::json!({}));
+            keytrail::agent::wire::encode(&e, &clock, &mut buf);
+            while !conn.push_raw(&buf) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        assert!(conn.flush(std::time::Duration::from_secs(20)));
+    }
     let fx = Fixture::new();
     let mut agent = Agent::start(fx.path());
     let conn = Connection::connect(&agent.socket, Some("hostile")).expect("connect");
-    let clock = keytrail::agent::wire::Clock::now();
-    let mut buf = Vec::new();
-    for i in 0..NOVEL {
-        let action: &'static str = Box::leak(format!("novel_{i}").into_boxed_str());
-        let e = keytrail::audit::event::Event::audit(action, "x".into(), serde_json::json!({}));
-        keytrail::agent::wire::encode(&e, &clock, &mut buf);
-        while !conn.push_raw(&buf) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-    assert!(conn.flush(std::time::Duration::from_secs(20)));
+    send_novel(&conn, 0, NOVEL);
+    drop(conn);
+    // Connecting again (as another process of the same user would) gives no new quota.
+    let again = Connection::connect(&agent.socket, Some("hostile again")).expect("connect");
+    send_novel(&again, NOVEL, 10);
     // Another process's records, with names new to the table, are unaffected.
     agent_mode(&fx, &agent, "");
     one_signature();
-    drop(conn);
+    drop(again);
     let records = agent.stop();
-    let quota = keytrail::agent::wire::NAMES_PER_CLIENT;
+    let quota = keytrail::agent::wire::NAMES_PER_UID;
     let malformed = of(&records, "malformed_record");
     assert!(!malformed.is_empty());
     assert!(
@@ -1229,10 +1237,15 @@ fn a_process_sending_novel_names_spends_its_own_quota_not_the_agents_table() {
             .is_some_and(|w| w.contains("quota"))),
         "{malformed:?}"
     );
-    let hostile_end = of(&records, "client_end")
+    let ends: Vec<_> = of(&records, "client_end")
         .into_iter()
-        .find(|r| r["keytrail"]["malformed"].as_u64() > Some(0))
-        .expect("the hostile connection's end");
+        .filter(|r| r["keytrail"]["malformed"].as_u64() > Some(0))
+        .collect();
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    // The second connection's ten names were all refused.
+    assert_eq!(ends[1]["keytrail"]["malformed"].as_u64(), Some(10));
+    assert_eq!(ends[1]["keytrail"]["records"].as_u64(), Some(0));
+    let hostile_end = &ends[0];
     // Its quota went to its novel names (and to the few names of the record layout the
     // table did not hold yet), the rest are malformed.
     let refused = hostile_end["keytrail"]["malformed"]

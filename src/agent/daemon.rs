@@ -331,8 +331,8 @@ fn serve(agent: &Agent, mut stream: UnixStream) {
         executable,
         service.clone(),
     );
-    // Names this process adds to the agent's table count against its own quota.
-    super::wire::reset_name_quota();
+    // Names this process adds to the agent's table count against its user's quota.
+    super::wire::names_from(cred.uid.as_raw());
     let mut client = Client {
         pid,
         origin,

@@ -1745,20 +1745,22 @@ impl<'a> Reader<'a, '_> {
 const MAX_NAMES: usize = 4096;
 /// The longest name.
 const MAX_NAME: usize = 64;
-/// The most names one process may add to the table: more than the library's own names,
-/// and a small part of [`MAX_NAMES`], so that a process sending novel names fills its
-/// quota, not the table every other process's records need.
-pub const NAMES_PER_CLIENT: usize = 1024;
+/// The most names the processes of one user (uid) may add to the table, across all their
+/// connections: more than the library's own names, and a small part of [`MAX_NAMES`], so
+/// that a user sending novel names, however many times it connects, fills its quota, not
+/// the table every other user's records need.
+pub const NAMES_PER_UID: usize = 1024;
 
 std::thread_local! {
-    /// Names the process served by this thread may still add to the table.
-    static QUOTA: std::cell::Cell<usize> = const { std::cell::Cell::new(NAMES_PER_CLIENT) };
+    /// The uid of the process this thread serves (the agent serves each on its own
+    /// thread): whose quota the names it adds count against.
+    static SERVING: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
-/// Gives the process served by this thread (the agent serves each on its own thread) its
-/// full quota of new names.
-pub fn reset_name_quota() {
-    let _ = QUOTA.try_with(|q| q.set(NAMES_PER_CLIENT));
+/// Names added from now on by this thread (serving one process) count against the quota
+/// of `uid`, the process's user as the kernel gives it.
+pub fn names_from(uid: u32) {
+    let _ = SERVING.try_with(|s| s.set(Some(uid)));
 }
 
 /// A name's place in a [`Decoder`]'s cache: from its length and first and last bytes.
@@ -1797,9 +1799,11 @@ fn intern(s: &str) -> Result<&'static str, Malformed> {
 
 /// [`intern`]'s table shared by all threads.
 fn intern_shared(s: &str) -> Result<&'static str, Malformed> {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
     use std::sync::Mutex;
-    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    /// The names, and how many each uid added.
+    type Table = (HashSet<&'static str>, HashMap<u32, usize>);
+    static NAMES: Mutex<Option<Table>> = Mutex::new(None);
     if s.len() > MAX_NAME
         || !s
             .bytes()
@@ -1808,20 +1812,26 @@ fn intern_shared(s: &str) -> Result<&'static str, Malformed> {
         return Err(Malformed("bad name"));
     }
     let mut guard = NAMES.lock().unwrap_or_else(|p| p.into_inner());
-    let names = guard.get_or_insert_with(HashSet::new);
+    let (names, added) = guard.get_or_insert_with(Default::default);
     if let Some(n) = names.get(s) {
         return Ok(n);
     }
     if names.len() >= MAX_NAMES {
         return Err(Malformed("too many distinct names"));
     }
-    let left = QUOTA.try_with(|q| q.get()).unwrap_or(0);
-    if left == 0 {
+    // A thread that serves no process (tests, tools) counts as one user of its own.
+    let uid = SERVING
+        .try_with(|u| u.get())
+        .ok()
+        .flatten()
+        .unwrap_or(u32::MAX);
+    let count = added.entry(uid).or_insert(0);
+    if *count >= NAMES_PER_UID {
         return Err(Malformed(
-            "too many distinct names from this process (its quota of new names is spent)",
+            "too many distinct names from this user (its quota of new names is spent)",
         ));
     }
-    let _ = QUOTA.try_with(|q| q.set(left - 1));
+    *count += 1;
     let n: &'static str = Box::leak(s.to_owned().into_boxed_str());
     names.insert(n);
     Ok(n)
