@@ -87,6 +87,13 @@ fn routes() -> Vec<RouteSpec> {
         ),
         // Full audit recorded by `keytrail agent` (started by scripts/bench.sh).
         ("keytrail agent", "BENCH_CONFIG_AGENT", Some(&keytrail)),
+        // The other build through this build's agent: for a change that keeps the ring's
+        // record layout (an agent refuses a library of another layout).
+        (
+            "keytrail agent baseline build",
+            "BENCH_CONFIG_AGENT",
+            baseline.as_ref(),
+        ),
         (
             "keytrail agent categories=[]",
             "BENCH_CONFIG_AGENT_OFF",

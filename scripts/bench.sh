@@ -34,7 +34,8 @@
 #                         CPUs (by default, with 2 CPUs or more, it stays on CPU 0 in every
 #                         route, which takes the migrations out of the rounds' noise; keytrail's
 #                         writer thread and the agent keep every CPU)
-#   BENCH_BASELINE_SO=<libkeytrail.so>  also run another keytrail build (full audit), interleaved
+#   BENCH_BASELINE_SO=<libkeytrail.so>  also run another keytrail build (full audit), interleaved,
+#                         embedded and through the agent (which refuses a build of another ring layout)
 #   BENCH_VOLUME=0        skip the trail bytes per 1,000 signatures in each usage mode
 #   BENCH_SESSIONS=0      leave out the `sessions = "summary"` routes (embedded and agent,
 #                         open + close workload only)
