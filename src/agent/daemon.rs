@@ -519,11 +519,7 @@ fn welcome(stream: &UnixStream, status: u32, fds: &[OwnedFd]) -> std::io::Result
 
 /// Writes records of one process.
 fn record(agent: &Agent, client: &Client, events: &[Event]) {
-    let mut r = agent.recorder.lock();
-    for e in events {
-        r.push(e, &client.origin);
-    }
-    r.commit();
+    agent.recorder.lock().record(events, &client.origin);
 }
 
 /// Drains the ring until the process ends (its socket closes) or the agent stops, then
