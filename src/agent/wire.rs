@@ -19,7 +19,7 @@ use crate::audit::event::{
     Event, Extra, Flags, KeyRef, OpRecord, OperationInfo, Outcome, SessionSummary, Started,
     TokenRef, UseSummary,
 };
-use crate::audit::keys::KeyIdentity;
+use crate::audit::keys::{KeyIdentity, WireBytes};
 use crate::audit::mechanism::{Mechanism, Params};
 use crate::config::Lifecycle;
 use std::borrow::Cow;
@@ -1418,6 +1418,14 @@ impl Reader<'_, '_> {
     }
 }
 
+/// Keeps what `format` writes in `cache`: the trail's JSON of a token or key identity the
+/// decoder remembers, formatted once rather than for each record that names it.
+fn keep_json(cache: &WireBytes, format: impl FnOnce(&mut Vec<u8>)) {
+    let mut json = Vec::new();
+    format(&mut json);
+    cache.keep(&json);
+}
+
 struct Reader<'a, 'd> {
     b: &'a [u8],
     at: usize,
@@ -1539,11 +1547,13 @@ impl<'a> Reader<'a, '_> {
             return Ok(t.clone());
         }
         self.at = start;
-        let t = Arc::new(TokenRef {
-            label: self.string()?,
-            serial: self.string()?,
-        });
-        if raw.len() <= MAX_REMEMBERED {
+        let t = TokenRef::new(self.string()?, self.string()?);
+        let remembered = raw.len() <= MAX_REMEMBERED;
+        if remembered {
+            keep_json(&t.json, |out| crate::sink::json::token(&t, out));
+        }
+        let t = Arc::new(t);
+        if remembered {
             let (b, kept) = self.d.token.get_or_insert_with(|| (Vec::new(), t.clone()));
             b.clear();
             b.extend_from_slice(raw);
@@ -1587,10 +1597,7 @@ impl<'a> Reader<'a, '_> {
         id.public_sha256 = self.opt_string()?;
         let remembered = raw.len() <= MAX_REMEMBERED;
         if remembered {
-            // Formatted once here rather than for each record that names it.
-            let mut json = Vec::new();
-            crate::sink::json::identity(&id, &mut json);
-            id.json.keep(&json);
+            keep_json(&id.json, |out| crate::sink::json::identity(&id, out));
         }
         let id = Arc::new(id);
         if remembered {
@@ -1856,10 +1863,7 @@ mod tests {
         e.slot_id = Some(1);
         e.session = Some(7);
         e.session_state = Some("rw_user");
-        e.token = Some(Arc::new(TokenRef {
-            label: "t \"1\"".into(),
-            serial: "abc".into(),
-        }));
+        e.token = Some(Arc::new(TokenRef::new("t \"1\"".into(), "abc".into())));
         e.mechanism = Some(Mechanism {
             type_: 0x251,
             params: Params::Gcm {
@@ -1958,10 +1962,7 @@ mod tests {
             );
             e.thread_id = 1000 + len as u64;
             e.slot_id = Some(len as u64);
-            e.token = Some(Arc::new(TokenRef {
-                label: text(len / 3),
-                serial: text(len),
-            }));
+            e.token = Some(Arc::new(TokenRef::new(text(len / 3), text(len))));
             e.session = Some(len as u64);
             e.session_state = Some(if len % 2 == 0 { "rw_so" } else { "ro_public" });
             e.user_type = (len % 4 == 0).then_some(len as u64 % 3);
@@ -2291,10 +2292,7 @@ mod tests {
     #[test]
     fn an_operation_record_encodes_as_its_event() {
         let clock = Clock::now();
-        let token = Arc::new(TokenRef {
-            label: "token \"a\"".into(),
-            serial: "0123".into(),
-        });
+        let token = Arc::new(TokenRef::new("token \"a\"".into(), "0123".into()));
         let mut id = KeyIdentity::default();
         id.class = Some("secret_key");
         id.key_type = Some("generic_secret");
@@ -2417,12 +2415,7 @@ mod tests {
     #[test]
     fn a_kept_operation_record_encodes_as_a_fresh_one() {
         let clock = Clock::now();
-        let token = |label: &str| {
-            Arc::new(TokenRef {
-                label: label.into(),
-                serial: "0123".into(),
-            })
-        };
+        let token = |label: &str| Arc::new(TokenRef::new(label.into(), "0123".into()));
         let tokens = [token("a"), token("a"), token("b")];
         let identity = |label: &str| {
             let mut id = KeyIdentity::default();

@@ -2,7 +2,7 @@
 //! writer thread.
 
 use super::attrs::Attr;
-use super::keys::KeyIdentity;
+use super::keys::{KeyIdentity, WireBytes};
 use super::mechanism::Mechanism;
 use crate::config::Lifecycle;
 use arrayvec::ArrayVec;
@@ -125,6 +125,20 @@ pub struct TokenRef {
     pub label: String,
     /// CK_TOKEN_INFO.serialNumber, trimmed.
     pub serial: String,
+    /// Its `token` object in the trail, once the agent's reader of a ring has formatted it
+    /// (`sink::json::token`).
+    pub json: WireBytes,
+}
+
+impl TokenRef {
+    /// A token of this label and serial number.
+    pub fn new(label: String, serial: String) -> TokenRef {
+        TokenRef {
+            label,
+            serial,
+            json: WireBytes::default(),
+        }
+    }
 }
 
 /// Progress of a multi-part operation.

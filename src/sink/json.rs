@@ -3,7 +3,7 @@
 //! describes every field.
 
 use crate::audit::attrs::Attr;
-use crate::audit::event::{Event, KeyRef, MAX_KEYS, SessionSummary, WallClock};
+use crate::audit::event::{Event, KeyRef, MAX_KEYS, SessionSummary, TokenRef, WallClock};
 use crate::audit::keys::KeyIdentity;
 use crate::audit::mechanism::{Mechanism, Params};
 use crate::names;
@@ -281,11 +281,11 @@ pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool, api: bool) {
         number(out, ",\"slot_id\":", slot);
     }
     if let Some(t) = e.token.as_deref().filter(|_| !ocsf) {
-        out.extend_from_slice(b",\"token\":{\"label\":");
-        string(&t.label, out);
-        out.extend_from_slice(b",\"serial\":");
-        string(&t.serial, out);
-        out.push(b'}');
+        out.extend_from_slice(b",\"token\":");
+        match t.json.get() {
+            Some(object) => out.extend_from_slice(object),
+            None => token(t, out),
+        }
     }
     if let Some(x) = extra.and_then(|x| x.sessions) {
         session_summary(&x, out);
@@ -445,6 +445,16 @@ pub(super) fn key(k: &KeyRef, out: &mut Vec<u8>) {
             None => identity(id, out),
         }
     }
+    out.push(b'}');
+}
+
+/// A token's object: `{"label":…,"serial":…}`. The agent keeps it with the token its
+/// readers remember (`agent::wire::Decoder`).
+pub(crate) fn token(t: &TokenRef, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"label\":");
+    string(&t.label, out);
+    out.extend_from_slice(b",\"serial\":");
+    string(&t.serial, out);
     out.push(b'}');
 }
 
