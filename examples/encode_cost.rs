@@ -2,7 +2,7 @@
 //! and formatting plus sealing it into the hash chain.
 mod common;
 
-use keytrail::audit::event::{Event, OperationInfo};
+use keytrail::audit::event::{Event, OperationInfo, WallClock};
 use keytrail::audit::mechanism::Mechanism;
 use keytrail::config::IntegrityConfig;
 use keytrail::sink::chain::Chain;
@@ -23,7 +23,8 @@ fn main() {
     let mut buf = Vec::with_capacity(1 << 20);
     let t = Instant::now();
     for i in 0..n {
-        encode(&e, &origin, i, &mut buf);
+        // The embedded writer reads the clocks for each record.
+        encode(&e, &origin, i, &WallClock::now(), &mut buf);
         if buf.len() > 900_000 {
             buf.clear();
         }

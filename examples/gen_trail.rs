@@ -29,10 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             o
         })
         .collect();
-    let token = Arc::new(TokenRef {
-        label: "bench".into(),
-        serial: "0123456789abcdef".into(),
-    });
+    let token = Arc::new(TokenRef::new("bench".into(), "0123456789abcdef".into()));
     let keys: Vec<Arc<KeyIdentity>> = (0..16)
         .map(|i| {
             let mut k = KeyIdentity::default();

@@ -519,11 +519,7 @@ fn welcome(stream: &UnixStream, status: u32, fds: &[OwnedFd]) -> std::io::Result
 
 /// Writes records of one process.
 fn record(agent: &Agent, client: &Client, events: &[Event]) {
-    let mut r = agent.recorder.lock();
-    for e in events {
-        r.push(e, &client.origin);
-    }
-    r.commit();
+    agent.recorder.lock().record(events, &client.origin);
 }
 
 /// Drains the ring until the process ends (its socket closes) or the agent stops, then
@@ -686,17 +682,26 @@ fn drain(
 ) -> usize {
     let mut n = 0;
     while batch.len() < BATCH {
-        let result = match ring.pop(tail, buf) {
+        let read = match ring.pop(tail, buf) {
             Pop::Empty => break,
-            Pop::Record => decoder.decode(buf).and_then(|e| admit(e, client)),
+            Pop::Record => decoder.decode(buf),
             Pop::Malformed(why) => Err(Malformed(why)),
         };
         n += 1;
-        match result {
-            Ok(e) => {
-                client.records += 1;
-                batch.push(e);
+        // Admitted in its place in the batch: a record is a few hundred bytes, and each
+        // move copies them all.
+        let admitted = read.and_then(|e| {
+            batch.push(e);
+            match batch.last_mut().map(|e| admit(e, client)) {
+                Some(Err(refused)) => {
+                    batch.pop();
+                    Err(refused)
+                }
+                _ => Ok(()),
             }
+        });
+        match admitted {
+            Ok(()) => client.records += 1,
             Err(Malformed(why)) => {
                 client.malformed += 1;
                 if client.malformed <= MALFORMED_RECORDS {
@@ -737,7 +742,7 @@ pub(crate) fn drops(ring: &Ring) -> Option<Event> {
 /// A record from a ring as the agent writes it: the process's own start, stop and resume
 /// become `client_*` records (the chain's `trail_*` records are the agent's), and actions
 /// only the agent writes are refused.
-fn admit(mut e: Event, client: &mut Client) -> Result<Event, Malformed> {
+fn admit(e: &mut Event, client: &mut Client) -> Result<(), Malformed> {
     match e.action {
         "trail_start" => e.action = "client_start",
         "trail_stop" => {
@@ -760,7 +765,7 @@ fn admit(mut e: Event, client: &mut Client) -> Result<Event, Malformed> {
         a if RESERVED.contains(&a) => return Err(Malformed("an action only the agent writes")),
         _ => {}
     }
-    Ok(e)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -795,18 +800,16 @@ mod tests {
             incomplete: 0,
         };
         for action in RESERVED {
-            let e = Event::audit(action, String::new(), serde_json::json!({}));
-            assert!(admit(e, &mut client).is_err(), "{action}");
+            let mut e = Event::audit(action, String::new(), serde_json::json!({}));
+            assert!(admit(&mut e, &mut client).is_err(), "{action}");
         }
-        let stop = Event::audit(
+        let mut stop = Event::audit(
             "trail_stop",
             String::new(),
             serde_json::json!({"reason": "exit"}),
         );
-        assert_eq!(
-            admit(stop, &mut client).map(|e| e.action),
-            Ok("client_stop")
-        );
+        assert_eq!(admit(&mut stop, &mut client), Ok(()));
+        assert_eq!(stop.action, "client_stop");
         assert_eq!(client.how, Some("exit"));
     }
 }

@@ -19,7 +19,7 @@ use crate::audit::event::{
     Event, Extra, Flags, KeyRef, OpRecord, OperationInfo, Outcome, SessionSummary, Started,
     TokenRef, UseSummary,
 };
-use crate::audit::keys::KeyIdentity;
+use crate::audit::keys::{KeyIdentity, WireBytes};
 use crate::audit::mechanism::{Mechanism, Params};
 use crate::config::Lifecycle;
 use std::borrow::Cow;
@@ -1351,16 +1351,16 @@ impl Reader<'_, '_> {
         let thread_id = r.u64()?;
         let function = r.name()?;
         let action = r.name()?;
-        let mut e = Event::call(started, function, action, lifecycle, 0);
-        e.outcome = outcome;
-        e.flags = flags;
-        e.thread_id = thread_id;
         let has = |bit| mask & bit != 0;
-        e.duration_ns = if has(HAS_DURATION) {
+        let duration = if has(HAS_DURATION) {
             Some(r.u64()?)
         } else {
             None
         };
+        let mut e = Event::new(started, duration, function, action, lifecycle, 0);
+        e.outcome = outcome;
+        e.flags = flags;
+        e.thread_id = thread_id;
         e.rv = if has(HAS_RV) { Some(r.u64()?) } else { None };
         e.slot_id = if has(HAS_SLOT) { Some(r.u64()?) } else { None };
         e.session = if has(HAS_SESSION) {
@@ -1416,6 +1416,14 @@ impl Reader<'_, '_> {
         }
         Ok(e)
     }
+}
+
+/// Keeps what `format` writes in `cache`: the trail's JSON of a token or key identity the
+/// decoder remembers, formatted once rather than for each record that names it.
+fn keep_json(cache: &WireBytes, format: impl FnOnce(&mut Vec<u8>)) {
+    let mut json = Vec::new();
+    format(&mut json);
+    cache.keep(&json);
 }
 
 struct Reader<'a, 'd> {
@@ -1539,11 +1547,13 @@ impl<'a> Reader<'a, '_> {
             return Ok(t.clone());
         }
         self.at = start;
-        let t = Arc::new(TokenRef {
-            label: self.string()?,
-            serial: self.string()?,
-        });
-        if raw.len() <= MAX_REMEMBERED {
+        let t = TokenRef::new(self.string()?, self.string()?);
+        let remembered = raw.len() <= MAX_REMEMBERED;
+        if remembered {
+            keep_json(&t.json, |out| crate::sink::json::token(&t, out));
+        }
+        let t = Arc::new(t);
+        if remembered {
             let (b, kept) = self.d.token.get_or_insert_with(|| (Vec::new(), t.clone()));
             b.clear();
             b.extend_from_slice(raw);
@@ -1585,8 +1595,12 @@ impl<'a> Reader<'a, '_> {
             _ => return Err(Malformed("bad token flag")),
         };
         id.public_sha256 = self.opt_string()?;
+        let remembered = raw.len() <= MAX_REMEMBERED;
+        if remembered {
+            keep_json(&id.json, |out| crate::sink::json::identity(&id, out));
+        }
         let id = Arc::new(id);
-        if raw.len() <= MAX_REMEMBERED {
+        if remembered {
             let d = &mut *self.d;
             if d.identities.len() < IDENTITIES {
                 d.identities.push((raw.to_vec(), id.clone()));
@@ -1849,10 +1863,7 @@ mod tests {
         e.slot_id = Some(1);
         e.session = Some(7);
         e.session_state = Some("rw_user");
-        e.token = Some(Arc::new(TokenRef {
-            label: "t \"1\"".into(),
-            serial: "abc".into(),
-        }));
+        e.token = Some(Arc::new(TokenRef::new("t \"1\"".into(), "abc".into())));
         e.mechanism = Some(Mechanism {
             type_: 0x251,
             params: Params::Gcm {
@@ -1893,8 +1904,167 @@ mod tests {
     fn json(e: &Event) -> String {
         let origin = crate::sink::json::Origin::current(None);
         let mut out = Vec::new();
-        crate::sink::json::encode(e, &origin, 1, &mut out);
+        let now = crate::audit::event::WallClock::now();
+        crate::sink::json::encode(e, &origin, 1, &now, &mut out);
         String::from_utf8(out).expect("utf8")
+    }
+
+    /// Records of many shapes, started 1.000123 ms apart from `base` (host nanoseconds):
+    /// escapes at every place of strings of every length a word test treats apart, two
+    /// keys with every identity field, names from the table and names sent as strings.
+    fn fixture_events(clock: &Clock, base: u64) -> Vec<Event> {
+        let mut events = vec![sample()];
+        let mut id = KeyIdentity::default();
+        id.class = Some("CKO_SECRET_KEY");
+        id.key_type = Some("CKK_GENERIC_SECRET");
+        id.label = Some("hmac-key".into());
+        id.id_hex = Some("0102".into());
+        let mut sign = Event::call(Started::now(), "C_Sign", "sign", Lifecycle::Use, 0);
+        sign.session = Some(1);
+        sign.slot_id = Some(123_456);
+        sign.session_state = Some("rw_user");
+        sign.mechanism = Some(Mechanism::bare(0x251));
+        sign.key("key", 2, Some(Arc::new(id)));
+        // The sample's operation, of one part of 64 bytes (examples/common's record).
+        sign.operation = events[0].operation.map(|o| OperationInfo {
+            parts: 1,
+            in_len: 64,
+            ..o
+        });
+        events.push(sign);
+        let specials = ['"', '\\', '\n', '\u{1}', '\u{1f}', 'é'];
+        for len in 1..=17usize {
+            let c = specials[len % specials.len()];
+            let text = |at: usize| -> String {
+                (0..len)
+                    .map(|i| if i == at { c } else { (b'a' + i as u8) as char })
+                    .collect()
+            };
+            let mut id = KeyIdentity::default();
+            id.class = Some("CKO_PRIVATE_KEY");
+            id.key_type = Some("CKK_EC");
+            id.bits = Some(256 + len as u64);
+            id.id_hex = Some("ab".repeat(len));
+            id.label = Some(text(len - 1));
+            id.unique_id = Some(text(len / 2));
+            id.token = Some(len % 2 == 0);
+            id.public_sha256 = Some(text(0));
+            let mut e = Event::call(
+                Started::now(),
+                "C_UnwrapKey",
+                "key_unwrap",
+                Lifecycle::Import,
+                if len % 3 == 0 {
+                    0xA0
+                } else {
+                    0x8000_0000 + len as u64
+                },
+            );
+            e.thread_id = 1000 + len as u64;
+            e.slot_id = Some(len as u64);
+            e.token = Some(Arc::new(TokenRef::new(text(len / 3), text(len))));
+            e.session = Some(len as u64);
+            e.session_state = Some(if len % 2 == 0 { "rw_so" } else { "ro_public" });
+            e.user_type = (len % 4 == 0).then_some(len as u64 % 3);
+            e.mechanism = Some(Mechanism {
+                type_: 0x1087 + len as u64,
+                params: Params::Oaep {
+                    hash: 0x250,
+                    mgf: len as u64,
+                },
+            });
+            e.key("unwrapping", 3, Some(Arc::new(id.clone())));
+            e.key("key", len as u64, (len % 5 != 0).then(|| Arc::new(id)));
+            e.labels = Some(Arc::new(vec![
+                (text(len - 1), text(0)),
+                ("app".into(), text(len / 2)),
+            ]));
+            if len % 2 == 1 {
+                e.flag(Flag::PlaintextKeyMaterial);
+                e.flag(Flag::Intent);
+            }
+            events.push(e);
+        }
+        let mut own = Event::audit(
+            "client_note",
+            "a message with \"quotes\" and a\ttab".into(),
+            serde_json::json!({"reason": "r \\ x", "n": 3, "list": [1, "two", null]}),
+        );
+        own.outcome = Outcome::Failure;
+        events.push(own);
+        for (i, e) in events.iter_mut().enumerate() {
+            e.started = Started {
+                instant: clock.instant(base + i as u64 * 1_000_123),
+            };
+            e.duration_ns = e.duration_ns.map(|_| 12_345 + i as u64);
+        }
+        events
+    }
+
+    /// One line as the agent formats a record read from a ring (sequence `seq`), with its
+    /// `@timestamp` apart.
+    fn fixture_line(
+        e: &Event,
+        origin: &crate::sink::json::Origin,
+        seq: u64,
+        now: &crate::audit::event::WallClock,
+    ) -> (String, String) {
+        let mut out = Vec::new();
+        crate::sink::json::encode(e, origin, seq, now, &mut out);
+        let line = String::from_utf8(out).expect("utf8");
+        let (head, rest) = line.split_at("{\"@timestamp\":\"".len());
+        let (stamp, rest) = rest.split_at("2026-11-28T18:13:40.297833Z".len());
+        (stamp.to_owned(), format!("{head}{rest}"))
+    }
+
+    /// The trail's bytes for records read from a ring are those the agent wrote before
+    /// its cost per record was cut: tests/fixtures/agent_lines.txt was written by this
+    /// test's body run on that code (commit ffeeccf), which dated each record with the
+    /// clocks read then, so the lines there leave the `@timestamp` out; each timestamp is
+    /// checked here against humantime, as now minus the time since the record started.
+    /// Each record is read twice from one reader: the second time from what it remembers.
+    #[test]
+    fn lines_of_records_read_from_a_ring_are_what_they_were() {
+        let clock = Clock::now();
+        let base = clock.ns.saturating_sub(3_000_000_000);
+        let events = fixture_events(&clock, base);
+        let mut origin = crate::sink::json::Origin::observed(
+            4242,
+            1000,
+            1001,
+            Some("app".into()),
+            Some("/usr/bin/app".into()),
+            Some("svc".into()),
+        );
+        origin.user.name = Some("alice".into());
+        origin.host.name = Some("host-1".into());
+        let wall = std::time::UNIX_EPOCH + Duration::new(1_798_761_599, 999_999_999);
+        let now = crate::audit::event::WallClock {
+            instant: clock.instant,
+            wall,
+        };
+        let mut decoder = Decoder::new(clock);
+        let mut lines = String::new();
+        let mut seq = 0;
+        for _ in 0..2 {
+            for e in &events {
+                let mut buf = Vec::new();
+                encode(e, &clock, &mut buf);
+                let back = decoder.decode(&buf).expect("decodes");
+                seq += 1;
+                let (stamp, line) = fixture_line(&back, &origin, seq, &now);
+                let ago = clock.instant.duration_since(e.started.instant);
+                let expected = humantime::format_rfc3339_micros(wall - ago).to_string();
+                assert_eq!(stamp, expected, "record {seq}");
+                lines.push_str(&line);
+            }
+        }
+        let fixture = include_str!("../../tests/fixtures/agent_lines.txt");
+        for (i, (got, want)) in lines.lines().zip(fixture.lines()).enumerate() {
+            assert_eq!(got, want, "line {}", i + 1);
+        }
+        assert_eq!(lines.lines().count(), fixture.lines().count());
+        assert_eq!(lines.lines().count(), 2 * 20);
     }
 
     /// The record's JSON after its `@timestamp`. The timestamp is the start instant read
@@ -2122,10 +2292,7 @@ mod tests {
     #[test]
     fn an_operation_record_encodes_as_its_event() {
         let clock = Clock::now();
-        let token = Arc::new(TokenRef {
-            label: "token \"a\"".into(),
-            serial: "0123".into(),
-        });
+        let token = Arc::new(TokenRef::new("token \"a\"".into(), "0123".into()));
         let mut id = KeyIdentity::default();
         id.class = Some("secret_key");
         id.key_type = Some("generic_secret");
@@ -2248,12 +2415,7 @@ mod tests {
     #[test]
     fn a_kept_operation_record_encodes_as_a_fresh_one() {
         let clock = Clock::now();
-        let token = |label: &str| {
-            Arc::new(TokenRef {
-                label: label.into(),
-                serial: "0123".into(),
-            })
-        };
+        let token = |label: &str| Arc::new(TokenRef::new(label.into(), "0123".into()));
         let tokens = [token("a"), token("a"), token("b")];
         let identity = |label: &str| {
             let mut id = KeyIdentity::default();

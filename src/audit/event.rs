@@ -2,7 +2,7 @@
 //! writer thread.
 
 use super::attrs::Attr;
-use super::keys::KeyIdentity;
+use super::keys::{KeyIdentity, WireBytes};
 use super::mechanism::Mechanism;
 use crate::config::Lifecycle;
 use arrayvec::ArrayVec;
@@ -36,11 +36,41 @@ impl Started {
     /// The wall-clock time this was, as the system clock says now: the record's time is
     /// consistent with the clock the writer sees, even if the clock was stepped meanwhile.
     pub fn wall_time(&self) -> SystemTime {
-        let now = Instant::now();
-        let wall = SystemTime::now();
-        match now.checked_duration_since(self.instant) {
-            Some(ago) => wall.checked_sub(ago).unwrap_or(wall),
-            None => wall + self.instant.duration_since(now),
+        self.wall_time_at(&WallClock::now())
+    }
+
+    /// The wall-clock time this was, as the system clock said at `now`: the wall time then
+    /// minus the monotonic time elapsed from this start to then (plus, for a start after
+    /// `now`, the time from then to it). With `now` read once for a batch of records,
+    /// each record's time is what [`Started::wall_time`] would give, but for the clock
+    /// being stepped while the batch is formatted.
+    #[inline]
+    pub fn wall_time_at(&self, now: &WallClock) -> SystemTime {
+        match now.instant.checked_duration_since(self.instant) {
+            Some(ago) => now.wall.checked_sub(ago).unwrap_or(now.wall),
+            None => now.wall + self.instant.duration_since(now.instant),
+        }
+    }
+}
+
+/// The monotonic and the wall clock, read together: what turns [`Started`] times into
+/// wall-clock times ([`Started::wall_time_at`]). A writer that formats many records at once
+/// reads it once for them instead of twice per record.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// The system clock at the same moment.
+    pub wall: SystemTime,
+}
+
+impl WallClock {
+    /// Both clocks, now.
+    #[inline]
+    pub fn now() -> WallClock {
+        WallClock {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
         }
     }
 }
@@ -95,6 +125,20 @@ pub struct TokenRef {
     pub label: String,
     /// CK_TOKEN_INFO.serialNumber, trimmed.
     pub serial: String,
+    /// Its `token` object in the trail, once the agent's reader of a ring has formatted it
+    /// (`sink::json::token`).
+    pub json: WireBytes,
+}
+
+impl TokenRef {
+    /// A token of this label and serial number.
+    pub fn new(label: String, serial: String) -> TokenRef {
+        TokenRef {
+            label,
+            serial,
+            json: WireBytes::default(),
+        }
+    }
 }
 
 /// Progress of a multi-part operation.
@@ -363,8 +407,10 @@ impl Event {
         Event::new(started, Some(duration), function, action, lifecycle, rv)
     }
 
+    /// A record of `function` returning `rv` after `duration_ns`, with everything else
+    /// empty. Reads no clock: for a reader that has the duration (`agent::wire`).
     #[inline]
-    fn new(
+    pub(crate) fn new(
         started: Started,
         duration_ns: Option<u64>,
         function: &'static str,

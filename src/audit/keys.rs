@@ -46,11 +46,15 @@ pub struct KeyIdentity {
     /// Its bytes in the agent's record layout, once a record has carried it.
     #[serde(skip)]
     pub wire: WireBytes,
+    /// Its fields in a trail's `key` object, once the agent's reader of a ring has
+    /// formatted them (`sink::json::identity`).
+    #[serde(skip)]
+    pub json: WireBytes,
 }
 
-/// A key identity's bytes in the agent's record layout (`agent::wire`), kept once
-/// encoded: a key's records name it again and again, and a shared identity does not
-/// change. A cache, not a field: empty in a clone (a copy that is then changed must not
+/// A key identity's bytes in one encoding (the agent's record layout, the trail's JSON),
+/// kept once encoded: a key's records name it again and again, and a shared identity does
+/// not change. A cache, not a field: empty in a clone (a copy that is then changed must not
 /// carry the original's bytes), and any two are equal.
 #[derive(Default)]
 pub struct WireBytes(OnceLock<Box<[u8]>>);

@@ -524,7 +524,7 @@ impl Auditor {
             return Some(t.clone());
         }
         let (label, serial) = self.backend.token_identity(slot)?;
-        let t = Arc::new(TokenRef { label, serial });
+        let t = Arc::new(TokenRef::new(label, serial));
         self.lock_tokens().insert(slot, t.clone());
         Some(t)
     }

@@ -32,7 +32,7 @@ pub mod epoch;
 
 use super::json::{self, Origin};
 use super::ocsf;
-use crate::audit::event::Event;
+use crate::audit::event::{Event, WallClock};
 use crate::config::{Format, IntegrityConfig};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -282,6 +282,8 @@ pub struct Chain {
     stream: String,
     seq: u64,
     prev: Option<[u8; 32]>,
+    /// `prev` in hex, as the record before spelled its own hash.
+    prev_hex: [u8; 64],
     hasher: Hasher,
     interval: Option<Duration>,
     last_checkpoint: Instant,
@@ -300,6 +302,9 @@ pub struct Chain {
     sealer: Option<std::sync::Arc<std::sync::Mutex<dyn Sealer>>>,
     /// ECS or OCSF records.
     format: Format,
+    /// The clocks that date the records being appended, when their writer read them once
+    /// for a batch ([`Chain::set_wall_clock`]); otherwise read for each record.
+    wall: Option<WallClock>,
 }
 
 impl Chain {
@@ -335,6 +340,8 @@ impl Chain {
             stream: new_stream_id(),
             seq: 0,
             prev: None,
+            prev_hex: [0; 64],
+            wall: None,
             hasher,
             interval,
             last_checkpoint: Instant::now(),
@@ -405,6 +412,12 @@ impl Chain {
     /// Seals every later checkpoint and `trail_stop` with `sealer`.
     pub fn set_sealer(&mut self, sealer: std::sync::Arc<std::sync::Mutex<dyn Sealer>>) {
         self.sealer = Some(sealer);
+    }
+
+    /// Dates the records appended from now on with `now` (read once for a batch), or with
+    /// the clocks read for each record (`None`).
+    pub fn set_wall_clock(&mut self, now: Option<WallClock>) {
+        self.wall = now;
     }
 
     /// The stream id.
@@ -540,13 +553,14 @@ impl Chain {
         let seq = self.seq + 1;
         // The bytes that close the record: the integrity object goes before them, at the
         // record's top level in ECS, inside `unmapped` in OCSF.
+        let now = self.wall.unwrap_or_else(WallClock::now);
         let close: &[u8] = match self.format {
             Format::Ecs => {
-                json::encode(e, origin, seq, out);
+                json::encode(e, origin, seq, &now, out);
                 b"}\n"
             }
             Format::Ocsf => {
-                ocsf::encode(e, origin, &self.stream, seq, out);
+                ocsf::encode(e, origin, &self.stream, seq, &now, out);
                 b"}}\n"
             }
         };
@@ -570,9 +584,9 @@ impl Chain {
         out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         out.extend_from_slice(b",\"prev\":");
         match &self.prev {
-            Some(p) => {
+            Some(_) => {
                 out.push(b'"');
-                hex32(p, out);
+                out.extend_from_slice(&self.prev_hex);
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -605,7 +619,8 @@ impl Chain {
         }
         let hash = self.hasher.hash(&out[start..]);
         out.extend_from_slice(HASH_MARKER);
-        hex32(&hash, out);
+        self.prev_hex = hex32(&hash);
+        out.extend_from_slice(&self.prev_hex);
         out.extend_from_slice(b"\"}}\n");
         self.seq = seq;
         self.prev = Some(hash);
@@ -625,14 +640,14 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     t
 };
 
-/// Appends a 32-byte value as 64 lower-case hex digits: one table look-up per byte (the
-/// writer does this twice per record, for the previous hash and the record's own).
-fn hex32(v: &[u8; 32], out: &mut Vec<u8>) {
+/// A 32-byte value as 64 lower-case hex digits: one table look-up per byte (once per
+/// record: its hash, which the next record repeats as its `prev`).
+fn hex32(v: &[u8; 32]) -> [u8; 64] {
     let mut hex = [0u8; 64];
     for (pair, b) in hex.chunks_exact_mut(2).zip(v) {
         pair.copy_from_slice(&HEX_PAIRS[*b as usize]);
     }
-    out.extend_from_slice(&hex);
+    hex
 }
 
 /// Splits a trail line (without its newline) into its signed prefix and the hex hash it
@@ -694,9 +709,7 @@ mod tests {
     fn hex32_spells_every_byte_as_hex_does() {
         for first in [0u8, 32, 64, 96, 128, 160, 192, 224] {
             let v: [u8; 32] = std::array::from_fn(|i| first + i as u8);
-            let mut out = b"x".to_vec();
-            hex32(&v, &mut out);
-            assert_eq!(&out[1..], hex::encode(v).as_bytes());
+            assert_eq!(&hex32(&v)[..], hex::encode(v).as_bytes());
         }
     }
 

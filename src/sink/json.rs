@@ -3,7 +3,7 @@
 //! describes every field.
 
 use crate::audit::attrs::Attr;
-use crate::audit::event::{Event, KeyRef, MAX_KEYS, SessionSummary};
+use crate::audit::event::{Event, KeyRef, MAX_KEYS, SessionSummary, TokenRef, WallClock};
 use crate::audit::keys::KeyIdentity;
 use crate::audit::mechanism::{Mechanism, Params};
 use crate::names;
@@ -205,11 +205,14 @@ impl Origin {
 ///
 /// Written by hand rather than through serde: this runs once per record on the writer
 /// thread, and a direct encoder is several times cheaper than serde's map machinery. Field
-/// order is fixed (docs/events.md); optional fields are left out when absent.
-pub fn encode(e: &Event, origin: &Origin, sequence: u64, out: &mut Vec<u8>) {
+/// order is fixed (docs/events.md); optional fields are left out when absent. `now` turns
+/// the record's start into wall-clock time ([`Started::wall_time_at`]).
+///
+/// [`Started::wall_time_at`]: crate::audit::event::Started::wall_time_at
+pub fn encode(e: &Event, origin: &Origin, sequence: u64, now: &WallClock, out: &mut Vec<u8>) {
     let (category, type_) = ecs_kind(e);
     out.extend_from_slice(b"{\"@timestamp\":\"");
-    timestamp(e.started.wall_time(), out);
+    timestamp(e.started.wall_time_at(now), out);
     out.extend_from_slice(b"\",\"event\":{\"kind\":\"event\",\"action\":");
     string(e.action, out);
     out.extend_from_slice(b",\"category\":[\"");
@@ -278,11 +281,11 @@ pub(super) fn pkcs11(e: &Event, out: &mut Vec<u8>, ocsf: bool, api: bool) {
         number(out, ",\"slot_id\":", slot);
     }
     if let Some(t) = e.token.as_deref().filter(|_| !ocsf) {
-        out.extend_from_slice(b",\"token\":{\"label\":");
-        string(&t.label, out);
-        out.extend_from_slice(b",\"serial\":");
-        string(&t.serial, out);
-        out.push(b'}');
+        out.extend_from_slice(b",\"token\":");
+        match t.json.get() {
+            Some(object) => out.extend_from_slice(object),
+            None => token(t, out),
+        }
     }
     if let Some(x) = extra.and_then(|x| x.sessions) {
         session_summary(&x, out);
@@ -437,47 +440,67 @@ fn mechanism(m: &Mechanism, out: &mut Vec<u8>) {
 pub(super) fn key(k: &KeyRef, out: &mut Vec<u8>) {
     number(out, "{\"handle\":", k.handle);
     if let Some(id) = k.identity.as_deref() {
-        let KeyIdentity {
-            class,
-            key_type,
-            bits,
-            id_hex,
-            label,
-            unique_id,
-            token,
-            public_sha256,
-            ..
-        } = id;
-        let texts = [("class", *class), ("key_type", *key_type)];
-        for (name, v) in texts {
-            if let Some(v) = v {
-                field_str(out, name, v);
-            }
-        }
-        if let Some(b) = bits {
-            number(out, ",\"bits\":", *b);
-        }
-        for (name, v) in [
-            ("id_hex", id_hex),
-            ("label", label),
-            ("unique_id", unique_id),
-        ] {
-            if let Some(v) = v {
-                field_str(out, name, v);
-            }
-        }
-        if let Some(t) = token {
-            out.extend_from_slice(if *t {
-                b",\"token\":true"
-            } else {
-                b",\"token\":false"
-            });
-        }
-        if let Some(h) = public_sha256 {
-            field_str(out, "public_sha256", h);
+        match id.json.get() {
+            Some(fields) => out.extend_from_slice(fields),
+            None => identity(id, out),
         }
     }
     out.push(b'}');
+}
+
+/// A token's object: `{"label":…,"serial":…}`. The agent keeps it with the token its
+/// readers remember (`agent::wire::Decoder`).
+pub(crate) fn token(t: &TokenRef, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"label\":");
+    string(&t.label, out);
+    out.extend_from_slice(b",\"serial\":");
+    string(&t.serial, out);
+    out.push(b'}');
+}
+
+/// A key identity's fields in a `key` object (after its handle). The agent keeps them
+/// with the identities its readers remember (`agent::wire::Decoder`): a key's records
+/// name it again and again.
+pub(crate) fn identity(id: &KeyIdentity, out: &mut Vec<u8>) {
+    let KeyIdentity {
+        class,
+        key_type,
+        bits,
+        id_hex,
+        label,
+        unique_id,
+        token,
+        public_sha256,
+        ..
+    } = id;
+    let texts = [("class", *class), ("key_type", *key_type)];
+    for (name, v) in texts {
+        if let Some(v) = v {
+            field_str(out, name, v);
+        }
+    }
+    if let Some(b) = bits {
+        number(out, ",\"bits\":", *b);
+    }
+    for (name, v) in [
+        ("id_hex", id_hex),
+        ("label", label),
+        ("unique_id", unique_id),
+    ] {
+        if let Some(v) = v {
+            field_str(out, name, v);
+        }
+    }
+    if let Some(t) = token {
+        out.extend_from_slice(if *t {
+            b",\"token\":true"
+        } else {
+            b",\"token\":false"
+        });
+    }
+    if let Some(h) = public_sha256 {
+        field_str(out, "public_sha256", h);
+    }
 }
 
 /// `open` (which ends with `{`), then `"name":value` for each entry, then `}`.
@@ -543,22 +566,53 @@ fn needs_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    let found = |w: u64| {
+        below(w, 0x20)
+            | below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            != 0
+    };
     let mut words = bytes.chunks_exact(8);
     for c in &mut words {
         let mut a = [0u8; 8];
         a.copy_from_slice(c);
-        let w = u64::from_ne_bytes(a);
-        let found = below(w, 0x20)
-            | below(w ^ (ONES * u64::from(b'"')), 1)
-            | below(w ^ (ONES * u64::from(b'\\')), 1);
-        if found != 0 {
+        if found(u64::from_ne_bytes(a)) {
             return true;
         }
     }
-    words
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    // The bytes after the last whole word, in one more word without a loop: the last
+    // eight bytes (again some already looked at), or for a shorter string its first and
+    // last four, or its first, middle and last byte padded with one that needs no escape.
+    let n = bytes.len();
+    if words.remainder().is_empty() && n > 0 {
+        return false;
+    }
+    let word = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_ne_bytes(a)
+    };
+    let half = |at: usize| {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&bytes[at..at + 4]);
+        u64::from(u32::from_ne_bytes(a))
+    };
+    let w = match n {
+        0 => return false,
+        1..=3 => u64::from_ne_bytes([
+            bytes[0],
+            bytes[n / 2],
+            bytes[n - 1],
+            b'a',
+            b'a',
+            b'a',
+            b'a',
+            b'a',
+        ]),
+        4..=7 => half(0) | half(n - 4) << 32,
+        _ => word(n - 8),
+    };
+    found(w)
 }
 
 /// A JSON string, escaped as serde_json escapes it.
@@ -610,10 +664,13 @@ pub(super) fn timestamp(t: std::time::SystemTime, out: &mut Vec<u8>) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days as i64);
     let mut b = *b"0000-00-00T00:00:00.000000Z";
+    // Two digits at a time (every width is even).
     let put = |b: &mut [u8], at: usize, width: usize, mut v: u64| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
+        let mut i = at + width;
+        while i > at {
+            i -= 2;
+            b[i..i + 2].copy_from_slice(&DIGIT_PAIRS[(v % 100) as usize]);
+            v /= 100;
         }
     };
     put(&mut b, 0, 4, y as u64);
@@ -625,6 +682,17 @@ pub(super) fn timestamp(t: std::time::SystemTime, out: &mut Vec<u8>) {
     put(&mut b, 20, 6, u64::from(d.subsec_micros()));
     out.extend_from_slice(&b);
 }
+
+/// "00" to "99".
+const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
 
 /// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant's
 /// `civil_from_days`).
@@ -686,6 +754,24 @@ mod tests {
                 assert_eq!(out, serde_json::to_vec(&s).expect("json"), "{b:#x} at {at}");
                 let special = b < 0x20 || b == b'"' || b == b'\\';
                 assert_eq!(needs_escape(s.as_bytes()), special, "{b:#x} at {at}");
+            }
+        }
+    }
+
+    /// Strings of every length up to three words, with one byte at each place: the test
+    /// reads short strings and the bytes after the last whole word in one word.
+    #[test]
+    fn a_byte_to_escape_is_found_in_strings_of_every_length() {
+        for len in 0..=24usize {
+            for at in 0..len.max(1) {
+                for b in [0u8, 0x1f, b'"', b'\\', b' ', b'a', 0x7f, 0xc3] {
+                    let mut s = vec![b'x'; len];
+                    if len > 0 {
+                        s[at] = b;
+                    }
+                    let special = s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+                    assert_eq!(needs_escape(&s), special, "{b:#x} at {at} of {len}");
+                }
             }
         }
     }

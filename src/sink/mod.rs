@@ -17,7 +17,7 @@ pub mod route;
 mod slots;
 pub mod syslog;
 
-use crate::audit::event::Event;
+use crate::audit::event::{Event, WallClock};
 use crate::config::{IntegrityConfig, OnFailure, OnFull, SyslogConfig, TrailConfig, TrailMode};
 use crate::diag;
 use chain::Chain;
@@ -1251,6 +1251,18 @@ impl Recorder {
         if self.writer.pending >= BATCH as u64 {
             self.writer.commit();
         }
+    }
+
+    /// Writes records of the process `origin`, dated with the clocks read once for them
+    /// all (they are in the ring before this reads them: each record's time is the same
+    /// "now minus the time since it started" that reading the clocks for each one gives).
+    pub fn record(&mut self, events: &[Event], origin: &Origin) {
+        self.writer.chain.set_wall_clock(Some(WallClock::now()));
+        for e in events {
+            self.push(e, origin);
+        }
+        self.writer.chain.set_wall_clock(None);
+        self.writer.commit();
     }
 
     /// Adds one of the recorder's own records (`audit` category) to the batch.

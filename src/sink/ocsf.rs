@@ -9,7 +9,7 @@
 //! `labels`, `keytrail`, and the chain's `integrity` (appended by [`super::chain`]).
 
 use super::json::{self, Origin};
-use crate::audit::event::{Event, Flag, Outcome};
+use crate::audit::event::{Event, Flag, Outcome, WallClock};
 use crate::config::Lifecycle;
 use crate::event::severity::{self, Facts, Severity};
 use crate::names;
@@ -206,11 +206,19 @@ fn class(e: &Event) -> Class {
 /// Appends one record as an OCSF JSON line to `out`: `{…,"unmapped":{…}}\n`. `stream` and
 /// `sequence` make `metadata.uid`. The chain puts its `integrity` object inside
 /// `unmapped`, which is therefore the last field.
-pub fn encode(e: &Event, origin: &Origin, stream: &str, sequence: u64, out: &mut Vec<u8>) {
+/// `now` dates the record ([`crate::audit::event::Started::wall_time_at`]).
+pub fn encode(
+    e: &Event,
+    origin: &Origin,
+    stream: &str,
+    sequence: u64,
+    now: &WallClock,
+    out: &mut Vec<u8>,
+) {
     let f = fixed(origin);
     let c = class(e);
     let sev = severity_of(e);
-    let wall = e.started.wall_time();
+    let wall = e.started.wall_time_at(now);
     let ms = wall
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
